@@ -1,0 +1,42 @@
+"""Batch keys and shared sizes used by every datamodule, model and module.
+
+Never write these strings by hand elsewhere: import them from here.
+"""
+
+# ---- Unified action space (SPEC 2.2): 2 arms x [dpos(3), deuler(3), gripper(1)] ----
+NUM_ARMS = 2
+ARM_DIM = 7
+ACTION_DIM = NUM_ARMS * ARM_DIM  # 14
+
+# ---- Keys of one episode sample inside a WebDataset shard ----
+SHARD_FRAMES_NPY = "frames.npy"
+SHARD_FRAMES_MP4 = "frames.mp4"
+SHARD_ACTIONS = "actions.npy"
+SHARD_ACTION_MASK = "action_mask.npy"
+SHARD_STATE = "state.npy"  # optional proprioception (T, S)
+SHARD_META = "meta.json"
+STATS_FILE = "stats.json"
+
+# ---- Batch keys produced by the datamodules ----
+HISTORY = "history"  # (B, Th, 3, H, W) float in [-1, 1], past frames before the conditioning frame
+HISTORY_MASK = "history_mask"  # (B, Th) bool, False where the episode had no such past frame
+COND_FRAME = "cond_frame"  # (B, 3, H, W) float in [-1, 1]
+FUTURE = "future"  # (B, L, 3, H, W) float in [-1, 1], the L frames after the conditioning frame
+ACTIONS = "actions"  # (B, L, 14) normalized action chunk in the unified space
+ACTION_MASK = "action_mask"  # (B, 14) bool, which dimensions are real
+EE_POSES = "ee_poses"  # (B, L, NUM_ARMS, 7) end-effector xyz + quaternion wxyz in the world frame, optional
+GRIPPER = "gripper"  # (B, L, NUM_ARMS) gripper opening in [0, 1], optional
+CAMERA_K = "camera_k"  # (B, 3, 3) intrinsics in pixels of the output frame size
+CAMERA_EXTR = "camera_extr"  # (B, 4, 4) world -> camera transform (OpenCV convention)
+HAS_CAMERA = "has_camera"  # (B,) bool
+OBS_IMAGE = "obs_image"  # (B, 3, H, W) float in [-1, 1]
+OBS_STATE = "obs_state"  # (B, S) float, optional proprioception
+INSTRUCTION = "instruction"  # list[str] of length B
+TASK_ID = "task_id"  # (B,) long
+DATASET_ID = "dataset_id"  # (B,) long, index into the mixture
+SUCCESS = "success"  # (B,) float in {0, 1}, episode outcome
+CLIP_SUCCESS = "clip_success"  # (B,) float in {0, 1}, success reached by the end of the clip
+EPISODE_KEY = "episode_key"  # list[str]
+FRAME_INDEX = "frame_index"  # (B,) long, index of the conditioning frame in its episode
+SEED = "seed"  # (B,) long, simulator seed of the initial state (prompts)
+VIDEO = "video"  # (B, T, 3, H, W) float in [-1, 1]

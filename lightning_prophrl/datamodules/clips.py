@@ -1,0 +1,301 @@
+"""Clip windows over episode shards: the iterable dataset behind every datamodule.
+
+A clip (strided time, ``stride`` source frames per step) is cut at a conditioning index ``c``:
+
+* ``history``: the ``history_len`` frames ``c - history_len .. c - 1`` (masked where ``< 0``);
+* ``cond_frame``: frame ``c``;
+* ``actions``: ``a[c .. c + L - 1]`` (action ``t`` is taken at frame ``t`` and leads to frame ``t + 1``);
+* ``future``: frames ``c + 1 .. c + L``.
+
+Past the end of an episode the last frame repeats and the actions are "hold still" (zero motion, last gripper
+command), so short episodes (e.g. stopped at success) still yield full clips. Frame-rate alignment: with stride ``s``
+the frames are subsampled ``[::s]`` and the ``s`` unified deltas between two kept frames are summed (exact for pure
+translations, a small-rotation approximation for rotations); the gripper takes the last command.
+
+Distribution: each rank reads only ``shards[rank::world_size]`` and each DataLoader worker a further disjoint slice of
+those, so ranks never see the same episode; every worker stops after the same number of samples (``with_epoch`` in
+WebDataset terms), so DDP ranks run the same number of steps even when shard counts are uneven.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import IterableDataset, get_worker_info
+
+from lightning_prophrl import constants as K
+from lightning_prophrl.actions import ActionStats, NormMode
+from lightning_prophrl.datamodules.shards import Episode, OnError, SkipCounter, iter_episodes, list_shards, load_stats
+
+
+@dataclass
+class DatasetSpec:
+    """One dataset of a mixture.
+
+    Args:
+        path: directory holding the shards, ``index.json`` and ``stats.json``.
+        weight: mixture weight (normalized over the mixture).
+        stride: source frames per model frame (frame-rate alignment across datasets).
+        name: display name (defaults to the directory name).
+    """
+
+    path: str
+    weight: float = 1.0
+    stride: int = 1
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.weight <= 0:
+            raise ValueError(f"dataset {self.path}: weight must be > 0, got {self.weight}")
+        if self.stride < 1:
+            raise ValueError(f"dataset {self.path}: stride must be >= 1, got {self.stride}")
+        self.name = self.name or Path(self.path).name
+
+
+def dist_info() -> tuple[int, int]:
+    """``(rank, world_size)`` from torch.distributed when initialised, else from the launcher's environment."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def to_float_video(frames: np.ndarray, size: int | None) -> torch.Tensor:
+    """``(T, H, W, 3) uint8`` -> ``(T, 3, size, size)`` float in [-1, 1] (antialiased area resize)."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    if size is not None and (x.shape[-1] != size or x.shape[-2] != size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x
+
+
+def stride_episode(ep: Episode, stride: int) -> Episode:
+    """Subsample an episode in time, summing the motion deltas between kept frames."""
+    if stride == 1:
+        return ep
+    t = len(ep)
+    keep = np.arange(0, t, stride)
+    acts = np.zeros((len(keep), K.ACTION_DIM), dtype=np.float32)
+    for i, s in enumerate(keep):
+        block = ep.actions[s : min(s + stride, t)]
+        acts[i] = block.sum(0)
+        acts[i, 6], acts[i, 13] = block[-1, 6], block[-1, 13]  # grippers take the last command
+    meta = dict(ep.meta)
+    if "success_steps" in meta:
+        flags = np.asarray(meta["success_steps"], dtype=bool)
+        meta["success_steps"] = [bool(flags[s : s + stride].any()) for s in keep]
+    meta["fps"] = float(meta["fps"]) / stride
+    return Episode(
+        ep.key,
+        None if ep.frames is None else ep.frames[keep],
+        acts,
+        ep.action_mask,
+        meta,
+        None if ep.state is None else ep.state[keep],
+        None if ep.ee_poses is None else ep.ee_poses[keep],
+        ep.extras,
+    )
+
+
+class ClipIterable(IterableDataset):
+    """Infinite-by-design weighted mixture of clip windows, cut to ``samples_per_epoch`` per epoch.
+
+    Args:
+        datasets: the mixture.
+        history_len: past frames per clip (0 disables history).
+        chunk_len: action chunk length L (and number of future frames).
+        image_size: square output size, or None to keep the stored size.
+        with_future: emit the future frames (False for policy data).
+        samples_per_epoch: clips per epoch summed over all ranks and workers.
+        windows_per_episode: clips drawn from each decoded episode before moving on (amortises decoding).
+        shuffle_buffer: clips held for shuffling across episodes.
+        norm_mode: action normalization (``quantile`` maps q01/q99 to -1/+1).
+        state_dim: pad/truncate proprioception to this width (0: no state key).
+        seed: base seed; the stream is a deterministic function of (seed, epoch, rank, worker).
+        on_error: ``raise`` or ``skip`` invalid samples (see ``iter_episodes``).
+        stats: per-dataset statistics overriding each dataset's ``stats.json`` (e.g. the SFT data's statistics).
+        eval_mode: one deterministic pass instead of a random stream: every episode of this slot's shards, in order,
+            with ``windows_per_episode`` evenly spaced clips (validation / evaluation).
+    """
+
+    def __init__(
+        self,
+        datasets: list[DatasetSpec],
+        history_len: int = 4,
+        chunk_len: int = 20,
+        image_size: int | None = 64,
+        with_future: bool = True,
+        samples_per_epoch: int = 1024,
+        windows_per_episode: int = 4,
+        shuffle_buffer: int = 64,
+        norm_mode: NormMode = "quantile",
+        state_dim: int = 0,
+        seed: int = 0,
+        on_error: OnError = "raise",
+        stats: list[ActionStats] | None = None,
+        eval_mode: bool = False,
+    ):
+        super().__init__()
+        if not datasets:
+            raise ValueError("at least one dataset is required")
+        if chunk_len < 1 or history_len < 0:
+            raise ValueError(f"chunk_len must be >= 1 and history_len >= 0, got {chunk_len}, {history_len}")
+        self.datasets = datasets
+        self.shards = [list_shards(d.path) for d in datasets]
+        self.stats = stats or [load_stats(d.path) for d in datasets]
+        w = np.array([d.weight for d in datasets], dtype=np.float64)
+        self.probs = w / w.sum()
+        self.history_len, self.chunk_len, self.image_size = history_len, chunk_len, image_size
+        self.with_future, self.samples_per_epoch = with_future, samples_per_epoch
+        self.windows_per_episode, self.shuffle_buffer = windows_per_episode, shuffle_buffer
+        self.norm_mode, self.state_dim, self.seed, self.on_error = norm_mode, state_dim, seed, on_error
+        self.eval_mode = eval_mode
+        self.skips = SkipCounter()
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    # 1. partitioning ------------------------------------------------------------------------------------------------
+    def _slot(self) -> tuple[int, int, int]:
+        rank, world = dist_info()
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        return rank * nw + wid, world * nw, rank
+
+    def my_shards(self, di: int) -> list[str]:
+        slot, nslots, _ = self._slot()
+        mine = self.shards[di][slot::nslots]
+        if not mine:
+            raise ValueError(
+                f"dataset {self.datasets[di].name!r} has {len(self.shards[di])} shard(s) for {nslots} "
+                "rank x worker slots: write more (smaller) shards or use fewer workers/devices"
+            )
+        return mine
+
+    # 2. iteration ---------------------------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.eval_mode:
+            yield from self._eval_pass()
+            return
+        slot, nslots, _ = self._slot()
+        epoch = self.epoch
+        self.epoch += 1  # persistent workers / in-process iteration advance the epoch on each new pass
+        rng = np.random.default_rng([self.seed, epoch, slot])
+        streams = [self._episode_clips(di, rng) for di in range(len(self.datasets))]
+        n = math.ceil(self.samples_per_epoch / nslots)
+        buffer: list[dict[str, Any]] = []
+        produced = 0
+        while produced < n:
+            di = int(rng.choice(len(streams), p=self.probs))
+            buffer.append(next(streams[di]))
+            if len(buffer) >= self.shuffle_buffer:
+                yield buffer.pop(int(rng.integers(len(buffer))))
+                produced += 1
+        # buffer leftovers are dropped: every slot yields exactly n clips
+
+    def _eval_pass(self) -> Iterator[dict[str, Any]]:
+        for di, spec in enumerate(self.datasets):
+            for ep in iter_episodes(self.my_shards(di), on_error=self.on_error, skip_counter=self.skips):
+                ep = stride_episode(ep, spec.stride)
+                for c in np.linspace(0, len(ep) - 1, self.windows_per_episode).round().astype(int):
+                    yield self.make_clip(ep, int(c), di)
+
+    def _episode_clips(self, di: int, rng: np.random.Generator) -> Iterator[dict[str, Any]]:
+        shards = self.my_shards(di)
+        spec = self.datasets[di]
+        while True:  # cycle over this slot's shards, reshuffled on every pass
+            order = rng.permutation(len(shards))
+            got_any = False
+            for ep in iter_episodes([shards[i] for i in order], on_error=self.on_error, skip_counter=self.skips):
+                got_any = True
+                ep = stride_episode(ep, spec.stride)
+                for c in rng.integers(0, len(ep), size=self.windows_per_episode):
+                    yield self.make_clip(ep, int(c), di)
+            if not got_any:
+                raise RuntimeError(f"dataset {spec.name!r}: no valid episode in shards {shards}")
+
+    # 3. one clip ----------------------------------------------------------------------------------------------------
+    def make_clip(self, ep: Episode, c: int, di: int) -> dict[str, Any]:
+        """Cut the clip at conditioning index ``c`` of a (strided) episode."""
+        t, hl, cl = len(ep), self.history_len, self.chunk_len
+        last = t - 1
+        fut_idx = np.minimum(np.arange(c + 1, c + cl + 1), last)
+        act_idx = np.arange(c, c + cl)
+        acts = ep.actions[np.minimum(act_idx, last)].copy()
+        past = act_idx > last
+        if past.any():  # hold still after the episode ends, keep the last gripper command
+            acts[past] = 0.0
+            acts[past, 6], acts[past, 13] = ep.actions[last, 6], ep.actions[last, 13]
+        stats = self.stats[di]
+        out: dict[str, Any] = {
+            K.ACTIONS: torch.from_numpy(stats.normalize(acts, self.norm_mode)),
+            K.ACTION_MASK: torch.from_numpy(ep.action_mask.copy()),
+            K.INSTRUCTION: str(ep.meta["instruction"]),
+            K.DATASET_ID: di,
+            K.EPISODE_KEY: ep.key,
+            K.FRAME_INDEX: c,
+            K.SUCCESS: float(ep.success),
+            K.CLIP_SUCCESS: self._clip_success(ep, int(fut_idx[-1])),
+        }
+        need = [c] + (fut_idx.tolist() if self.with_future else [])
+        hist_idx = np.arange(c - hl, c)
+        need += np.maximum(hist_idx, 0).tolist()
+        video = to_float_video(ep.frames[need], self.image_size)
+        out[K.COND_FRAME] = video[0]
+        if self.with_future:
+            out[K.FUTURE] = video[1 : 1 + cl]
+        if hl > 0:
+            out[K.HISTORY] = video[len(video) - hl :]
+            out[K.HISTORY_MASK] = torch.from_numpy(hist_idx >= 0)
+        if self.state_dim > 0:
+            out[K.OBS_STATE] = self._state(ep, c)
+        if self.with_future:
+            out.update(self._geometry(ep, fut_idx))
+        return out
+
+    @staticmethod
+    def _clip_success(ep: Episode, end: int) -> float:
+        steps = ep.meta.get("success_steps")
+        if steps is not None:
+            return float(bool(np.asarray(steps[: end + 1], dtype=bool).any()))
+        return float(ep.success and end >= len(ep) - 1)
+
+    def _state(self, ep: Episode, c: int) -> torch.Tensor:
+        s = np.zeros(self.state_dim, dtype=np.float32)
+        if ep.state is not None:
+            v = ep.state[c][: self.state_dim]
+            s[: len(v)] = v
+        return torch.from_numpy(s)
+
+    def _geometry(self, ep: Episode, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        """End-effector poses of the future frames and the camera, for rendering action frames."""
+        poses = np.zeros((len(idx), K.NUM_ARMS, 7), dtype=np.float32)
+        poses[..., 3] = 1.0  # identity quaternion where unknown
+        grip = np.zeros((len(idx), K.NUM_ARMS), dtype=np.float32)
+        cam = ep.meta.get("camera")
+        has_cam = ep.ee_poses is not None and cam is not None
+        if ep.ee_poses is not None:
+            n = min(ep.ee_poses.shape[1], K.NUM_ARMS)
+            poses[:, :n] = ep.ee_poses[idx, :n, :7]
+            grip[:, :n] = ep.ee_poses[idx, :n, 7]
+        k_mat, extr = np.eye(3, dtype=np.float32), np.eye(4, dtype=np.float32)
+        if cam is not None:
+            k_mat = np.asarray(cam["K"], dtype=np.float32).copy()
+            extr = np.asarray(cam["extrinsics"], dtype=np.float32)
+            if self.image_size is not None:  # intrinsics follow the resize
+                k_mat[0] *= self.image_size / float(cam["width"])
+                k_mat[1] *= self.image_size / float(cam["height"])
+        return {
+            K.EE_POSES: torch.from_numpy(poses),
+            K.GRIPPER: torch.from_numpy(grip),
+            K.CAMERA_K: torch.from_numpy(k_mat),
+            K.CAMERA_EXTR: torch.from_numpy(extr),
+            K.HAS_CAMERA: torch.tensor(has_cam),
+        }
