@@ -177,6 +177,9 @@ def to_unified(
         joint_mapping: forward kinematics for joint-space data, returning unified ``(actions, mask)``.
     """
     a = np.asarray(actions)
+    known = ("unified", "metaworld", "ee_abs_quat", "ee_abs_euler", "ee_delta_euler", "joint")
+    if convention not in known:
+        raise ValueError(f"unknown action convention {convention!r}; expected one of {known}")
     if convention == "joint":
         if joint_mapping is None:
             raise ValueError(
@@ -227,7 +230,9 @@ class ActionStats:
         missing = {"mean", "std", "q01", "q99", "min", "max", "mask", "count"} - set(d)
         if missing:
             raise KeyError(f"action statistics are missing keys {sorted(missing)}")
-        return cls(**{k: d[k] for k in ("mean", "std", "q01", "q99", "min", "max", "mask", "count")}, extra=d.get("extra", {}))
+        return cls(
+            **{k: d[k] for k in ("mean", "std", "q01", "q99", "min", "max", "mask", "count")}, extra=d.get("extra", {})
+        )
 
     @classmethod
     def compute(cls, chunks: Iterable[np.ndarray], mask: np.ndarray | None = None) -> ActionStats:
@@ -249,8 +254,14 @@ class ActionStats:
         m = np.ones(ACTION_DIM, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
         q01, q99 = np.quantile(allv, [0.01, 0.99], axis=0)
         return cls(
-            mean=mean.tolist(), std=std.tolist(), q01=q01.tolist(), q99=q99.tolist(),
-            min=allv.min(0).tolist(), max=allv.max(0).tolist(), mask=m.tolist(), count=int(total),
+            mean=mean.tolist(),
+            std=std.tolist(),
+            q01=q01.tolist(),
+            q99=q99.tolist(),
+            min=allv.min(0).tolist(),
+            max=allv.max(0).tolist(),
+            mask=m.tolist(),
+            count=int(total),
         )
 
     def save(self, path: str | Path) -> None:

@@ -30,8 +30,15 @@ def coded_episode(dataset: str, index: int, length: int, size: int = 16, success
     steps = [False] * length
     if success:
         steps[-3:] = [True] * 3
-    meta = dict(embodiment="toy", instruction=f"task of {dataset}", fps=10, success=success, success_steps=steps,
-                task=dataset, seed=index)
+    meta = dict(
+        embodiment="toy",
+        instruction=f"task of {dataset}",
+        fps=10,
+        success=success,
+        success_steps=steps,
+        task=dataset,
+        seed=index,
+    )
     return Episode(f"{dataset}_{index:05d}", frames, actions, mask, meta, state=np.tile(actions[:, :4], 1))
 
 

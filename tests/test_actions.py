@@ -122,3 +122,8 @@ def test_stats_load_names_the_file_on_bad_content(tmp_path):
     p.write_text('{"mean": [0]}')
     with pytest.raises(ValueError, match="stats.json"):
         ActionStats.load(p)
+
+
+def test_unknown_convention_is_rejected():
+    with pytest.raises(ValueError, match="unknown action convention"):
+        to_unified(np.zeros((5, 7)), "robosuite_osc")

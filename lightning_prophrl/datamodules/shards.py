@@ -356,7 +356,15 @@ def decode_episode(sample: dict[str, Any], shard: str = "?", decode_frames: bool
     problem = validate_arrays(frames, actions, mask, meta, state, ee)
     if problem:
         raise ShardFormatError(shard, key, problem)
-    known = {SHARD_ACTIONS, SHARD_ACTION_MASK, SHARD_META, SHARD_STATE, SHARD_EE_POSES, SHARD_FRAMES_NPY, SHARD_FRAMES_MP4}
+    known = {
+        SHARD_ACTIONS,
+        SHARD_ACTION_MASK,
+        SHARD_META,
+        SHARD_STATE,
+        SHARD_EE_POSES,
+        SHARD_FRAMES_NPY,
+        SHARD_FRAMES_MP4,
+    }
     extras = {k: v for k, v in sample.items() if not k.startswith("__") and k not in known}
     return Episode(key, frames, actions.astype(np.float32), mask.astype(bool), meta, state, ee, extras)
 

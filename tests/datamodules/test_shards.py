@@ -38,7 +38,9 @@ def test_round_trip_is_exact_and_shards_roll(tmp_path):
 
 def test_mp4_frames_round_trip_within_codec_tolerance(tmp_path):
     ep = coded_episode("v", 0, 12, size=32)
-    ep.frames = np.repeat(np.linspace(0, 250, 12).astype(np.uint8)[:, None, None, None], 32, 1).repeat(32, 2).repeat(3, 3)
+    ep.frames = (
+        np.repeat(np.linspace(0, 250, 12).astype(np.uint8)[:, None, None, None], 32, 1).repeat(32, 2).repeat(3, 3)
+    )
     with ShardWriter(tmp_path / "v", "v", frame_format="mp4") as w:
         w.write(ep)
     (back,) = list(iter_episodes(tmp_path / "v"))
