@@ -32,6 +32,7 @@ HAS_CAMERA = "has_camera"  # (B,) bool
 OBS_IMAGE = "obs_image"  # (B, 3, H, W) float in [-1, 1]
 OBS_STATE = "obs_state"  # (B, S) float, optional proprioception
 INSTRUCTION = "instruction"  # list[str] of length B
+TASK = "task"  # list[str] task names (e.g. Meta-World environment names)
 TASK_ID = "task_id"  # (B,) long
 DATASET_ID = "dataset_id"  # (B,) long, index into the mixture
 SUCCESS = "success"  # (B,) float in {0, 1}, episode outcome

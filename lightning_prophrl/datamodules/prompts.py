@@ -47,7 +47,7 @@ class PromptDataModule(L.LightningDataModule):
     Args:
         datasets: shard directories whose episodes' first frames become prompts.
         tasks: simulator task names for seed prompts (e.g. ``["pick-place-v3"]``).
-        instructions: instruction per task for seed prompts (defaults to the task name).
+        instructions: instruction per task for seed prompts (defaults to ``envs.instructions.instruction_for``).
         train_seeds: ``[start, stop)`` simulator seeds for training prompts.
         eval_seeds: ``[start, stop)`` simulator seeds held out for evaluation (disjoint from ``train_seeds``).
         eval_fraction: fraction of shard episodes held out for evaluation (by key hash).
@@ -94,10 +94,14 @@ class PromptDataModule(L.LightningDataModule):
         h = self.hparams
         instr = h.instructions or {}
         for task in h.tasks or []:
+            if task not in instr:
+                from lightning_prophrl.envs.instructions import instruction_for
+
+                instr = {**instr, task: instruction_for(task)}
             for split, seeds in (("train", h.train_seeds), ("eval", h.eval_seeds)):
                 dest = self.train_prompts if split == "train" else self.eval_prompts
                 for s in range(*seeds):
-                    dest.append({K.INSTRUCTION: instr.get(task, task), K.TASK_ID: self.task_id(task), K.SEED: s})
+                    dest.append({K.INSTRUCTION: instr[task], K.TASK_ID: self.task_id(task), K.SEED: s, K.TASK: task})
         for d in h.datasets or []:
             for ep in iter_episodes(d):
                 frame = to_float_video(ep.frames[:1], h.image_size)[0]
@@ -107,6 +111,7 @@ class PromptDataModule(L.LightningDataModule):
                     K.INSTRUCTION: str(ep.meta["instruction"]),
                     K.TASK_ID: self.task_id(task),
                     K.SEED: int(ep.meta.get("seed", -1)),
+                    K.TASK: task,
                 }
                 (self.eval_prompts if is_heldout(ep.key, h.eval_fraction) else self.train_prompts).append(p)
         if not self.train_prompts:

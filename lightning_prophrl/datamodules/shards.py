@@ -91,8 +91,9 @@ class Episode:
 # ---------------------------------------------------------------------------------------------------------------------
 # Video encoding (PyAV)
 # ---------------------------------------------------------------------------------------------------------------------
-def encode_mp4(frames: np.ndarray, fps: int = 10, crf: int = 18) -> bytes:
-    """``(T, H, W, 3) uint8`` -> H.264 mp4 bytes (yuv420p, even sizes required by the codec)."""
+def encode_mp4(frames: np.ndarray, fps: int = 10, crf: int = 18, gop: int = 10) -> bytes:
+    """``(T, H, W, 3) uint8`` -> H.264 mp4 bytes (yuv420p, even sizes required by the codec; a keyframe every
+    ``gop`` frames keeps random access cheap)."""
     import av
 
     buf = io.BytesIO()
@@ -100,7 +101,7 @@ def encode_mp4(frames: np.ndarray, fps: int = 10, crf: int = 18) -> bytes:
         stream = container.add_stream("libx264", rate=int(fps))
         stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "veryfast", "g": "1000"}
+        stream.options = {"crf": str(crf), "preset": "veryfast", "g": str(int(gop))}
         for img in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
                 container.mux(packet)
@@ -154,6 +155,7 @@ class ShardWriter:
         frame_format: ``"npy"`` (raw uint8) or ``"mp4"`` (H.264).
         prefix: shard file prefix.
         append: continue numbering after existing shards instead of refusing a non-empty directory.
+        gop: keyframe interval of mp4 frames.
     """
 
     def __init__(
@@ -165,6 +167,7 @@ class ShardWriter:
         frame_format: Literal["npy", "mp4"] = "npy",
         prefix: str = "shard",
         append: bool = False,
+        gop: int = 10,
     ):
         if frame_format not in ("npy", "mp4"):
             raise ValueError(f"frame_format must be 'npy' or 'mp4', got {frame_format!r}")
@@ -176,7 +179,7 @@ class ShardWriter:
         if self.index["shards"] and not append:
             raise FileExistsError(f"{self.out_dir} already holds shards; pass append=True or choose an empty directory")
         self.dataset, self.max_count, self.max_bytes = dataset, max_count, max_bytes
-        self.frame_format, self.prefix = frame_format, prefix
+        self.frame_format, self.prefix, self.gop = frame_format, prefix, gop
         self._tar: tarfile.TarFile | None = None
         self._count = self._bytes = 0
         self._shard_id = len(self.index["shards"])
@@ -238,7 +241,7 @@ class ShardWriter:
         if self.frame_format == "npy":
             out[SHARD_FRAMES_NPY] = _npy_bytes(ep.frames.astype(np.uint8))
         else:
-            out[SHARD_FRAMES_MP4] = encode_mp4(ep.frames, fps=int(meta["fps"]))
+            out[SHARD_FRAMES_MP4] = encode_mp4(ep.frames, fps=int(meta["fps"]), gop=self.gop)
         if ep.state is not None:
             out[SHARD_STATE] = _npy_bytes(ep.state.astype(np.float32))
         if ep.ee_poses is not None:

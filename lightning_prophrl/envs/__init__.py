@@ -1,1 +1,65 @@
-"""lightning_prophrl.envs."""
+"""Batched environments: the ``BatchedEnv`` contract, the real Meta-World v3 simulator, rendering and instructions.
+
+Importing this package sets ``MUJOCO_GL=egl`` (unless already set) before mujoco is imported: import it before
+``metaworld`` or ``mujoco`` on a headless machine. Meta-World itself is imported lazily (extra ``sim``).
+"""
+
+from lightning_prophrl.envs.base import (
+    INFO_EE_POSE,
+    INFO_EXECUTED,
+    INFO_STEPS,
+    INFO_SUCCESS,
+    INFO_SUCCESS_NOW,
+    BatchedEnv,
+    Prompt,
+    as_prompt,
+)
+from lightning_prophrl.envs.instructions import INSTRUCTIONS, TASKS, instruction_for
+from lightning_prophrl.envs.metaworld import (
+    SEED_RANGES,
+    EpisodeRecord,
+    ExpertEpisode,
+    MetaWorldEnv,
+    ScriptedExpert,
+    demo_seeds,
+    eval_seeds,
+    make_seeded_env,
+    reset_seeded,
+    run_expert_episode,
+    train_seeds,
+)
+from lightning_prophrl.envs.rendering import (
+    CAMERA_PRESETS,
+    FastRenderer,
+    FreeCamera,
+    project_points,
+)
+
+__all__ = [
+    "CAMERA_PRESETS",
+    "INFO_EE_POSE",
+    "INFO_EXECUTED",
+    "INFO_STEPS",
+    "INFO_SUCCESS",
+    "INFO_SUCCESS_NOW",
+    "INSTRUCTIONS",
+    "SEED_RANGES",
+    "TASKS",
+    "BatchedEnv",
+    "EpisodeRecord",
+    "ExpertEpisode",
+    "FastRenderer",
+    "FreeCamera",
+    "MetaWorldEnv",
+    "Prompt",
+    "ScriptedExpert",
+    "as_prompt",
+    "demo_seeds",
+    "eval_seeds",
+    "instruction_for",
+    "make_seeded_env",
+    "project_points",
+    "reset_seeded",
+    "run_expert_episode",
+    "train_seeds",
+]

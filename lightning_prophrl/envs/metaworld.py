@@ -1,0 +1,499 @@
+"""The real Meta-World v3 simulator as a ``BatchedEnv``, deterministic seeding, seed ranges and the scripted expert.
+
+Seeding (STACK.md, CALIBRATION.md "Pitfalls"): ``env.reset(seed=s)`` does not reseed Meta-World v3 and the MT1 wrapper
+draws one of 50 preset variants at every reset. ``make_seeded_env`` therefore builds the raw environment class, applies
+one MT1 task with ``set_task`` (which makes the goal observable in ``obs[36:39]``, as the experts need) and then flips
+two *private* attributes, ``_freeze_rand_vec = False`` and ``seeded_rand_vec = True``; ``reset_seeded(env, s)`` calls
+``env.seed(s)`` then ``env.reset()``. The same seed then gives the same initial state on any instance. The attributes
+were verified on metaworld 3.1.1 (pinned by the ``sim`` extra); a missing attribute raises, another version warns.
+
+Stepping the raw environment bypasses Meta-World's time-limit and stop-at-success wrappers, so ``MetaWorldEnv``
+implements both (the raw env raises past its own 500 steps, hence ``max_steps <= 500``).
+
+Seed ranges (disjoint, so that evaluation never sees a training initial state): demonstrations ``[0, 1000)``,
+evaluation ``[1000, 2000)``, RL prompts and any other on-line data ``[2000, 2**31)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from lightning_prophrl.constants import INSTRUCTION, OBS_IMAGE, OBS_STATE
+from lightning_prophrl.envs.base import (
+    INFO_EE_POSE,
+    INFO_EXECUTED,
+    INFO_STEPS,
+    INFO_SUCCESS,
+    INFO_SUCCESS_NOW,
+    Prompt,
+    check_prompts,
+    frames_to_image,
+    pad_videos,
+)
+from lightning_prophrl.envs.instructions import instruction_for
+from lightning_prophrl.envs.rendering import FastRenderer, FreeCamera
+
+StateMode = Literal["proprio", "full"]
+SEED_RANGES: dict[str, tuple[int, int]] = {"demo": (0, 1000), "eval": (1000, 2000), "train": (2000, 2**31)}
+PINNED_METAWORLD = "3.1.1"
+RAW_MAX_STEPS = 500  # the raw environment's own path-length limit
+
+
+def _seeds(kind: str, n: int, start: int) -> list[int]:
+    lo, hi = SEED_RANGES[kind]
+    if n < 0 or not lo <= start or start + n > hi:
+        raise ValueError(f"{kind} seeds [start={start}, start+n={start + n}) must lie inside [{lo}, {hi})")
+    return list(range(start, start + n))
+
+
+def demo_seeds(n: int, start: int = 0) -> list[int]:
+    """``n`` consecutive demonstration seeds from ``start``, inside ``[0, 1000)``."""
+    return _seeds("demo", n, start)
+
+
+def eval_seeds(n: int, start: int = 1000) -> list[int]:
+    """``n`` consecutive evaluation seeds from ``start``, inside ``[1000, 2000)``."""
+    return _seeds("eval", n, start)
+
+
+def train_seeds(n: int, start: int = 2000) -> list[int]:
+    """``n`` consecutive RL / on-line data seeds from ``start``, inside ``[2000, 2**31)``."""
+    return _seeds("train", n, start)
+
+
+def _metaworld():
+    try:
+        import metaworld
+    except ImportError as err:  # pragma: no cover - depends on the install
+        raise ImportError("Meta-World is not installed: pip install 'lightning_prophrl[sim]'") from err
+    return metaworld
+
+
+@functools.cache
+def _mt1_task(task: str) -> Any:
+    """One MT1 task of ``task`` (cached: building the benchmark resets the env 50 times, about 1 s)."""
+    metaworld = _metaworld()
+    if task not in metaworld.MT1.ENV_NAMES:
+        raise ValueError(f"unknown Meta-World v3 task {task!r}; valid: {sorted(metaworld.MT1.ENV_NAMES)}")
+    version = importlib.metadata.version("metaworld")
+    if version != PINNED_METAWORLD:
+        warnings.warn(
+            f"metaworld {version} != {PINNED_METAWORLD}: the seeding fix relies on private attributes", stacklevel=3
+        )
+    return metaworld.MT1(task, seed=0).train_tasks[0]
+
+
+def make_seeded_env(task: str) -> Any:
+    """A raw (unwrapped) Meta-World v3 environment of ``task`` whose ``reset_seeded`` is deterministic per seed."""
+    task_obj = _mt1_task(task)  # validates the name
+    env = _metaworld().env_dict.ALL_V3_ENVIRONMENTS[task]()
+    env.set_task(task_obj)
+    for name in ("_freeze_rand_vec", "seeded_rand_vec"):
+        if not hasattr(env, name):
+            raise RuntimeError(
+                f"metaworld changed: {type(env).__name__} has no {name}; pin metaworld=={PINNED_METAWORLD}"
+            )
+    env._freeze_rand_vec = False
+    env.seeded_rand_vec = True
+    return env
+
+
+def reset_seeded(env: Any, seed: int) -> np.ndarray:
+    """Reset a ``make_seeded_env`` environment to the initial state of ``seed``; returns the 39-D observation."""
+    env.seed(int(seed))
+    obs, _ = env.reset()
+    return obs
+
+
+def ee_pose(env: Any) -> np.ndarray:
+    """Hand pose ``(7,)``: xyz (``obs[:3]``) + quaternion wxyz of the ``hand`` body, world frame."""
+    body = env.data.body("hand")
+    return np.concatenate([body.xpos, body.xquat]).astype(np.float64)
+
+
+def proprio(obs: np.ndarray, state_mode: StateMode) -> np.ndarray:
+    """Proprioception from the 39-D observation: ``"proprio"`` hand xyz + gripper opening ``(4,)``; ``"full"`` all 39
+    (hand, gripper, object poses, the previous frame's copy of them, goal xyz), a privileged simulator state."""
+    return obs[:4] if state_mode == "proprio" else obs
+
+
+@dataclass
+class EpisodeRecord:
+    """What one environment did since ``reset`` (``T`` executed steps, ``C`` rendered frames).
+
+    Attributes:
+        frames: ``C`` frames ``(H, W, 3)`` uint8, the first after reset, then one after each executed chunk.
+        frame_steps: step index of each frame (0 = initial state, ``t`` = after ``t`` actions).
+        actions: ``T`` executed (clipped) actions ``(4,)``.
+        ee_poses: ``T + 1`` hand poses ``(7,)``, before the first action and after each one.
+        object_pos: ``T + 1`` object positions ``(3 k,)`` (``_get_pos_objects``), same timing.
+        success: ``T`` success flags, after each action.
+    """
+
+    task: str
+    seed: int
+    instruction: str
+    goal: np.ndarray
+    frames: list[np.ndarray] = field(default_factory=list)
+    frame_steps: list[int] = field(default_factory=list)
+    actions: list[np.ndarray] = field(default_factory=list)
+    ee_poses: list[np.ndarray] = field(default_factory=list)
+    object_pos: list[np.ndarray] = field(default_factory=list)
+    success: list[bool] = field(default_factory=list)
+
+
+class _Slot:
+    """One reusable simulator instance with its renderer."""
+
+    def __init__(self, task: str, image_size: int | Sequence[int], camera: str | FreeCamera) -> None:
+        self.task = task
+        self.env = make_seeded_env(task)
+        self.renderer = FastRenderer(self.env.model, self.env.data, image_size, camera)
+
+
+class MetaWorldEnv:
+    """``num_prompts x group_size`` real Meta-World v3 episodes stepped by action chunks (a ``BatchedEnv``).
+
+    Rendering happens only at chunk boundaries (after ``reset`` and after each ``step`` call), which is what the
+    policy observes and what ``video()`` keeps for reward models. Simulator instances are created once (about 0.2 s
+    each) and reused across resets: ``num_envs`` per task, built for ``tasks[0]`` in ``__init__`` and lazily for other
+    tasks on the first ``reset`` that needs them.
+
+    Args:
+        tasks: one Meta-World v3 task name or several; prompts may only use these tasks.
+        num_prompts: ``P``, prompts per ``reset``.
+        group_size: ``G``, rollouts per prompt, all from the prompt's initial state (same seed).
+        image_size: rendered size, an int (square) or ``(height, width)``.
+        max_steps: step cap per episode (the calibration uses 150; at most Meta-World's own 500).
+        exec_horizon: actions of each chunk to execute (``None``: the whole chunk); the rest are dropped.
+        camera: ``"workspace"`` (default, zoomed on the table) or ``"overview"`` (whole arm), a ``FreeCamera``, or a
+            model camera name; see ``lightning_prophrl.envs.rendering``.
+        stop_at_success: end an episode at its first successful step.
+        state_mode: ``OBS_STATE`` content, ``"proprio"`` (hand xyz + gripper opening, 4-D, what a real robot has) or
+            ``"full"`` (Meta-World's 39-D observation with object poses and goal: privileged).
+    """
+
+    action_dim = 4
+
+    def __init__(
+        self,
+        tasks: str | Sequence[str] = "pick-place-v3",
+        num_prompts: int = 1,
+        group_size: int = 1,
+        image_size: int | Sequence[int] = 64,
+        max_steps: int = 150,
+        exec_horizon: int | None = None,
+        camera: str | FreeCamera = "workspace",
+        stop_at_success: bool = True,
+        state_mode: StateMode = "proprio",
+    ) -> None:
+        # 1. Validate the arguments.
+        self.tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
+        if not self.tasks:
+            raise ValueError("tasks must name at least one Meta-World task")
+        if num_prompts < 1 or group_size < 1:
+            raise ValueError(f"num_prompts and group_size must be >= 1, got {num_prompts} and {group_size}")
+        if not 1 <= max_steps <= RAW_MAX_STEPS:
+            raise ValueError(f"max_steps must lie in [1, {RAW_MAX_STEPS}] (Meta-World's own limit), got {max_steps}")
+        if exec_horizon is not None and exec_horizon < 1:
+            raise ValueError(f"exec_horizon must be >= 1 or None, got {exec_horizon}")
+        if state_mode not in ("proprio", "full"):
+            raise ValueError(f"state_mode must be 'proprio' or 'full', got {state_mode!r}")
+        self.num_prompts, self.group_size, self.num_envs = num_prompts, group_size, num_prompts * group_size
+        self.image_size, self.camera, self.max_steps = image_size, camera, max_steps
+        self.exec_horizon, self.stop_at_success, self.state_mode = exec_horizon, stop_at_success, state_mode
+        self.state_dim = 4 if state_mode == "proprio" else 39
+
+        # 2. Simulator pool: num_envs instances per task, the first task built now.
+        self._pool: dict[str, list[_Slot]] = {}
+        for task in self.tasks:
+            _mt1_task(task)  # fail early on an unknown task name
+        self._grow_pool(self.tasks[0], self.num_envs)
+        first = self._pool[self.tasks[0]][0].renderer
+        self.camera_k, self.camera_extr = first.intrinsics(), first.extrinsics()
+
+        # 3. Episode state (filled by reset).
+        self._slots: list[_Slot] = []
+        self._episodes: list[EpisodeRecord] = []
+        self._obs = np.zeros((self.num_envs, 39))
+        self._image = torch.zeros(0)
+        self._done = np.ones(self.num_envs, dtype=bool)
+        self._success = np.zeros(self.num_envs, dtype=bool)
+        self._success_now = np.zeros(self.num_envs, dtype=bool)
+        self._steps = np.zeros(self.num_envs, dtype=np.int64)
+
+    def _grow_pool(self, task: str, n: int) -> list[_Slot]:
+        slots = self._pool.setdefault(task, [])
+        while len(slots) < n:
+            slots.append(_Slot(task, self.image_size, self.camera))
+        return slots
+
+    def reset(self, prompts: Sequence[Prompt | Mapping[str, Any]]) -> dict[str, Any]:
+        """Start one group of ``group_size`` identical initial states per prompt (env ``n`` runs prompt ``n // G``).
+
+        Args:
+            prompts: ``num_prompts`` ``Prompt``s, or prompt dicts of ``PromptDataModule`` whose ``TASK_ID`` indexes
+                ``tasks``; instruction ``None`` uses ``instruction_for(task)``; ``initial_frame``/``initial_state``
+                are ignored (the simulator renders its own).
+
+        Returns:
+            The observation dict: ``OBS_IMAGE`` ``(N, 3, H, W)``, ``OBS_STATE`` ``(N, S)``, ``INSTRUCTION``.
+        """
+        prompts = check_prompts(prompts, self.num_prompts, self.tasks)
+        for i, p in enumerate(prompts):
+            if p.task not in self.tasks:
+                raise ValueError(f"prompts[{i}].task={p.task!r} is not one of this env's tasks {self.tasks}")
+            if p.seed < 0:
+                raise ValueError(f"prompts[{i}].seed={p.seed}: a simulator prompt needs a seed >= 0")
+        expanded = [p for p in prompts for _ in range(self.group_size)]
+        used: dict[str, int] = {}
+        self._slots, self._episodes = [], []
+        frames = []
+        for n, p in enumerate(expanded):
+            slot = self._grow_pool(p.task, used.get(p.task, 0) + 1)[used.get(p.task, 0)]
+            used[p.task] = used.get(p.task, 0) + 1
+            self._obs[n] = reset_seeded(slot.env, p.seed)
+            frame = slot.renderer.render()
+            record = EpisodeRecord(
+                p.task, p.seed, p.instruction or instruction_for(p.task), slot.env._target_pos.copy()
+            )
+            record.frames.append(frame)
+            record.frame_steps.append(0)
+            record.ee_poses.append(ee_pose(slot.env))
+            record.object_pos.append(np.array(slot.env._get_pos_objects(), dtype=np.float64))
+            self._slots.append(slot)
+            self._episodes.append(record)
+            frames.append(frame)
+        self._image = frames_to_image(np.stack(frames))
+        self._done[:], self._success[:], self._success_now[:], self._steps[:] = False, False, False, 0
+        return self._observation()
+
+    def step(self, actions: torch.Tensor | np.ndarray) -> tuple[dict[str, Any], torch.Tensor, dict[str, Any]]:
+        """Execute one chunk of Meta-World actions for every environment that is not done.
+
+        Args:
+            actions: ``(N, h, 4)`` un-normalised Meta-World actions (xyz delta in units of 1 cm, gripper effort, +1
+                closes), clipped to ``[-1, 1]``; only the first ``exec_horizon`` of each chunk are executed.
+
+        Returns:
+            ``(obs, done, info)``: the observation after the chunk, ``done`` ``(N,)`` bool and ``info`` with
+            ``INFO_SUCCESS``, ``INFO_SUCCESS_NOW``, ``INFO_STEPS``, ``INFO_EXECUTED`` and ``INFO_EE_POSE``.
+        """
+        if not self._slots:
+            raise RuntimeError("call reset(prompts) before step(actions)")
+        a = actions.detach().cpu().numpy() if isinstance(actions, torch.Tensor) else np.asarray(actions)
+        if a.ndim != 3 or a.shape[0] != self.num_envs or a.shape[2] != self.action_dim or a.shape[1] < 1:
+            raise ValueError(f"actions must have shape (num_envs={self.num_envs}, h, 4), got {tuple(a.shape)}")
+        if self.exec_horizon is not None:
+            if a.shape[1] < self.exec_horizon:
+                raise ValueError(f"actions has chunk length {a.shape[1]} < exec_horizon={self.exec_horizon}")
+            a = a[:, : self.exec_horizon]
+        a = np.clip(a.astype(np.float64), -1.0, 1.0)
+        executed = np.zeros(self.num_envs, dtype=np.int64)
+        for n in np.flatnonzero(~self._done):
+            executed[n] = self._run_chunk(n, a[n])
+            frame = self._slots[n].renderer.render()
+            self._episodes[n].frames.append(frame)
+            self._episodes[n].frame_steps.append(int(self._steps[n]))
+            self._image[n] = frames_to_image(frame)
+        info = {
+            INFO_SUCCESS: torch.from_numpy(self._success.copy()),
+            INFO_SUCCESS_NOW: torch.from_numpy(self._success_now.copy()),
+            INFO_STEPS: torch.from_numpy(self._steps.copy()),
+            INFO_EXECUTED: torch.from_numpy(executed),
+            INFO_EE_POSE: torch.from_numpy(np.stack([e.ee_poses[-1] for e in self._episodes])).float(),
+        }
+        return self._observation(), torch.from_numpy(self._done.copy()), info
+
+    def _run_chunk(self, n: int, chunk: np.ndarray) -> int:
+        """Step environment ``n`` through ``chunk`` ``(h, 4)`` until done; returns the number of actions executed."""
+        env, record = self._slots[n].env, self._episodes[n]
+        for t, action in enumerate(chunk):
+            obs, _, _, _, step_info = env.step(action)
+            success = bool(step_info["success"])
+            self._obs[n], self._steps[n] = obs, self._steps[n] + 1
+            self._success_now[n] = success
+            self._success[n] |= success
+            record.actions.append(action.copy())
+            record.success.append(success)
+            record.ee_poses.append(ee_pose(env))
+            record.object_pos.append(np.array(env._get_pos_objects(), dtype=np.float64))
+            if (success and self.stop_at_success) or self._steps[n] >= self.max_steps:
+                self._done[n] = True
+                return t + 1
+        return len(chunk)
+
+    def _observation(self) -> dict[str, Any]:
+        state = np.stack([proprio(o, self.state_mode) for o in self._obs]).astype(np.float32)
+        return {
+            OBS_IMAGE: self._image.clone(),
+            OBS_STATE: torch.from_numpy(state),
+            INSTRUCTION: [e.instruction for e in self._episodes],
+        }
+
+    def video(self, uint8: bool = False) -> torch.Tensor:
+        """Chunk-boundary videos since ``reset``, ``(N, T, 3, H, W)``: float32 in ``[-1, 1]``, or uint8 if asked.
+
+        Shorter episodes are padded with their last frame (``video_lengths()`` gives the real lengths).
+        """
+        frames, _ = pad_videos([np.stack(e.frames) for e in self._episodes])
+        if uint8:
+            return torch.from_numpy(frames).movedim(-1, -3).contiguous()
+        return frames_to_image(frames)
+
+    def video_lengths(self) -> torch.Tensor:
+        """Number of real frames per environment in ``video()``, ``(N,)`` long."""
+        return torch.tensor([len(e.frames) for e in self._episodes], dtype=torch.long)
+
+    def episodes(self) -> list[EpisodeRecord]:
+        """Per-environment records since ``reset`` (actions, hand poses, object positions, success per step)."""
+        return self._episodes
+
+    def close(self) -> None:
+        """Free every renderer's GL context."""
+        for slots in self._pool.values():
+            for slot in slots:
+                slot.renderer.close()
+        self._pool.clear()
+
+
+@dataclass
+class ExpertEpisode:
+    """One scripted-expert episode (``T`` steps). ``frames[t]`` and ``states[t]`` are observed *before*
+    ``actions[t]``, so ``len(frames) == len(actions)``; ``final_frame`` is the observation after the last action.
+
+    Attributes:
+        frames: ``(T, H, W, 3)`` uint8 (``(0, H, W, 3)`` when rendering was off).
+        final_frame: ``(H, W, 3)`` uint8 after the last action, ``None`` when rendering was off.
+        actions: ``(T, 4)`` float32, the executed actions (expert + noise, clipped to ``[-1, 1]``).
+        states: ``(T, S)`` float32 proprioception before each action (``state_mode`` of the runner).
+        ee_poses: ``(T + 1, 7)`` hand xyz + quaternion wxyz, before the first action and after each one.
+        object_pos: ``(T + 1, 3 k)`` object position(s), same timing.
+        goal: ``(3,)`` goal position.
+        success: ``(T,)`` bool, ``info["success"]`` after each action.
+        camera_k: ``(3, 3)`` intrinsics; camera_extr: ``(4, 4)`` world -> camera (OpenCV).
+    """
+
+    task: str
+    seed: int
+    sigma: float
+    instruction: str
+    frames: np.ndarray
+    final_frame: np.ndarray | None
+    actions: np.ndarray
+    states: np.ndarray
+    ee_poses: np.ndarray
+    object_pos: np.ndarray
+    goal: np.ndarray
+    success: np.ndarray
+    camera_k: np.ndarray
+    camera_extr: np.ndarray
+
+    @property
+    def episode_success(self) -> bool:
+        """Whether ``info["success"]`` held at any step."""
+        return bool(self.success.any())
+
+
+class ScriptedExpert:
+    """Meta-World's scripted expert (``metaworld.policies.ENV_POLICY_MAP``) with Gaussian action noise, reusing one
+    simulator and renderer across episodes (for writing demonstration shards).
+
+    Args:
+        task: Meta-World v3 task name.
+        image_size: rendered size, an int or ``(height, width)``.
+        camera: camera preset / ``FreeCamera`` / model camera name, as in ``MetaWorldEnv``.
+        max_steps: step cap per episode (at most 500).
+        stop_at_success: end the episode at its first successful step.
+        state_mode: ``"proprio"`` (4-D) or ``"full"`` (39-D), as in ``MetaWorldEnv``.
+        render: render a frame before every action (off: no frames, for fast replays and statistics).
+    """
+
+    def __init__(
+        self,
+        task: str,
+        image_size: int | Sequence[int] = 64,
+        camera: str | FreeCamera = "workspace",
+        max_steps: int = 150,
+        stop_at_success: bool = True,
+        state_mode: StateMode = "proprio",
+        render: bool = True,
+    ) -> None:
+        if not 1 <= max_steps <= RAW_MAX_STEPS:
+            raise ValueError(f"max_steps must lie in [1, {RAW_MAX_STEPS}], got {max_steps}")
+        from metaworld.policies import ENV_POLICY_MAP
+
+        self.task, self.max_steps, self.stop_at_success = task, max_steps, stop_at_success
+        self.state_mode, self.render = state_mode, render
+        self.slot = _Slot(task, image_size, camera)
+        self.policy = ENV_POLICY_MAP[task]()
+
+    def run(self, seed: int, sigma: float = 0.0, noise_seed: int | None = None) -> ExpertEpisode:
+        """One episode from the initial state of ``seed``.
+
+        Args:
+            seed: initial-state seed (see ``demo_seeds``).
+            sigma: standard deviation of the Gaussian noise added to every expert action before clipping.
+            noise_seed: seed of the noise generator ``np.random.default_rng``; ``None`` uses ``seed``, so an episode
+                is a deterministic function of ``(task, seed, sigma)``.
+        """
+        if sigma < 0:
+            raise ValueError(f"sigma must be >= 0, got {sigma}")
+        env, renderer = self.slot.env, self.slot.renderer
+        rng = np.random.default_rng(seed if noise_seed is None else noise_seed)
+        obs = reset_seeded(env, seed)
+        frames, actions, states, success = [], [], [], []
+        poses, objects = [ee_pose(env)], [np.array(env._get_pos_objects(), dtype=np.float64)]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")  # experts' own clipping note
+            for _ in range(self.max_steps):
+                if self.render:
+                    frames.append(renderer.render())
+                states.append(proprio(obs, self.state_mode).astype(np.float32))
+                action = np.clip(self.policy.get_action(obs) + sigma * rng.standard_normal(4), -1.0, 1.0)
+                obs, _, _, _, info = env.step(action)
+                actions.append(action)
+                success.append(bool(info["success"]))
+                poses.append(ee_pose(env))
+                objects.append(np.array(env._get_pos_objects(), dtype=np.float64))
+                if success[-1] and self.stop_at_success:
+                    break
+        h, w = renderer.height, renderer.width
+        return ExpertEpisode(
+            task=self.task,
+            seed=int(seed),
+            sigma=float(sigma),
+            instruction=instruction_for(self.task),
+            frames=np.stack(frames) if frames else np.zeros((0, h, w, 3), np.uint8),
+            final_frame=renderer.render() if self.render else None,
+            actions=np.stack(actions).astype(np.float32),
+            states=np.stack(states),
+            ee_poses=np.stack(poses),
+            object_pos=np.stack(objects),
+            goal=env._target_pos.copy(),
+            success=np.array(success, dtype=bool),
+            camera_k=renderer.intrinsics(),
+            camera_extr=renderer.extrinsics(),
+        )
+
+    def close(self) -> None:
+        """Free the renderer's GL context."""
+        self.slot.renderer.close()
+
+
+def run_expert_episode(task: str, seed: int, sigma: float = 0.0, **kwargs: Any) -> ExpertEpisode:
+    """One scripted-expert episode in a fresh simulator (``kwargs`` go to ``ScriptedExpert``); for many episodes keep
+    a ``ScriptedExpert`` and call ``run`` (building a simulator costs about 0.2 s)."""
+    expert = ScriptedExpert(task, **kwargs)
+    try:
+        return expert.run(seed, sigma)
+    finally:
+        expert.close()
