@@ -1,1 +1,17 @@
-"""lightning_prophrl.rl."""
+"""RL maths of ProphRL as pure functions (SPEC 4, 5): group advantages, FA-GRPO / Flow-GRPO losses, FlowScale
+weights and KL estimators."""
+
+from lightning_prophrl.rl.advantages import group_advantages
+from lightning_prophrl.rl.flowscale import flowscale_weights
+from lightning_prophrl.rl.kl import gaussian_mean_kl, kl_k3
+from lightning_prophrl.rl.losses import clipped_surrogate, fa_grpo_loss, flow_grpo_loss
+
+__all__ = [
+    "clipped_surrogate",
+    "fa_grpo_loss",
+    "flow_grpo_loss",
+    "flowscale_weights",
+    "gaussian_mean_kl",
+    "group_advantages",
+    "kl_k3",
+]
