@@ -1,0 +1,731 @@
+"""Prophet: history-aware action-to-video world model with dual action conditioning (SPEC 2.1-2.5).
+
+Backbone: diffusers ``CosmosTransformer3DModel`` used Cosmos-Predict2 Video2World style. The clip latents are
+``[cond latent frame(s), future latents]`` along time with a condition-mask channel; the conditioning frames are clean
+(timestep ``cond_t``) and the loss is on the future latents only. Text conditioning is zeroed (SPEC 2.1): the
+cross-attention context is a zero (or learned null) sequence of ``null_context_tokens`` tokens.
+
+Objective: rectified flow. ``z_t = (1 - t) z_0 + t eps``, the network predicts the velocity ``v = eps - z_0`` from
+``(z_t, t)`` with ``t`` in ``[0, 1]`` fed as ``t * timestep_scale``. This is exactly Cosmos-Predict2's own
+parameterization (its pipeline feeds ``c_in * x_sigma`` with ``t = sigma / (1 + sigma)`` and reads the output as
+``v``), so a pretrained Cosmos-Predict2 backbone needs ``timestep_scale=1``.
+
+How the conditioning is injected (the least fragile routes, using only public module structure):
+
+* Actions (SPEC 2.3): ``t~ = t + f_sa + f_af``. A forward hook on ``transformer.time_embed`` adds the action
+  embedding to its second output ``embedded_timestep`` (``(B * T, D)``), which feeds the AdaLN modulation of every
+  block and of the output layer. ``f_sa`` is one vector per sample; ``f_af`` is one vector per future latent frame
+  (zero for samples with ``has_camera == False``).
+* History (SPEC 2.4): :mod:`lightning_prophrl.models.history` memory tokens as extra K/V in every block's
+  self-attention through a diffusers attention processor.
+* Success head: a forward hook on the last block keeps its hidden states; the mean over the future-frame tokens goes
+  through an MLP to a success / task-progress logit (a reward from the world model's own state).
+
+Sampling (:meth:`Prophet.generate`, :meth:`Prophet.rollout`) uses diffusers' ``FlowMatchEulerDiscreteScheduler``
+with ``sigmas = linspace(1, 1/N, N)`` (then shifted), so 1-2 step sampling spends its steps evenly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import CosmosTransformer3DModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from lightning_prophrl.constants import (
+    ACTION_DIM,
+    ACTION_MASK,
+    ACTIONS,
+    CAMERA_EXTR,
+    CAMERA_K,
+    CLIP_SUCCESS,
+    COND_FRAME,
+    EE_POSES,
+    FUTURE,
+    GRIPPER,
+    HAS_CAMERA,
+    HISTORY,
+    HISTORY_MASK,
+)
+from lightning_prophrl.models.action_frames import (
+    ActionFrameEncoder,
+    ActionFrameStyle,
+    ScalarActionEncoder,
+    render_action_frames,
+)
+from lightning_prophrl.models.history import HistoryBuffer, HistoryEncoder, MemoryContext, install_memory_attention
+from lightning_prophrl.models.latent import CodecKind, build_codec
+
+DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+_BACKBONE_KEYS = (
+    "num_attention_heads",
+    "attention_head_dim",
+    "num_layers",
+    "mlp_ratio",
+    "adaln_lora_dim",
+    "patch_size",
+    "max_size",
+    "rope_scale",
+    "extra_pos_embed_type",
+    "text_embed_dim",
+)
+
+
+@dataclass
+class ProphetOutput:
+    """Output of :meth:`Prophet.forward`.
+
+    Attributes:
+        velocity: Predicted velocity of the future latents ``(B, C, T_f, h, w)``.
+        success_logit: ``(B,)`` success / task-progress logit, or None without a success head.
+    """
+
+    velocity: torch.Tensor
+    success_logit: torch.Tensor | None
+
+
+@dataclass
+class ProphetGeneration:
+    """Output of :meth:`Prophet.generate`.
+
+    Attributes:
+        frames: Generated frames ``(B, L, 3, H, W)`` in ``[-1, 1]``.
+        latents: Their latents ``(B, C, T_f, h, w)``.
+        success_logit: ``(B,)`` success logit of a clean pass over the clip, or None.
+    """
+
+    frames: torch.Tensor
+    latents: torch.Tensor
+    success_logit: torch.Tensor | None
+
+
+@dataclass
+class ProphetRollout:
+    """Output of :meth:`Prophet.rollout`.
+
+    Attributes:
+        video: ``(B, 1 + S * L, 3, H, W)`` in ``[-1, 1]``: the first frame then every generated segment.
+        success_prob: ``(B, S)`` success probability after each segment, or None.
+    """
+
+    video: torch.Tensor
+    success_prob: torch.Tensor | None
+
+
+@dataclass
+class _ForwardState:
+    time_extra: torch.Tensor | None = None  # (B, T, D) added to the embedded timestep
+    last_hidden: torch.Tensor | None = None  # (B, N, D) output of the last DiT block
+
+    def __getstate__(self) -> dict:  # transient: copies and pickles of a model start empty
+        return {"time_extra": None, "last_hidden": None}
+
+
+class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
+    """The Prophet world model (a diffusers model: ``save_pretrained`` / ``from_pretrained`` / LoRA adapters).
+
+    Defaults describe the paper's 2B-class model (Cosmos-Predict2-2B-Video2World dims + Wan2.1 VAE); see
+    ``configs/prophet/model_tiny.yaml`` for the CPU configuration. Values the paper does not give are marked UNKNOWN.
+
+    Args:
+        codec: ``"wan"`` (Wan2.1 VAE, learned latents) or ``"pixel"`` (fixed space-to-depth, pixel space).
+        codec_kwargs: Constructor kwargs of the codec (see :mod:`lightning_prophrl.models.latent`).
+        num_attention_heads: DiT heads (Cosmos-Predict2-2B: 16).
+        attention_head_dim: DiT head size (128); the hidden size is ``heads * head_dim``.
+        num_layers: DiT blocks (28).
+        mlp_ratio: Feed-forward expansion (4).
+        adaln_lora_dim: Bottleneck of the AdaLN modulation MLPs (256).
+        patch_size: DiT patch ``(1, p, p)``; the temporal patch must be 1.
+        max_size: Largest latent ``(T, h, w)`` for the positional embeddings.
+        rope_scale: RoPE NTK scales ``(t, h, w)`` (Cosmos-Predict2-2B Video2World: ``(1, 3, 3)``).
+        extra_pos_embed_type: ``None`` or ``"learnable"`` absolute position embedding.
+        text_embed_dim: Width of the (zeroed) cross-attention context (T5: 1024).
+        null_context: ``"zero"`` (cross-attention outputs exactly 0) or ``"learned"`` (a trainable null sequence).
+        null_context_tokens: Length of the null context.
+        padding_mask_channel: Append a zero padding-mask input channel (Cosmos checkpoints expect it).
+        rope_fps: Frame rate passed to Cosmos' RoPE (``None`` = frame index positions).
+        pretrained_backbone_path: Local directory of a diffusers ``CosmosTransformer3DModel`` (or a pipeline root with
+            ``transformer/``); its architecture overrides the backbone arguments above. Cleared from the saved
+            config after loading (the weights are then part of this model).
+        action_dim: Size of one action (14 in the unified space).
+        action_chunk_length: Actions (= future frames) per generation call (paper: 20).
+        action_hidden_dim: Hidden width of the scalar action MLP (default ``4 * hidden``, [R]).
+        use_action_frames: Build the action-frame stream.
+        action_frame_channels: Channels of the action-frame encoder.
+        action_frame_style: :class:`ActionFrameStyle` fields as a dict (renderer sizes and colours).
+        zero_init_conditioning: Zero the last layers of the action streams (start from the backbone's behaviour).
+        history_length: Past frames kept in the memory (UNKNOWN; 0 disables the memory).
+        history_scales: Pooling kernels newest -> oldest (UNKNOWN; FramePack-like default).
+        history_scale_frames: Frames per scale, newest first, summing to ``history_length``.
+        history_pos_dim: Size of each sinusoidal position code of the memory tokens.
+        success_head: Build the success / task-progress head.
+        success_hidden_dim: Hidden width of the success head.
+        cond_t: Timestep of the clean conditioning frames (Cosmos: ``1e-4``).
+        timestep_scale: Multiplier of ``t`` before the DiT's sinusoidal embedding (Cosmos-Predict2: 1).
+        flow_shift: Time shift ``t' = s t / (1 + (s - 1) t)`` used in training and sampling (UNKNOWN; 1 = none).
+        t_sampling: Training time distribution: ``"logit_normal"`` (SD3) or ``"uniform"``.
+        logit_mean: Mean of the logit-normal.
+        logit_std: Standard deviation of the logit-normal.
+        success_loss_weight: Weight of the success BCE next to the flow loss (UNKNOWN).
+    """
+
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(
+        self,
+        codec: CodecKind = "wan",
+        codec_kwargs: dict[str, Any] | None = None,
+        num_attention_heads: int = 16,
+        attention_head_dim: int = 128,
+        num_layers: int = 28,
+        mlp_ratio: float = 4.0,
+        adaln_lora_dim: int = 256,
+        patch_size: tuple[int, int, int] = (1, 2, 2),
+        max_size: tuple[int, int, int] = (128, 240, 240),
+        rope_scale: tuple[float, float, float] = (1.0, 3.0, 3.0),
+        extra_pos_embed_type: str | None = None,
+        text_embed_dim: int = 1024,
+        null_context: Literal["zero", "learned"] = "zero",
+        null_context_tokens: int = 1,
+        padding_mask_channel: bool = True,
+        rope_fps: float | None = None,
+        pretrained_backbone_path: str | None = None,
+        action_dim: int = ACTION_DIM,
+        action_chunk_length: int = 20,
+        action_hidden_dim: int | None = None,
+        use_action_frames: bool = True,
+        action_frame_channels: int = 256,
+        action_frame_style: dict[str, Any] | None = None,
+        zero_init_conditioning: bool = True,
+        history_length: int = 16,
+        history_scales: tuple[tuple[int, int, int], ...] = ((1, 2, 2), (2, 4, 4), (4, 8, 8)),
+        history_scale_frames: tuple[int, ...] = (2, 6, 8),
+        history_pos_dim: int = 64,
+        success_head: bool = True,
+        success_hidden_dim: int = 256,
+        cond_t: float = 1e-4,
+        timestep_scale: float = 1.0,
+        flow_shift: float = 1.0,
+        t_sampling: Literal["logit_normal", "uniform"] = "logit_normal",
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
+        success_loss_weight: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if null_context not in ("zero", "learned"):
+            raise ValueError(f"`null_context` must be 'zero' or 'learned', got {null_context!r}")
+        if t_sampling not in ("logit_normal", "uniform"):
+            raise ValueError(f"`t_sampling` must be 'logit_normal' or 'uniform', got {t_sampling!r}")
+
+        # 1. Latent codec (frozen; its architecture is stored in the config, not a path)
+        self.latent_codec = build_codec(codec, codec_kwargs)
+        if (codec_kwargs or {}).get("pretrained_path") is not None:
+            self.register_to_config(codec_kwargs=self.latent_codec.export_kwargs())
+        channels = self.latent_codec.latent_channels
+
+        # 2. DiT backbone
+        self.transformer = self._build_backbone(channels, pretrained_backbone_path)
+        cfg = self.transformer.config
+        hidden = cfg.num_attention_heads * cfg.attention_head_dim
+        if tuple(cfg.patch_size)[0] != 1:
+            raise ValueError(f"`patch_size` must have a temporal patch of 1, got {tuple(cfg.patch_size)}")
+        self.hidden_size = hidden
+        if null_context == "learned":
+            self.null_context_embeds = nn.Parameter(torch.zeros(null_context_tokens, cfg.text_embed_dim))
+
+        # 3. Dual action conditioning
+        self.action_encoder = ScalarActionEncoder(
+            action_chunk_length, action_dim, hidden, action_hidden_dim, zero_init_conditioning
+        )
+        self.frame_style = ActionFrameStyle(**(action_frame_style or {}))
+        if use_action_frames:
+            self.action_frame_encoder = ActionFrameEncoder(
+                channels, action_frame_channels, hidden, zero_init_conditioning
+            )
+
+        # 4. History memory
+        self._state = _ForwardState()
+        self._memory = MemoryContext()
+        if history_length > 0:
+            self.history_encoder = HistoryEncoder(
+                channels, hidden, history_length, history_scales, history_scale_frames, history_pos_dim
+            )
+            install_memory_attention(self.transformer, self._memory)
+
+        # 5. Success head
+        if success_head:
+            self.success_mlp = nn.Sequential(
+                nn.LayerNorm(hidden), nn.Linear(hidden, success_hidden_dim), nn.SiLU(), nn.Linear(success_hidden_dim, 1)
+            )
+            self.transformer.transformer_blocks[-1].register_forward_hook(self._keep_last_hidden)
+        self.transformer.time_embed.register_forward_hook(self._add_action_embedding)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> Prophet:
+        """``ModelMixin.from_pretrained`` + copying every tensor out of the safetensors buffer.
+
+        Loaded tensors are views at arbitrary offsets of the file buffer; SIMD kernels then round differently in the
+        last bit than for the freshly allocated (aligned) tensors of the saved model. The copy makes reloads exact.
+        """
+        model = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        with torch.no_grad():
+            for tensor in [*model.parameters(), *model.buffers()]:
+                tensor.data = tensor.data.clone(memory_format=torch.contiguous_format)
+        return model
+
+    def _build_backbone(self, channels: int, path: str | None) -> CosmosTransformer3DModel:
+        """Build the Cosmos DiT from the config, or load it from ``path`` (config-only args then follow the file)."""
+        cfg = self.config
+        extra = 1 + int(cfg.padding_mask_channel)  # condition mask (+ zero padding mask)
+        if path is None:
+            kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in _BACKBONE_KEYS}
+            return CosmosTransformer3DModel(
+                in_channels=channels + extra, out_channels=channels, concat_padding_mask=False, **kwargs
+            )
+        subfolder = "transformer" if (Path(path) / "transformer" / "config.json").exists() else None
+        loaded_cfg = CosmosTransformer3DModel.load_config(path, subfolder=subfolder)
+        effective = loaded_cfg["in_channels"] + int(bool(loaded_cfg.get("concat_padding_mask", False)))
+        pad = effective - channels - 1  # Cosmos' own padding-mask channel becomes our zero padding channel
+        if pad not in (0, 1) or loaded_cfg["out_channels"] != channels:
+            raise ValueError(
+                f"backbone at `pretrained_backbone_path`={path} has {effective} inputs / {loaded_cfg['out_channels']} "
+                f"outputs; the codec gives {channels} latent channels (+ condition mask, + optional padding mask)"
+            )
+        model = CosmosTransformer3DModel.from_pretrained(
+            path, subfolder=subfolder, concat_padding_mask=False, in_channels=effective
+        )
+        arch = {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.config.items() if k in _BACKBONE_KEYS}
+        self.register_to_config(pretrained_backbone_path=None, padding_mask_channel=bool(pad), **arch)
+        return model
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # Hooks
+    # -----------------------------------------------------------------------------------------------------------------
+    def _add_action_embedding(self, module: nn.Module, args: tuple, output: tuple) -> tuple:
+        extra = self._state.time_extra
+        if extra is None:
+            return output
+        temb, embedded = output
+        if embedded.shape[0] != extra.shape[0] * extra.shape[1]:
+            raise RuntimeError(
+                f"action embedding {tuple(extra.shape)} does not match timesteps {tuple(embedded.shape)}"
+            )
+        return temb, embedded + extra.reshape(embedded.shape).to(embedded.dtype)
+
+    def _keep_last_hidden(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self._state.last_hidden = output
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # Forward
+    # -----------------------------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        noisy_latents: torch.Tensor,
+        timestep: torch.Tensor,
+        cond_latents: torch.Tensor,
+        actions: torch.Tensor,
+        action_mask: torch.Tensor | None = None,
+        history_latents: torch.Tensor | None = None,
+        history_mask: torch.Tensor | None = None,
+        action_frame_latents: torch.Tensor | None = None,
+        has_camera: torch.Tensor | None = None,
+    ) -> ProphetOutput:
+        """Predict the rectified-flow velocity of the future latents.
+
+        Args:
+            noisy_latents: ``z_t`` of the future latents ``(B, C, T_f, h, w)``.
+            timestep: ``t`` in ``[0, 1]``, shape ``(B,)`` or scalar (1 = pure noise).
+            cond_latents: Clean conditioning latents ``(B, C, T_c, h, w)`` (the current frame).
+            actions: Normalized action chunk ``(B, L, A)``.
+            action_mask: ``(B, A)`` bool, real action dimensions (default all).
+            history_latents: Per-frame latents of past frames ``(B, C, T_h, h, w)``, oldest first (optional).
+            history_mask: ``(B, T_h)`` bool, False for missing frames.
+            action_frame_latents: Codec latents of the action-frame video aligned with the future latents
+                ``(B, C, T_f, h, w)`` (optional; see :meth:`encode_action_frames`).
+            has_camera: ``(B,)`` bool, samples whose action frames are used (default all when given).
+
+        Returns:
+            :class:`ProphetOutput` with the velocity ``(B, C, T_f, h, w)`` and the success logit ``(B,)``.
+        """
+        b, c, t_f, h, w = noisy_latents.shape
+        if cond_latents.ndim != 5 or cond_latents.shape[:2] != (b, c) or cond_latents.shape[-2:] != (h, w):
+            raise ValueError(
+                f"`cond_latents` {tuple(cond_latents.shape)} does not match `noisy_latents` {noisy_latents.shape}"
+            )
+        t_c = cond_latents.shape[2]
+        timestep = torch.as_tensor(timestep, device=noisy_latents.device, dtype=torch.float32).reshape(-1).expand(b)
+
+        # 1. Action embedding per latent frame: f_sa everywhere, + f_af on the future frames of camera samples
+        extra = self.action_encoder(actions, action_mask)[:, None].expand(b, t_c + t_f, self.hidden_size)
+        if action_frame_latents is not None and hasattr(self, "action_frame_encoder"):
+            if action_frame_latents.shape != noisy_latents.shape:
+                raise ValueError(
+                    f"`action_frame_latents` must have shape {tuple(noisy_latents.shape)}, got {action_frame_latents.shape}"
+                )
+            f_af = self.action_frame_encoder(action_frame_latents)  # (B, T_f, D)
+            if has_camera is not None:
+                f_af = torch.where(has_camera.bool().view(b, 1, 1), f_af, torch.zeros_like(f_af))
+            extra = torch.cat([extra[:, :t_c], extra[:, t_c:] + f_af], 1)
+
+        # 2. History memory
+        if history_latents is not None and hasattr(self, "history_encoder"):
+            self._memory.set(*self.history_encoder(history_latents, history_mask))
+        else:
+            self._memory.set(None, None)
+
+        # 3. Video2World input: [cond, noisy] + condition mask (+ zero padding mask); per-frame timesteps
+        latents = torch.cat([cond_latents, noisy_latents], 2).to(self.dtype)
+        frame_is_cond = torch.arange(t_c + t_f, device=latents.device) < t_c
+        channels = [latents, frame_is_cond.to(latents.dtype).view(1, 1, -1, 1, 1).expand(b, 1, -1, h, w)]
+        if self.config.padding_mask_channel:
+            channels.append(latents.new_zeros(b, 1, t_c + t_f, h, w))
+        t_frames = torch.where(
+            frame_is_cond[None], torch.full_like(timestep[:, None], self.config.cond_t), timestep[:, None]
+        )
+        t_frames = (t_frames * self.config.timestep_scale).view(b, 1, -1, 1, 1).to(self.dtype)
+
+        # 4. DiT with the action hook active
+        context = self._null_context(b, latents)
+        self._state.time_extra = extra
+        try:
+            out = self.transformer(
+                torch.cat(channels, 1), t_frames, context, fps=self.config.rope_fps, return_dict=False
+            )[0]
+        finally:
+            self._state.time_extra = None
+            if not self.transformer.gradient_checkpointing:  # checkpointed blocks re-read the memory in backward
+                self._memory.set(None, None)
+
+        # 5. Outputs: future velocity and the success logit from the last block's future tokens
+        logit = None
+        if hasattr(self, "success_mlp"):
+            hidden = self._state.last_hidden
+            self._state.last_hidden = None
+            tokens_per_frame = hidden.shape[1] // (t_c + t_f)
+            logit = self.success_mlp(hidden[:, t_c * tokens_per_frame :].mean(1)).squeeze(-1)
+        return ProphetOutput(velocity=out[:, :, t_c:], success_logit=logit)
+
+    def _null_context(self, batch_size: int, like: torch.Tensor) -> torch.Tensor:
+        """Zeroed text context ``(B, null_context_tokens, text_embed_dim)`` (SPEC 2.1: no text conditioning)."""
+        if hasattr(self, "null_context_embeds"):
+            return self.null_context_embeds[None].expand(batch_size, -1, -1).to(like.dtype)
+        return like.new_zeros(batch_size, self.config.null_context_tokens, self.transformer.config.text_embed_dim)
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # LoRA
+    # -----------------------------------------------------------------------------------------------------------------
+    def add_lora(
+        self,
+        rank: int = 16,
+        alpha: float | None = None,
+        target_modules: tuple[str, ...] | list[str] = DEFAULT_LORA_TARGETS,
+        dropout: float = 0.0,
+        adapter_name: str = "default",
+    ) -> None:
+        """Add a LoRA adapter (SPEC 2.7: rank 16) to the DiT attention; only adapter parameters stay trainable.
+
+        Save / load with diffusers: ``save_lora_adapter(dir)`` and
+        ``load_lora_adapter(dir, weight_name="pytorch_lora_weights.safetensors", prefix=None)``.
+        """
+        from peft import LoraConfig
+
+        config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(target_modules), lora_dropout=dropout)
+        self.add_adapter(config, adapter_name=adapter_name)
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # Pixel-space inputs -> latents (the codec is frozen: always without gradients)
+    # -----------------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_history(
+        self, history: torch.Tensor | None, history_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Per-frame latents of past frames ``(B, T_h, 3, H, W)`` -> ``((B, C, T_h, h, w), mask (B, T_h))``.
+
+        Returns ``(None, None)`` when the model has no memory or ``history`` is None / empty.
+        """
+        if history is None or not hasattr(self, "history_encoder") or history.shape[1] == 0:
+            return None, None
+        history = history[:, -self.config.history_length :]
+        if history_mask is not None:
+            history_mask = history_mask[:, -self.config.history_length :].bool()
+        return self.latent_codec.encode_frames(history.to(self.dtype)), history_mask
+
+    @torch.no_grad()
+    def encode_action_frames(
+        self,
+        ee_poses: torch.Tensor | None,
+        gripper: torch.Tensor | None,
+        camera_k: torch.Tensor | None,
+        camera_extr: torch.Tensor | None,
+        has_camera: torch.Tensor | None,
+        size: tuple[int, int],
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Render and encode the action-frame video, aligned with the future latents.
+
+        Args:
+            ee_poses: ``(B, L, N, 7)`` future end-effector poses (xyz + quaternion wxyz, world frame) or None.
+            gripper: ``(B, L, N)`` openings in ``[0, 1]``.
+            camera_k: ``(B, 3, 3)`` intrinsics in pixels of the frame ``size``.
+            camera_extr: ``(B, 4, 4)`` world -> camera (OpenCV).
+            has_camera: ``(B,)`` bool (default all True).
+            size: Frame ``(H, W)``.
+
+        Returns:
+            ``(latents (B, C, T_f, h, w), has_camera (B,))``, or ``(None, None)`` when the stream is disabled, inputs
+            are missing or no sample has a camera. A copy of the first action frame is prepended before encoding so
+            that ``1 + L`` frames fit the codec; its latent is dropped.
+        """
+        if not hasattr(self, "action_frame_encoder") or ee_poses is None or camera_k is None or camera_extr is None:
+            return None, None
+        if gripper is None:
+            raise ValueError("`gripper` is required with `ee_poses` for the action-frame stream")
+        b = ee_poses.shape[0]
+        has_camera = (
+            torch.ones(b, dtype=torch.bool, device=ee_poses.device) if has_camera is None else has_camera.bool()
+        )
+        if not bool(has_camera.any()):
+            return None, None
+        frames = render_action_frames(ee_poses, gripper, camera_k, camera_extr, *size, style=self.frame_style)
+        frames = torch.cat([frames[:, :1], frames], 1).to(self.dtype)
+        return self.latent_codec.encode(frames)[:, :, 1:], has_camera
+
+    def sample_t(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training times ``(B,)`` in ``(0, 1)``: logit-normal or uniform, then shifted by ``flow_shift``."""
+        cfg = self.config
+        if cfg.t_sampling == "uniform":
+            gen_device = generator.device if generator is not None else device
+            t = torch.rand(batch_size, generator=generator, device=gen_device).to(device)
+        else:
+            t = torch.sigmoid(cfg.logit_mean + cfg.logit_std * _randn((batch_size,), generator, device))
+        return cfg.flow_shift * t / (1 + (cfg.flow_shift - 1) * t)
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # Training objective
+    # -----------------------------------------------------------------------------------------------------------------
+    def training_loss(
+        self, batch: dict[str, Any], generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Rectified-flow loss on the future latents + weighted success BCE.
+
+        Args:
+            batch: Keys from :mod:`lightning_prophrl.constants`: ``COND_FRAME`` ``(B, 3, H, W)``, ``FUTURE``
+                ``(B, L, 3, H, W)``, ``ACTIONS`` ``(B, L, A)`` (required); ``ACTION_MASK``, ``HISTORY``,
+                ``HISTORY_MASK``, ``EE_POSES``, ``GRIPPER``, ``CAMERA_K``, ``CAMERA_EXTR``, ``HAS_CAMERA``,
+                ``CLIP_SUCCESS`` (optional). Frames in ``[-1, 1]``.
+            generator: RNG of ``t`` and the noise (for reproducible losses).
+
+        Returns:
+            ``(loss, logs)`` with logs ``loss``, ``flow_loss`` and, with ``CLIP_SUCCESS``, ``success_loss`` and
+            ``success_acc`` (detached).
+        """
+        # 1. Inputs
+        for key in (COND_FRAME, FUTURE, ACTIONS):
+            if key not in batch:
+                raise KeyError(f"batch is missing the required key {key!r}")
+        cond, future, actions = batch[COND_FRAME], batch[FUTURE], batch[ACTIONS]
+        if future.ndim != 5 or cond.shape != (future.shape[0], *future.shape[2:]):
+            raise ValueError(f"`{FUTURE}` {tuple(future.shape)} and `{COND_FRAME}` {tuple(cond.shape)} do not match")
+        if future.shape[1] != self.config.action_chunk_length:
+            raise ValueError(f"`{FUTURE}` must hold action_chunk_length={self.config.action_chunk_length} frames")
+        with torch.no_grad():
+            latents = self.latent_codec.encode(torch.cat([cond[:, None], future], 1).to(self.dtype))
+        cond_lat, z0 = latents[:, :, :1], latents[:, :, 1:]
+        hist, hist_mask = self.encode_history(batch.get(HISTORY), batch.get(HISTORY_MASK))
+        af, has_cam = self.encode_action_frames(
+            batch.get(EE_POSES),
+            batch.get(GRIPPER),
+            batch.get(CAMERA_K),
+            batch.get(CAMERA_EXTR),
+            batch.get(HAS_CAMERA),
+            tuple(cond.shape[-2:]),
+        )
+
+        # 2. Rectified flow: z_t = (1 - t) z0 + t eps, target v = eps - z0
+        t = self.sample_t(z0.shape[0], z0.device, generator)
+        noise = _randn(z0.shape, generator, z0.device, z0.dtype)
+        t_b = t.view(-1, 1, 1, 1, 1).to(z0.dtype)
+        out = self(
+            (1 - t_b) * z0 + t_b * noise, t, cond_lat, actions, batch.get(ACTION_MASK), hist, hist_mask, af, has_cam
+        )
+        flow_loss = F.mse_loss(out.velocity.float(), (noise - z0).float())
+
+        # 3. Success head
+        loss, logs = flow_loss, {"flow_loss": flow_loss.detach()}
+        if out.success_logit is not None and CLIP_SUCCESS in batch:
+            target = batch[CLIP_SUCCESS].float().view(-1)
+            success_loss = F.binary_cross_entropy_with_logits(out.success_logit.float(), target)
+            loss = loss + self.config.success_loss_weight * success_loss
+            logs["success_loss"] = success_loss.detach()
+            logs["success_acc"] = ((out.success_logit > 0).float() == target).float().mean()
+        logs["loss"] = loss.detach()
+        return loss, logs
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # Sampling
+    # -----------------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        cond_frame: torch.Tensor,
+        actions: torch.Tensor,
+        action_mask: torch.Tensor | None = None,
+        history: torch.Tensor | None = None,
+        history_mask: torch.Tensor | None = None,
+        history_latents: torch.Tensor | None = None,
+        ee_poses: torch.Tensor | None = None,
+        gripper: torch.Tensor | None = None,
+        camera_k: torch.Tensor | None = None,
+        camera_extr: torch.Tensor | None = None,
+        has_camera: torch.Tensor | None = None,
+        num_steps: int = 4,
+        generator: torch.Generator | None = None,
+        score_success: bool = True,
+    ) -> ProphetGeneration:
+        """Generate the ``L`` frames that follow ``cond_frame`` under ``actions`` (Euler flow sampling).
+
+        Args:
+            cond_frame: Current frame ``(B, 3, H, W)`` in ``[-1, 1]``.
+            actions: Normalized action chunk ``(B, L, A)``.
+            action_mask: ``(B, A)`` bool.
+            history: Past frames ``(B, T_h, 3, H, W)`` (oldest first), or give ``history_latents`` instead.
+            history_mask: ``(B, T_h)`` bool.
+            history_latents: Per-frame latents ``(B, C, T_h, h, w)`` of past frames.
+            ee_poses: ``(B, L, N, 7)`` future end-effector poses for the action-frame stream (optional).
+            gripper: ``(B, L, N)`` gripper openings.
+            camera_k: ``(B, 3, 3)`` intrinsics.
+            camera_extr: ``(B, 4, 4)`` world -> camera.
+            has_camera: ``(B,)`` bool.
+            num_steps: Euler steps (1 = one-step prediction).
+            generator: RNG of the initial noise.
+            score_success: Also return the success logit of a clean (``t = 0``) pass over the generated latents.
+
+        Returns:
+            :class:`ProphetGeneration` (frames ``(B, L, 3, H, W)``, latents, success logit).
+        """
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        if cond_frame.ndim != 4 or cond_frame.shape[1] != 3:
+            raise ValueError(f"`cond_frame` must have shape (B, 3, H, W), got {tuple(cond_frame.shape)}")
+        if num_steps < 1:
+            raise ValueError(f"`num_steps` must be >= 1, got {num_steps}")
+        # 1. Conditioning
+        b, device = cond_frame.shape[0], cond_frame.device
+        cond_lat = self.latent_codec.encode(cond_frame[:, None].to(self.dtype))
+        if history_latents is None:
+            history_latents, history_mask = self.encode_history(history, history_mask)
+        af, has_cam = self.encode_action_frames(
+            ee_poses, gripper, camera_k, camera_extr, has_camera, tuple(cond_frame.shape[-2:])
+        )
+        inputs = dict(
+            cond_latents=cond_lat,
+            actions=actions,
+            action_mask=action_mask,
+            history_latents=history_latents,
+            history_mask=history_mask,
+            action_frame_latents=af,
+            has_camera=has_cam,
+        )
+        # 2. Euler integration of the velocity from t = 1 (noise) to t = 0
+        t_f = self.latent_codec.num_latent_frames(1 + self.config.action_chunk_length) - 1
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=self.config.flow_shift)
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1.0 / num_steps, num_steps), device=device)
+        x = _randn((b, cond_lat.shape[1], t_f, *cond_lat.shape[-2:]), generator, device, cond_lat.dtype)
+        for i, timestep in enumerate(scheduler.timesteps):
+            velocity = self(x, scheduler.sigmas[i].expand(b), **inputs).velocity
+            x = scheduler.step(velocity, timestep, x).prev_sample
+        # 3. Decode (the conditioning latent is decoded too, for the causal codec) and score
+        frames = self.latent_codec.decode(torch.cat([cond_lat, x], 2))[:, 1:].clamp(-1, 1)
+        logit = None
+        if score_success and hasattr(self, "success_mlp"):
+            logit = self(x, torch.zeros(b, device=device), **inputs).success_logit
+        return ProphetGeneration(frames=frames, latents=x, success_logit=logit)
+
+    @torch.no_grad()
+    def rollout(
+        self,
+        first_frame: torch.Tensor,
+        action_chunks: torch.Tensor,
+        action_mask: torch.Tensor | None = None,
+        history: torch.Tensor | None = None,
+        history_mask: torch.Tensor | None = None,
+        num_steps: int = 4,
+        generator: torch.Generator | None = None,
+        ee_poses: torch.Tensor | None = None,
+        gripper: torch.Tensor | None = None,
+        camera_k: torch.Tensor | None = None,
+        camera_extr: torch.Tensor | None = None,
+        has_camera: torch.Tensor | None = None,
+        score_success: bool = True,
+    ) -> ProphetRollout:
+        """Segment-wise autoregressive imagination (SPEC 2.5, Algorithm 1).
+
+        Each segment generates ``L`` frames from the current frame; its last frame seeds the next segment and the
+        frames before it are pushed into a bounded FIFO history (``history_length`` per-frame latents).
+
+        Args:
+            first_frame: ``(B, 3, H, W)`` in ``[-1, 1]``.
+            action_chunks: ``(B, S, L, A)`` normalized actions, one chunk per segment.
+            action_mask: ``(B, A)`` bool.
+            history: Optional frames before ``first_frame`` ``(B, T_h, 3, H, W)``, oldest first.
+            history_mask: ``(B, T_h)`` bool.
+            num_steps: Euler steps per segment.
+            generator: RNG (the rollout is deterministic given it).
+            ee_poses: ``(B, S, L, N, 7)`` absolute end-effector poses per segment for the action-frame stream, when
+                known (imagined rollouts usually only have actions: then only the scalar stream is used).
+            gripper: ``(B, S, L, N)``.
+            camera_k: ``(B, 3, 3)``.
+            camera_extr: ``(B, 4, 4)``.
+            has_camera: ``(B,)`` bool.
+            score_success: Return per-segment success probabilities.
+
+        Returns:
+            :class:`ProphetRollout` with the video ``(B, 1 + S * L, 3, H, W)`` and success probabilities ``(B, S)``.
+        """
+        if action_chunks.ndim != 4:
+            raise ValueError(f"`action_chunks` must have shape (B, S, L, A), got {tuple(action_chunks.shape)}")
+        buffer = HistoryBuffer(self.config.history_length if hasattr(self, "history_encoder") else 0)
+        lat, mask = self.encode_history(history, history_mask)
+        if lat is not None:
+            buffer.push(lat.transpose(1, 2), mask)
+        frames, probs, cond = [first_frame[:, None]], [], first_frame
+        for s in range(action_chunks.shape[1]):
+            gen = self.generate(
+                cond,
+                action_chunks[:, s],
+                action_mask,
+                history_latents=None if buffer.items is None else buffer.items.transpose(1, 2),
+                history_mask=buffer.mask,
+                ee_poses=None if ee_poses is None else ee_poses[:, s],
+                gripper=None if gripper is None else gripper[:, s],
+                camera_k=camera_k,
+                camera_extr=camera_extr,
+                has_camera=has_camera,
+                num_steps=num_steps,
+                generator=generator,
+                score_success=score_success,
+            )
+            frames.append(gen.frames)
+            if gen.success_logit is not None:
+                probs.append(torch.sigmoid(gen.success_logit))
+            if buffer.capacity > 0:  # frames before the next conditioning frame, newest `capacity` only
+                past = torch.cat([cond[:, None], gen.frames[:, :-1]], 1)[:, -buffer.capacity :]
+                buffer.push(self.latent_codec.encode_frames(past.to(self.dtype)).transpose(1, 2))
+            cond = gen.frames[:, -1]
+        return ProphetRollout(video=torch.cat(frames, 1), success_prob=torch.stack(probs, 1) if probs else None)
+
+
+def _randn(
+    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Standard normal sample drawn on the generator's device (CPU generators work for CUDA tensors)."""
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)

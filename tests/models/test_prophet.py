@@ -1,0 +1,305 @@
+"""Prophet world model (SPEC 2.1-2.5) and its latent codecs, on the tiny CPU configuration."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from diffusers import CosmosTransformer3DModel
+
+from lightning_prophrl import constants as K
+from lightning_prophrl.models.latent import PixelShuffleCodec, WanVAECodec
+from lightning_prophrl.models.prophet import Prophet
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "prophet"
+B, L, S = 2, 8, 32  # batch, action chunk (tiny config), frame size (latent 8 x 8 with the x4 pixel codec)
+
+
+def tiny_kwargs(**overrides) -> dict:
+    kwargs = yaml.safe_load((CONFIGS / "model_tiny.yaml").read_text())["init_args"]
+    return {**kwargs, **overrides}
+
+
+def make_model(seed: int = 0, **overrides) -> Prophet:
+    torch.manual_seed(seed)
+    return Prophet(**tiny_kwargs(**overrides)).eval()
+
+
+def camera(b: int = B) -> tuple[torch.Tensor, torch.Tensor]:
+    k = torch.tensor([[30.0, 0.0, S / 2], [0.0, 30.0, S / 2], [0.0, 0.0, 1.0]])
+    return k.expand(b, 3, 3).clone(), torch.eye(4).expand(b, 4, 4).clone()
+
+
+def make_batch(seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ee = torch.zeros(B, L, 2, 7)
+    ee[:, :, 0, :3] = torch.tensor([0.0, 0.0, 1.0]) + 0.05 * torch.randn(B, L, 3, generator=g)
+    ee[:, :, 0, 3] = 1.0  # arm 1 is padded (zero quaternion)
+    k, extr = camera()
+    return {
+        K.COND_FRAME: torch.rand(B, 3, S, S, generator=g) * 2 - 1,
+        K.FUTURE: torch.rand(B, L, 3, S, S, generator=g) * 2 - 1,
+        K.ACTIONS: torch.randn(B, L, 14, generator=g),
+        K.ACTION_MASK: torch.tensor([[True] * 7 + [False] * 7] * B),
+        K.HISTORY: torch.rand(B, 6, 3, S, S, generator=g) * 2 - 1,
+        K.HISTORY_MASK: torch.tensor([[True] * 6, [False, False, True, True, True, True]]),
+        K.EE_POSES: ee,
+        K.GRIPPER: torch.rand(B, L, 2, generator=g),
+        K.CAMERA_K: k,
+        K.CAMERA_EXTR: extr,
+        K.HAS_CAMERA: torch.tensor([True, True]),
+        K.CLIP_SUCCESS: torch.tensor([1.0, 0.0]),
+    }
+
+
+def latent_inputs(model: Prophet, seed: int = 1) -> dict:
+    """Random latent-space inputs of ``Prophet.forward`` (C = 48, 8 x 8 grid)."""
+    g = torch.Generator().manual_seed(seed)
+    c = model.latent_codec.latent_channels
+    return dict(
+        noisy_latents=torch.randn(B, c, L, 8, 8, generator=g),
+        timestep=torch.tensor([0.3, 0.8]),
+        cond_latents=torch.randn(B, c, 1, 8, 8, generator=g),
+        actions=torch.randn(B, L, 14, generator=g),
+        action_mask=None,
+        history_latents=torch.randn(B, c, 5, 8, 8, generator=g),
+        history_mask=None,
+        action_frame_latents=torch.randn(B, c, L, 8, 8, generator=g),
+        has_camera=torch.tensor([True, True]),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Configs and I/O
+# ---------------------------------------------------------------------------------------------------------------------
+def test_yaml_configs_parse_through_jsonargparse():
+    from jsonargparse import ArgumentParser
+
+    for name in ("model_tiny.yaml", "model_2b.yaml"):
+        parser = ArgumentParser()
+        parser.add_subclass_arguments(Prophet, "prophet")
+        cfg = parser.parse_args(["--prophet", str(CONFIGS / name)])
+        assert cfg.prophet.class_path.endswith("prophet.Prophet")
+        if name == "model_tiny.yaml":
+            assert isinstance(parser.instantiate_classes(cfg).prophet, Prophet)
+
+
+def test_forward_shapes():
+    model = make_model()
+    out = model(**latent_inputs(model))
+    assert out.velocity.shape == (B, 48, L, 8, 8)
+    assert out.success_logit.shape == (B,)
+
+
+def test_save_pretrained_round_trip_is_exact(tmp_path):
+    model = make_model()
+    model.save_pretrained(tmp_path)
+    reloaded = Prophet.from_pretrained(tmp_path)
+    a, b = model(**latent_inputs(model)), reloaded(**latent_inputs(reloaded))
+    assert torch.equal(a.velocity, b.velocity) and torch.equal(a.success_logit, b.success_logit)
+    c = copy.deepcopy(model)(**latent_inputs(model))  # e.g. an EMA copy
+    assert torch.equal(a.velocity, c.velocity)
+
+
+def test_2b_config_builds_on_meta_with_about_2b_parameters():
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        model = Prophet(**yaml.safe_load((CONFIGS / "model_2b.yaml").read_text())["init_args"])
+    total = model.num_parameters()
+    dit = model.transformer.num_parameters()
+    print(f"Prophet-2B: {total / 1e9:.3f}B parameters ({dit / 1e9:.3f}B DiT)")
+    assert next(model.parameters()).device.type == "meta"
+    assert 1.9e9 < dit < 2.0e9 and 2.0e9 < total < 2.2e9
+    assert model.transformer.patch_embed.proj.weight.shape == (2048, 18 * 4)  # = Cosmos-Predict2-2B's checkpoint
+
+
+def test_pretrained_backbone_path_loads_a_cosmos_checkpoint(tmp_path):
+    torch.manual_seed(3)
+    backbone_kwargs = {k: tiny_kwargs()[k] for k in ("num_attention_heads", "attention_head_dim", "text_embed_dim")}
+    cosmos = CosmosTransformer3DModel(
+        in_channels=48 + 1, out_channels=48, num_layers=1, adaln_lora_dim=16, max_size=(32, 32, 32),
+        concat_padding_mask=True, extra_pos_embed_type=None, **backbone_kwargs,
+    )  # fmt: skip  # a Cosmos-style checkpoint: condition mask + its own padding-mask channel
+    cosmos.save_pretrained(tmp_path / "transformer")
+    model = make_model(pretrained_backbone_path=str(tmp_path))
+    assert model.config.pretrained_backbone_path is None and model.config.padding_mask_channel
+    assert model.config.num_layers == 1 and len(model.transformer.transformer_blocks) == 1
+    for name, value in cosmos.state_dict().items():
+        assert torch.equal(model.transformer.state_dict()[name], value), name
+    model.save_pretrained(tmp_path / "prophet")  # the saved config no longer needs the checkpoint
+    reloaded = Prophet.from_pretrained(tmp_path / "prophet")
+    assert torch.equal(reloaded(**latent_inputs(reloaded)).velocity, model(**latent_inputs(model)).velocity)
+
+
+def test_lora_trains_only_adapters_and_round_trips_exactly(tmp_path):
+    model = make_model()
+    base = copy.deepcopy(model)
+    model.add_lora(rank=4)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert torch.equal(model(**latent_inputs(model)).velocity, base(**latent_inputs(base)).velocity)  # B = 0 at init
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    out = model(**latent_inputs(model)).velocity
+    model.save_lora_adapter(tmp_path)
+    base.load_lora_adapter(tmp_path, weight_name="pytorch_lora_weights.safetensors", prefix=None)
+    assert torch.equal(base(**latent_inputs(base)).velocity, out)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Conditioning
+# ---------------------------------------------------------------------------------------------------------------------
+def test_memory_changes_output_and_masked_memory_is_a_no_op():
+    model = make_model()
+    inputs = latent_inputs(model)
+    with_memory = model(**inputs).velocity
+    other = model(**{**inputs, "history_latents": inputs["history_latents"] + 1.0}).velocity
+    none = model(**{**inputs, "history_latents": None}).velocity
+    assert not torch.allclose(with_memory, other, atol=1e-4) and not torch.allclose(with_memory, none, atol=1e-4)
+    masked = model(**{**inputs, "history_mask": torch.zeros(B, 5, dtype=torch.bool)}).velocity
+    assert torch.equal(masked, none)
+    half = model(**{**inputs, "history_mask": torch.tensor([[True] * 5, [False] * 5])}).velocity
+    assert torch.allclose(half[1], none[1], atol=1e-5) and not torch.allclose(half[0], none[0], atol=1e-4)
+    assert not torch.allclose(
+        make_model(history_length=0)(**inputs).velocity, with_memory, atol=1e-4
+    )  # memory-less variant ignores history
+
+
+def test_each_action_stream_changes_the_output():
+    model = make_model()
+    inputs = latent_inputs(model)
+    ref = model(**inputs).velocity
+    changed = model(**{**inputs, "actions": inputs["actions"] + 0.5}).velocity
+    assert not torch.allclose(ref, changed, atol=1e-4)  # scalar stream
+    af = model(**{**inputs, "action_frame_latents": inputs["action_frame_latents"].flip(2)}).velocity
+    assert not torch.allclose(ref, af, atol=1e-4)  # action-frame stream (per-frame order matters)
+    no_cam = {**inputs, "has_camera": torch.tensor([True, False])}
+    a = model(**no_cam).velocity
+    b = model(**{**no_cam, "action_frame_latents": torch.randn_like(inputs["action_frame_latents"])}).velocity
+    assert torch.equal(a[1], b[1]) and not torch.allclose(a[0], b[0], atol=1e-4)  # no camera: f_af is zero
+    assert torch.equal(model(**{**inputs, "action_frame_latents": None}).velocity[1], a[1])
+
+
+def test_rendered_action_frames_reach_the_output():
+    model = make_model()
+    batch = make_batch()
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    loss, _ = model.training_loss(batch, generator=gen())
+    moved = {**batch, K.EE_POSES: batch[K.EE_POSES] + torch.tensor([0.2, 0.0, 0.0, 0, 0, 0, 0])}
+    assert not torch.equal(model.training_loss(moved, generator=gen())[0], loss)
+    no_cam = {**batch, K.HAS_CAMERA: torch.tensor([False, False])}
+    no_cam_moved = {**moved, K.HAS_CAMERA: torch.tensor([False, False])}
+    assert torch.equal(
+        model.training_loss(no_cam, generator=gen())[0], model.training_loss(no_cam_moved, generator=gen())[0]
+    )
+
+
+def test_zero_init_conditioning_starts_from_the_backbone():
+    model = make_model(zero_init_conditioning=True)
+    inputs = latent_inputs(model)
+    ref = model(**inputs).velocity
+    assert torch.equal(model(**{**inputs, "actions": torch.randn(B, L, 14)}).velocity, ref)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Training and sampling
+# ---------------------------------------------------------------------------------------------------------------------
+def test_training_loss_decreases_on_a_fixed_batch():
+    model = make_model().train()
+    batch = make_batch()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+    losses = []
+    for _ in range(30):
+        loss, logs = model.training_loss(batch, generator=torch.Generator().manual_seed(0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert set(logs) == {"loss", "flow_loss", "success_loss", "success_acc"}
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = make_model().train()
+    batch = make_batch()
+    grads = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        model.zero_grad()
+        model.training_loss(batch, generator=torch.Generator().manual_seed(0))[0].backward()
+        grads.append(model.history_encoder.proj[0].weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-6) and grads[0].abs().sum() > 0
+
+
+def test_training_loss_rejects_bad_batches():
+    model = make_model()
+    batch = make_batch()
+    with pytest.raises(KeyError, match=K.ACTIONS):
+        model.training_loss({k: v for k, v in batch.items() if k != K.ACTIONS})
+    with pytest.raises(ValueError, match="action_chunk_length"):
+        model.training_loss({**batch, K.FUTURE: batch[K.FUTURE][:, :4]})
+
+
+def test_one_step_generate_is_one_euler_step():
+    model = make_model()
+    batch = make_batch()
+    cond, actions = batch[K.COND_FRAME], batch[K.ACTIONS]
+    gen = model.generate(cond, actions, num_steps=1, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(B, 48, L, 8, 8, generator=torch.Generator().manual_seed(0))
+    cond_lat = model.latent_codec.encode(cond[:, None])
+    with torch.no_grad():
+        x0 = noise - model(noise, torch.ones(B), cond_lat, actions).velocity  # t: 1 -> 0
+    frames = model.latent_codec.decode(torch.cat([cond_lat, x0], 2))[:, 1:].clamp(-1, 1)
+    assert torch.allclose(gen.frames, frames, atol=1e-5) and gen.success_logit.shape == (B,)
+
+
+def test_rollout_length_determinism_and_bounded_history():
+    model = make_model()
+    batch = make_batch()
+    chunks = torch.randn(B, 3, L, 14, generator=torch.Generator().manual_seed(1))
+    run = lambda seed: model.rollout(  # noqa: E731
+        batch[K.COND_FRAME],
+        chunks,
+        history=batch[K.HISTORY],
+        num_steps=2,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    a, b, c = run(0), run(0), run(1)
+    assert a.video.shape == (B, 1 + 3 * L, 3, S, S) and torch.equal(a.video[:, 0], batch[K.COND_FRAME])
+    assert torch.equal(a.video, b.video) and not torch.equal(a.video, c.video)
+    assert a.success_prob.shape == (B, 3) and ((a.success_prob > 0) & (a.success_prob < 1)).all()
+    assert a.video.abs().max() <= 1
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Latent codecs
+# ---------------------------------------------------------------------------------------------------------------------
+def test_pixel_codec_is_exactly_invertible():
+    codec = PixelShuffleCodec(factor=4)
+    video = torch.rand(2, 3, 3, 16, 24) * 2 - 1
+    latents = codec.encode(video)
+    assert latents.shape == (2, 48, 3, 4, 6) and torch.equal(codec.decode(latents), video)
+    assert torch.equal(codec.encode_frames(video), latents)  # no temporal mixing
+    with pytest.raises(ValueError, match="divisible"):
+        codec.encode(torch.zeros(1, 1, 3, 10, 16))
+
+
+def test_wan_codec_compresses_time_causally():
+    torch.manual_seed(0)
+    codec = WanVAECodec(vae_config={"base_dim": 8, "z_dim": 4, "dim_mult": [1, 1, 1, 1], "num_res_blocks": 1})
+    assert (codec.temporal_factor, codec.spatial_factor, codec.latent_channels) == (4, 8, 4)
+    assert not any(p.requires_grad for p in codec.parameters())
+    video = torch.rand(1, 5, 3, 16, 16) * 2 - 1
+    latents = codec.encode(video)
+    assert latents.shape == (1, 4, 2, 2, 2)
+    assert torch.allclose(latents[:, :, :1], codec.encode(video[:, :1]), atol=1e-6)  # causal first latent
+    assert codec.decode(latents).shape == (1, 5, 3, 16, 16)
+    with pytest.raises(ValueError, match="1 \\+ 4"):
+        codec.encode(video[:, :4])
