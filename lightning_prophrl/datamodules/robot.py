@@ -172,6 +172,7 @@ def collate_policy(samples: list[dict[str, Any]], action_dims: list[int]) -> dic
     out = dict(batch)
     out[K.OBS_IMAGE] = out.pop(K.COND_FRAME)
     out[K.ACTIONS] = batch[K.ACTIONS][..., action_dims]
+    out[K.ACTION_MASK] = batch[K.ACTION_MASK][..., action_dims]
     return out
 
 

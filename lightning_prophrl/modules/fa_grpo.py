@@ -1,0 +1,332 @@
+"""FA-GRPO (+ FlowScale) policy optimization against any batched environment (SPEC 4, 5).
+
+One ``training_step`` is one RL update (``self.updates`` counts them; ``trainer.global_step`` counts optimizer steps,
+``ppo_epochs`` x minibatches per update, so bound runs with ``max_epochs`` x ``PromptDataModule.updates_per_epoch``):
+
+1. the P prompts of the batch are reset into ``env`` (G rollouts each, all from the same initial state);
+2. the policy runs closed-loop with the SDE sampler (no grad), recording every flow step;
+3. trajectory rewards (the env's success by default, or a reward model) -> group-normalized advantages, broadcast
+   over the executed chunk positions of every query while the rollout was alive;
+4. ``ppo_epochs`` passes over shuffled minibatches of the recorded queries: per-step log-probs recomputed in one
+   batched forward, FA-GRPO (or the Flow-GRPO baseline) with optional FlowScale, plus ``beta_kl`` x KL to the
+   frozen SFT policy; gradient clipping and an optimizer step per minibatch.
+
+The behaviour log-probs are recomputed with the same minibatch partition as the first epoch just before the update, so
+the importance ratio of the first minibatch is exactly 1; the gap to the log-probs recorded while sampling is logged as
+``train/sampler_mismatch``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from typing_extensions import override
+
+from lightning_prophrl import constants as K
+from lightning_prophrl.envs.rollout import ActionDecoder, RolloutBatch, collect_rollouts
+from lightning_prophrl.models.policy import FlowMatchingPolicy
+from lightning_prophrl.rl import (
+    fa_grpo_loss,
+    flow_grpo_loss,
+    flowscale_weights,
+    gaussian_mean_kl,
+    group_advantages,
+    kl_k3,
+)
+
+
+def load_policy_weights(policy: torch.nn.Module, checkpoint: str) -> dict[str, Any]:
+    """Load ``policy.*`` weights from a ``PolicySFTModule`` (or ``FAGRPOModule``) Lightning checkpoint; returns its
+    hyper-parameters."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = {k[len("policy.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("policy.")}
+    if not state:
+        raise KeyError(f"{checkpoint}: no 'policy.*' weights in the checkpoint's state_dict")
+    policy.load_state_dict(state)
+    return ckpt.get("hyper_parameters", {})
+
+
+class FAGRPOModule(L.LightningModule):
+    """FA-GRPO with FlowScale, trained against a ``BatchedEnv`` (simulator or world model).
+
+    Args:
+        policy: the flow-matching policy being optimized.
+        env: the batched environment (``MetaWorldEnv``, ``WorldModelEnv``, ...): ``num_envs = P * G``.
+        group_size: G rollouts per prompt (UNKNOWN in SPEC; 8 as CALIBRATION.md).
+        max_queries: policy queries per episode (horizon in chunks).
+        sft_checkpoint: SFT Lightning checkpoint whose ``policy.*`` weights (and action statistics) initialise both
+            the policy and the frozen reference.
+        action_stats: ``stats.json`` content that normalized the policy's actions (default: from ``sft_checkpoint``).
+        action_dims: unified dims the policy models (default: from ``sft_checkpoint``).
+        action_target: what the env executes: ``metaworld`` 4-D raw actions or ``unified`` 14-D raw actions.
+        loss: ``fa_grpo`` (one ratio per action element) or ``flow_grpo`` (the per-step-ratio baseline).
+        flowscale: apply FlowScale weights.
+        flowscale_mode: ``rescale_grad`` (SPEC 5 option A) or ``per_step_adv`` (option B).
+        flowscale_p, flowscale_alpha, flowscale_w_min, flowscale_w_max, flowscale_eps: the weights' parameters.
+        eps_low: lower clip (UNKNOWN in SPEC; 0.2 as CALIBRATION.md).
+        eps_high: upper clip (UNKNOWN in SPEC; 0.2, symmetric by default; DAPO-style 0.28 is a common choice).
+        beta_kl: weight of the KL to the SFT policy (UNKNOWN in SPEC; 0.0 in the simulator, 0.04 in CALIBRATION's
+            world-model probe).
+        kl_estimator: ``k3`` (sampled, per element, summed over flow steps) or ``gaussian_mean`` (closed form per step).
+        ppo_epochs: passes over the rollouts per update (UNKNOWN; 2).
+        minibatch_size: policy queries per minibatch (UNKNOWN; 256).
+        max_grad_norm: gradient clipping.
+        noise_level: SDE noise level ``a`` for rollouts (default: the policy's).
+        reward_model: optional callable ``RolloutBatch -> (N,) rewards``; default the env's success.
+        optimizer: optimizer factory (default Adam 3e-5, CALIBRATION.md's stable learning rate).
+        step_grad_every: every this many updates, log the gradient norm contributed by each flow step (K extra
+            backward passes on one minibatch; 0 disables).
+        seed: seeds the sampler noise of the rollouts.
+    """
+
+    def __init__(
+        self,
+        policy: FlowMatchingPolicy,
+        env: Any,
+        group_size: int = 8,
+        max_queries: int = 38,
+        sft_checkpoint: str | None = None,
+        action_stats: dict[str, Any] | None = None,
+        action_dims: list[int] | None = None,
+        action_target: Literal["metaworld", "unified"] = "metaworld",
+        loss: Literal["fa_grpo", "flow_grpo"] = "fa_grpo",
+        flowscale: bool = True,
+        flowscale_mode: Literal["rescale_grad", "per_step_adv"] = "rescale_grad",
+        flowscale_p: float = 0.5,
+        flowscale_alpha: float = 0.1,
+        flowscale_w_min: float = 0.1,
+        flowscale_w_max: float = 3.0,
+        flowscale_eps: float = 1e-8,
+        eps_low: float = 0.2,
+        eps_high: float = 0.2,
+        beta_kl: float = 0.0,
+        kl_estimator: Literal["k3", "gaussian_mean"] = "k3",
+        ppo_epochs: int = 2,
+        minibatch_size: int = 256,
+        max_grad_norm: float = 1.0,
+        noise_level: float | None = None,
+        reward_model: Any = None,
+        optimizer: OptimizerCallable = lambda p: torch.optim.Adam(p, lr=3e-5),
+        step_grad_every: int = 10,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["policy", "env", "reward_model", "optimizer"])
+        for name, value in (("group_size", group_size), ("max_queries", max_queries), ("ppo_epochs", ppo_epochs),
+                            ("minibatch_size", minibatch_size)):  # fmt: skip
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if loss not in ("fa_grpo", "flow_grpo"):
+            raise ValueError(f"loss must be 'fa_grpo' or 'flow_grpo', got {loss!r}")
+        self.automatic_optimization = False
+        self.policy, self.env, self.reward_model = policy, env, reward_model
+        self.optimizer_factory = optimizer
+        if sft_checkpoint is not None:
+            hp = load_policy_weights(policy, sft_checkpoint)
+            action_stats = action_stats or hp.get("action_stats")
+            action_dims = action_dims or hp.get("action_dims")
+            self.hparams.action_stats, self.hparams.action_dims = action_stats, action_dims
+        if action_stats is None or action_dims is None:
+            raise ValueError("action_stats and action_dims are needed (pass them or an sft_checkpoint that has them)")
+        self.decoder = ActionDecoder(action_stats, action_dims, target=action_target)
+        self.reference = copy.deepcopy(policy).requires_grad_(False).eval()
+        self.generator = torch.Generator().manual_seed(seed)
+        self.env_steps_total = 0
+        self.episodes_total = 0
+        self.updates = 0  # RL updates done (trainer.global_step counts optimizer steps: ppo_epochs x minibatches)
+
+    @override
+    def forward(self, obs: dict[str, Any]) -> torch.Tensor:
+        return self.policy.predict_action_chunk(obs)
+
+    # 1. one RL update ----------------------------------------------------------------------------------------------
+    @override
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        h = self.hparams
+        rollouts = self.rollout(prompts_from_batch(batch))
+        adv = group_advantages(rollouts.rewards, h.group_size)  # (N,) ; raises on NaN rewards
+        data = self._flatten(rollouts, adv)
+        stats = self._ppo_update(data)
+        zero_var = (rollouts.rewards.view(-1, h.group_size).std(1) == 0).float().mean()
+        self.updates += 1
+        self.env_steps_total += int(rollouts.steps.sum())
+        self.episodes_total += int(rollouts.rewards.numel())
+        logs = {
+            "rollout/reward_mean": rollouts.rewards.mean(),
+            "rollout/success_rate": rollouts.success.mean(),
+            "rollout/zero_var_groups": zero_var,
+            "rollout/episode_steps": rollouts.steps.float().mean(),
+            "rollout/queries": torch.tensor(float(data["adv"].numel())),
+            "rollout/env_steps_total": torch.tensor(float(self.env_steps_total)),
+            "rollout/updates": torch.tensor(float(self.updates)),
+            **{k: torch.as_tensor(v, dtype=torch.float32) for k, v in rollouts.info.items() if np.isscalar(v)},
+            **stats,
+        }
+        self.log_dict(logs, prog_bar=False, batch_size=1)
+        self.log("rollout/success", rollouts.success.mean(), prog_bar=True, batch_size=1)
+
+    def rollout(self, prompts: list[dict[str, Any]]) -> RolloutBatch:
+        """G SDE rollouts per prompt with the current policy (no grad)."""
+        self.policy.eval()
+        out = collect_rollouts(
+            self.policy, self.env, prompts, self.decoder, self.hparams.max_queries, mode="sde",
+            noise_level=self.hparams.noise_level, generator=self.generator, reward_fn=self.reward_model,
+            device=self.device,
+        )  # fmt: skip
+        self.policy.train()
+        return out
+
+    def _flatten(self, r: RolloutBatch, adv: torch.Tensor) -> dict[str, Any]:
+        """Keep the (step, rollout) queries made while the rollout was alive."""
+        s_idx, n_idx = r.alive.nonzero(as_tuple=True)
+        obs: dict[str, Any] = {}
+        for key in r.obs[0]:
+            vals = [r.obs[s][key] for s in range(len(r.obs))]
+            if isinstance(vals[0], torch.Tensor):
+                obs[key] = torch.stack(vals)[s_idx, n_idx]
+            else:
+                obs[key] = [vals[s][n] for s, n in zip(s_idx.tolist(), n_idx.tolist())]
+        return {
+            "obs": obs,
+            "x_steps": r.x_steps[s_idx, n_idx],
+            "sampled_log_probs": r.log_probs[s_idx, n_idx],
+            "adv": adv[n_idx],
+        }
+
+    # 2. PPO epochs -------------------------------------------------------------------------------------------------
+    def _ppo_update(self, data: dict[str, Any]) -> dict[str, torch.Tensor]:
+        h = self.hparams
+        opt = self.optimizers()
+        m = data["adv"].numel()
+        c = self.policy.chunk_len
+        chunk_mask = (torch.arange(c) < self.policy.exec_horizon).float().to(self.device)  # only executed actions
+        weights = None
+        if h.flowscale:
+            sigma2 = self.policy.step_sigma2(noise_level=h.noise_level).to(self.device)
+            weights = flowscale_weights(sigma2, h.flowscale_p, h.flowscale_alpha, h.flowscale_w_min, h.flowscale_w_max,
+                                        h.flowscale_eps, mask=sigma2 > 0)  # fmt: skip
+        perms = [torch.randperm(m, generator=self.generator) for _ in range(h.ppo_epochs)]
+        mbs = [perms[0][i : i + h.minibatch_size] for i in range(0, m, h.minibatch_size)]
+        with torch.no_grad():  # behaviour log-probs, same partition as the first epoch (ratio exactly 1 at start)
+            old = torch.empty_like(data["sampled_log_probs"])
+            for idx in mbs:
+                old[idx] = self.policy.log_prob(self._take(data["obs"], idx), data["x_steps"][idx].to(self.device),
+                                                noise_level=h.noise_level).cpu()  # fmt: skip
+        logs: dict[str, list[float]] = {}
+        if bool((data["adv"] == 0).all()):
+            return {"train/skipped_update": torch.tensor(1.0), "train/sampler_mismatch": self._mismatch(data, old)}
+        first = True
+        for epoch, perm in enumerate(perms):
+            for i in range(0, m, h.minibatch_size):
+                idx = perm[i : i + h.minibatch_size]
+                stats = self._minibatch_step(
+                    data, old, idx, chunk_mask, weights, opt, log_step_grads=first and epoch == 0
+                )
+                if first:
+                    logs.setdefault("train/first_ratio_max_dev", []).append(stats.pop("ratio_dev"))
+                stats.pop("ratio_dev", None)
+                first = False
+                for k, v in stats.items():
+                    logs.setdefault(f"train/{k}", []).append(float(v))
+        out = {k: torch.tensor(float(np.mean(v))) for k, v in logs.items()}
+        out["train/ratio_min"] = torch.tensor(float(np.min(logs["train/ratio_min"])))
+        out["train/ratio_max"] = torch.tensor(float(np.max(logs["train/ratio_max"])))
+        out["train/skipped_update"] = torch.tensor(0.0)
+        out["train/sampler_mismatch"] = self._mismatch(data, old)
+        return out
+
+    def _minibatch_step(self, data, old, idx, chunk_mask, weights, opt, log_step_grads: bool) -> dict[str, Any]:
+        h = self.hparams
+        obs = self._take(data["obs"], idx)
+        x = data["x_steps"][idx].to(self.device)
+        adv = data["adv"][idx].to(self.device)
+        mask = chunk_mask[None].expand(len(idx), -1)
+        new_lp, new_mean = self.policy.log_prob(obs, x, noise_level=h.noise_level, return_means=True)
+        old_lp = old[idx].to(self.device)
+        adv_c = adv[:, None].expand(-1, mask.shape[1])
+        if h.loss == "fa_grpo":
+            pg, st = fa_grpo_loss(new_lp, old_lp, adv_c, mask, h.eps_low, h.eps_high, weights, h.flowscale_mode)
+        else:
+            pg, st = flow_grpo_loss(new_lp, old_lp, adv_c, mask, h.eps_low, h.eps_high, weights)
+        kl = torch.zeros((), device=self.device)
+        if h.beta_kl > 0 or log_step_grads:
+            with torch.no_grad():
+                ref_lp, ref_mean = self.reference.log_prob(obs, x, noise_level=h.noise_level, return_means=True)
+            m3 = mask[:, :, None].expand(-1, -1, new_lp.shape[-1])
+            if h.kl_estimator == "k3":
+                kl = (kl_k3(new_lp.sum(1), ref_lp.sum(1)) * m3).sum() / m3.sum()
+            else:
+                std = self.policy.step_sigma2(noise_level=h.noise_level).sqrt().to(self.device)
+                kl = (gaussian_mean_kl(new_mean, ref_mean, std).sum(1) * m3).sum() / m3.sum()
+        loss = pg + h.beta_kl * kl
+        step_norms = self._step_grad_norms(new_lp, loss) if log_step_grads and self._log_step_grads_now() else None
+        opt.zero_grad()
+        self.manual_backward(loss)
+        gnorm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), h.max_grad_norm)
+        opt.step()
+        ratio_dev = float((torch.exp(new_lp.detach().sum(1) - old_lp.sum(1)) - 1).abs().max())
+        out = {"loss": pg.detach(), "kl_ref": kl.detach(), "grad_norm": gnorm.detach(), "ratio_dev": ratio_dev,
+               **{k: v for k, v in st.items()}}  # fmt: skip
+        if step_norms is not None:
+            for k, v in enumerate(step_norms):
+                self.log(f"grad_step/k{k:02d}", v, batch_size=1)
+        return out
+
+    def _log_step_grads_now(self) -> bool:
+        every = self.hparams.step_grad_every
+        return every > 0 and self.updates % every == 0
+
+    def _step_grad_norms(self, new_lp: torch.Tensor, loss: torch.Tensor) -> list[float]:
+        """Norm of the parameter gradient contributed through each flow step k (FlowScale's effect)."""
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        (g_lp,) = torch.autograd.grad(loss, new_lp, retain_graph=True)
+        norms = []
+        for k in range(new_lp.shape[1]):
+            grads = torch.autograd.grad((g_lp[:, k].detach() * new_lp[:, k]).sum(), params, retain_graph=True,
+                                        allow_unused=True)  # fmt: skip
+            norms.append(float(torch.sqrt(sum((g**2).sum() for g in grads if g is not None))))
+        return norms
+
+    @staticmethod
+    def _mismatch(data: dict[str, Any], old: torch.Tensor) -> torch.Tensor:
+        sampled = data["sampled_log_probs"]
+        return (sampled.sum(1) - old.sum(1)).abs().max() if sampled.numel() else torch.tensor(0.0)
+
+    def _take(self, obs: dict[str, Any], idx: torch.Tensor) -> dict[str, Any]:
+        il = idx.tolist()
+        return {
+            k: (v[idx].to(self.device) if isinstance(v, torch.Tensor) else [v[i] for i in il]) for k, v in obs.items()
+        }
+
+    # 3. optimizer and state ----------------------------------------------------------------------------------------
+    @override
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory([p for p in self.policy.parameters() if p.requires_grad])
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rl_state"] = {
+            "generator": self.generator.get_state(),
+            "env_steps_total": self.env_steps_total,
+            "episodes_total": self.episodes_total,
+            "updates": self.updates,
+        }
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("rl_state")
+        if state is not None:
+            self.generator.set_state(state["generator"])
+            self.env_steps_total, self.episodes_total = state["env_steps_total"], state["episodes_total"]
+            self.updates = state["updates"]
+
+
+def prompts_from_batch(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """Split a collated prompt batch back into one dict per prompt."""
+    n = len(batch[K.INSTRUCTION])
+    return [{k: (v[i] if not isinstance(v, torch.Tensor) else v[i].cpu()) for k, v in batch.items()} for i in range(n)]

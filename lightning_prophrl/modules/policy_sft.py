@@ -1,0 +1,95 @@
+"""Behaviour cloning of the flow-matching policy (the SFT policy that FA-GRPO starts from and anchors to)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from typing_extensions import override
+
+from lightning_prophrl import constants as K
+from lightning_prophrl.models.policy import FlowMatchingPolicy
+
+
+def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """DrQ-style augmentation: replicate-pad by ``pad`` pixels and crop back at a random offset per image.
+
+    Args:
+        images: ``(B, C, H, W)``.
+        pad: maximum shift in pixels (0 returns the input).
+    """
+    if pad <= 0:
+        return images
+    b, _, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
+    off = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator)
+    rows = torch.arange(h)[None, :] + off[:, :1]
+    cols = torch.arange(w)[None, :] + off[:, 1:]
+    idx_b = torch.arange(b)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[idx_b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+
+
+class PolicySFTModule(L.LightningModule):
+    """Flow-matching behaviour cloning on ``PolicyDataModule`` batches.
+
+    Args:
+        policy: the flow-matching policy (its ``forward(batch)`` returns the BC loss).
+        optimizer: optimizer factory (LightningCLI injects it; default Adam 3e-4 as CALIBRATION.md).
+        lr_scheduler: optional scheduler factory.
+        shift_pad: random-shift augmentation in pixels (CALIBRATION.md used +-4 at 64 px; 0 disables).
+        action_stats: the ``stats.json`` content that normalized the demonstrations; stored in the checkpoint so
+            that the policy's actions can be unnormalized wherever it is loaded.
+        action_dims: the unified action dims the policy models (as in ``PolicyDataModule``).
+    """
+
+    def __init__(
+        self,
+        policy: FlowMatchingPolicy,
+        optimizer: OptimizerCallable = lambda p: torch.optim.Adam(p, lr=3e-4),
+        lr_scheduler: LRSchedulerCallable | None = None,
+        shift_pad: int = 4,
+        action_stats: dict[str, Any] | None = None,
+        action_dims: list[int] | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["policy", "optimizer", "lr_scheduler"])
+        self.policy = policy
+        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+
+    @override
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.policy(batch)
+
+    @override
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    @override
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "val")
+
+    def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        if stage == "train":
+            batch = {**batch, K.OBS_IMAGE: random_shift(batch[K.OBS_IMAGE], self.hparams.shift_pad)}
+        loss, logs = self.policy(batch)
+        bs = batch[K.ACTIONS].shape[0]
+        self.log_dict({f"{stage}/{k}": v for k, v in logs.items()}, prog_bar=True, batch_size=bs,
+                      sync_dist=stage != "train")  # fmt: skip
+        return loss
+
+    @override
+    def configure_optimizers(self) -> Any:
+        opt = self.optimizer_factory(self.policy.parameters())
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+
+    @override
+    def on_fit_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if self.hparams.action_stats is None and dm is not None and getattr(dm, "train_set", None) is not None:
+            self.hparams.action_stats = dm.train_set.stats[0].to_dict()
+            self.hparams.action_dims = list(dm.action_dims)

@@ -1,0 +1,280 @@
+"""``prophrl demo``: the ProphRL pipeline on the embedded Meta-World default, stage by stage, cached.
+
+Stages (each writes under ``runs/demo/`` and is skipped when its output exists, so a rerun resumes):
+
+1. ``data``: scripted-expert demonstrations of the target task (few, low noise: the SFT data) and of the pretraining
+   tasks plus noisy target-task episodes (world-model data);
+2. ``sft``: a deliberately weak flow-matching policy from the few target demos, one per seed;
+3. ``rl``: FA-GRPO variants from the SFT policy for a fixed budget of updates, in the real simulator
+   (``sim_*``) and, when a world model is available, inside it (``wm_*``);
+4. ``eval``: every policy in the real simulator on held-out initial states (ODE, fixed noise), and the table.
+
+Every row of the table states its RL updates and the real environment interactions it used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np
+import torch
+
+VARIANTS = {
+    # name: (loss, flowscale, environment)
+    "sim_fagrpo": ("fa_grpo", False, "sim"),
+    "sim_fagrpo_flowscale": ("fa_grpo", True, "sim"),
+    "sim_flowgrpo": ("flow_grpo", False, "sim"),
+}
+POLICY_DIMS = [0, 1, 2, 6]  # Meta-World's real unified dims: dpos xyz + gripper
+
+
+@dataclass
+class DemoConfig:
+    """Settings of the demo; ``quick()`` shrinks everything to prove the plumbing in minutes."""
+
+    out: str = "runs/demo"
+    target_task: str = "pick-place-v3"
+    pretrain_tasks: list[str] = field(
+        default_factory=lambda: ["push-v3", "reach-v3", "drawer-open-v3", "button-press-topdown-v3"]
+    )
+    sft_demos: int = 10
+    sft_noise: float = 0.1
+    image_size: int = 64
+    camera: str = "workspace"
+    max_steps: int = 150
+    chunk_len: int = 4
+    sft_steps: int = 3000
+    sft_batch: int = 64
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    variants: list[str] = field(default_factory=lambda: ["sim_fagrpo", "sim_fagrpo_flowscale"])
+    rl_updates: int = 60
+    num_prompts: int = 4
+    group_size: int = 8
+    lr: float = 3e-5
+    eval_seeds: int = 60
+    eval_every: int = 20
+    threads: int = 1
+
+    @property
+    def max_queries(self) -> int:
+        return -(-self.max_steps // self.chunk_len)
+
+    @classmethod
+    def quick(cls, **kw: Any) -> DemoConfig:
+        base = dict(out="runs/demo_quick", sft_demos=3, sft_steps=30, sft_batch=16, seeds=[0], rl_updates=2,
+                    num_prompts=2, group_size=2, eval_seeds=4, eval_every=2, max_steps=40, image_size=32,
+                    pretrain_tasks=["reach-v3"])  # fmt: skip
+        base.update(kw)
+        return cls(**base)
+
+
+def _done(path: Path) -> bool:
+    return (path / "done.json").exists()
+
+
+def _mark(path: Path, info: dict[str, Any]) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "done.json").write_text(json.dumps(info, indent=2))
+
+
+def _trainer(out: Path, name: str, **kw: Any):
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    return L.Trainer(accelerator="cpu", devices=1, logger=TensorBoardLogger(str(out / "tb"), name=name),
+                     enable_checkpointing=False, enable_model_summary=False, **kw)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Stages
+# ---------------------------------------------------------------------------------------------------------------------
+def stage_data(cfg: DemoConfig) -> dict[str, str]:
+    """Target-task SFT demos (seeds 0..N-1, low noise)."""
+    from lightning_prophrl.datamodules.metaworld_gen import generate_metaworld
+
+    out = Path(cfg.out) / "data"
+    paths = {"sft": str(out / "target_sft")}
+    if not _done(Path(paths["sft"])):
+        s = generate_metaworld([cfg.target_task], cfg.sft_demos, paths["sft"], noise=cfg.sft_noise,
+                               size=cfg.image_size, camera=cfg.camera, max_steps=cfg.max_steps, seed=0, per_shard=5)  # fmt: skip
+        _mark(Path(paths["sft"]), s)
+    return paths
+
+
+def build_policy(cfg: DemoConfig):
+    from lightning_prophrl.envs.instructions import instruction_for
+    from lightning_prophrl.models.policy import FlowMatchingPolicy
+
+    return FlowMatchingPolicy(action_dim=len(POLICY_DIMS), chunk_len=cfg.chunk_len, state_dim=4,
+                              instructions=[instruction_for(cfg.target_task)], cond_dim=128, width=64, depth=2,
+                              num_heads=4, cnn_channels=(16, 32, 64, 64), num_steps=10, noise_level=0.7)  # fmt: skip
+
+
+def stage_sft(cfg: DemoConfig, data: dict[str, str], seed: int) -> str:
+    """Behaviour cloning from the few target demos; returns the checkpoint path."""
+    import lightning as L
+
+    from lightning_prophrl.datamodules.robot import PolicyDataModule
+    from lightning_prophrl.modules import PolicySFTModule
+
+    out = Path(cfg.out) / "sft" / f"seed{seed}"
+    ckpt = out / "sft.ckpt"
+    if _done(out):
+        return str(ckpt)
+    L.seed_everything(seed, workers=True)
+    dm = PolicyDataModule([data["sft"]], chunk_len=cfg.chunk_len, action_dims=POLICY_DIMS, state_dim=4,
+                          image_size=cfg.image_size, batch_size=cfg.sft_batch,
+                          samples_per_epoch=cfg.sft_batch * min(cfg.sft_steps, 500), seed=seed)  # fmt: skip
+    module = PolicySFTModule(
+        build_policy(cfg), optimizer=lambda p: torch.optim.Adam(p, lr=3e-4), shift_pad=4, action_dims=POLICY_DIMS
+    )
+    trainer = _trainer(out, f"sft_seed{seed}", max_steps=cfg.sft_steps, max_epochs=-1, log_every_n_steps=25)
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    trainer.save_checkpoint(ckpt)
+    _mark(out, {"seconds": time.perf_counter() - t0, "steps": cfg.sft_steps})
+    return str(ckpt)
+
+
+def stage_rl_sim(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict[str, Any]:
+    """FA-GRPO variant in the real simulator for ``rl_updates`` updates; evaluates every ``eval_every`` updates."""
+    import lightning as L
+
+    from lightning_prophrl.callbacks import SimEvalCallback
+    from lightning_prophrl.datamodules.prompts import PromptDataModule
+    from lightning_prophrl.envs.metaworld import MetaWorldEnv
+    from lightning_prophrl.modules import FAGRPOModule
+
+    loss, flowscale, _ = VARIANTS[variant]
+    out = Path(cfg.out) / "rl" / variant / f"seed{seed}"
+    if _done(out):
+        return json.loads((out / "done.json").read_text())
+    L.seed_everything(seed, workers=True)
+    env = MetaWorldEnv(cfg.target_task, num_prompts=cfg.num_prompts, group_size=cfg.group_size,
+                       image_size=cfg.image_size, max_steps=cfg.max_steps, camera=cfg.camera)  # fmt: skip
+    module = FAGRPOModule(build_policy(cfg), env, group_size=cfg.group_size, max_queries=cfg.max_queries,
+                          sft_checkpoint=sft_ckpt, loss=loss, flowscale=flowscale, seed=seed,
+                          optimizer=lambda p: torch.optim.Adam(p, lr=cfg.lr))  # fmt: skip
+    prompts = PromptDataModule(tasks=[cfg.target_task], train_seeds=(2000 + 10000 * seed, 12000 + 10000 * seed),
+                               eval_seeds=(1000, 1000 + cfg.eval_seeds), num_prompts=cfg.num_prompts,
+                               updates_per_epoch=cfg.rl_updates, seed=seed)  # fmt: skip
+    history = out / "eval.jsonl"
+    history.unlink(missing_ok=True)
+    sim_eval = SimEvalCallback(cfg.target_task, seeds=list(range(1000, 1000 + cfg.eval_seeds)),
+                               every_n_steps=cfg.eval_every, max_queries=cfg.max_queries, image_size=cfg.image_size,
+                               camera=cfg.camera, max_steps=cfg.max_steps, history_path=str(history))  # fmt: skip
+    trainer = _trainer(out, f"{variant}_seed{seed}", max_epochs=1, callbacks=[sim_eval], log_every_n_steps=1)
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=prompts)
+    trainer.save_checkpoint(out / "policy.ckpt")
+    env.close()
+    rows = [json.loads(line) for line in history.read_text().splitlines()]
+    info = {"variant": variant, "seed": seed, "updates": module.updates, "train_env_steps": module.env_steps_total,
+            "train_episodes": module.episodes_total, "seconds": time.perf_counter() - t0, "eval": rows}  # fmt: skip
+    _mark(out, info)
+    return info
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Table
+# ---------------------------------------------------------------------------------------------------------------------
+def updates_to_reach(rows: list[dict[str, Any]], level: float) -> int | None:
+    return next((r["step"] for r in rows if r["success"] >= level), None)
+
+
+def results_table(cfg: DemoConfig, results: dict[str, list[dict[str, Any]]]) -> str:
+    """Markdown table in the form of SPEC Table 10 (mean +- std over seeds of held-out real success)."""
+    sft = [r["eval"][0]["success"] for rs in results.values() for r in rs[:1]]
+    sft_by_seed = {r["seed"]: r["eval"][0]["success"] for rs in results.values() for r in rs}
+    lines = [f"| setting | real success ({cfg.eval_seeds} held-out states) | RL updates | updates to reach SFT+10pp "
+             "| real interactions (train env steps) | seeds |", "|---|---|---|---|---|---|"]  # fmt: skip
+    s = np.array(list(sft_by_seed.values()) or sft)
+    lines.append(
+        f"| SFT ({cfg.sft_demos} demos) | {s.mean():.3f} ± {s.std():.3f} | – | – | {cfg.sft_demos} demos | {len(s)} |"
+    )
+    for variant, rs in results.items():
+        final = np.array([r["eval"][-1]["success"] for r in rs])
+        reach = [updates_to_reach(r["eval"], sft_by_seed[r["seed"]] + 0.10) for r in rs]
+        reach_s = ", ".join("–" if x is None else str(x) for x in reach)
+        steps = np.mean([r["train_env_steps"] for r in rs])
+        ups = max(r["updates"] for r in rs)
+        lines.append(
+            f"| {variant} | {final.mean():.3f} ± {final.std():.3f} | {ups} | {reach_s} | {steps:,.0f} | {len(rs)} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_curves(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for variant, rs in results.items():
+        for i, r in enumerate(rs):
+            xs = [e["step"] for e in r["eval"]]
+            ys = [e["success"] for e in r["eval"]]
+            ax.plot(xs, ys, marker="o", color=f"C{list(results).index(variant)}", alpha=0.8,
+                    label=variant if i == 0 else None)  # fmt: skip
+    ax.set_xlabel("RL updates")
+    ax.set_ylabel("held-out real success")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(cfg: DemoConfig) -> dict[str, Any]:
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    t0 = time.perf_counter()
+    data = stage_data(cfg)
+    results: dict[str, list[dict[str, Any]]] = {v: [] for v in cfg.variants}
+    for seed in cfg.seeds:
+        ckpt = stage_sft(cfg, data, seed)
+        for variant in cfg.variants:
+            if VARIANTS[variant][2] == "sim":
+                results[variant].append(stage_rl_sim(cfg, ckpt, seed, variant))
+    table = results_table(cfg, results)
+    plot_curves(results, out / "success_vs_updates.png")
+    (out / "results.md").write_text(table + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    print(table)
+    print(f"\nwrote {out / 'results.md'}, {out / 'success_vs_updates.png'}, TensorBoard logs in {out / 'tb'} "
+          f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+    return {"table": table, "results": results}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        prog="prophrl demo", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true", help="tiny settings that prove the plumbing (minutes)")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--seeds", type=int, nargs="+", default=None)
+    ap.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=None)
+    ap.add_argument("--rl-updates", type=int, default=None)
+    ap.add_argument("--sft-steps", type=int, default=None)
+    ap.add_argument("--eval-seeds", type=int, default=None)
+    ap.add_argument("--eval-every", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k != "quick" and v is not None}
+    cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

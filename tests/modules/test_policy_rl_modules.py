@@ -1,0 +1,139 @@
+import copy
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from lightning_prophrl import constants as K
+from lightning_prophrl.actions import ActionStats, metaworld_to_unified
+from lightning_prophrl.datamodules.prompts import PromptDataModule
+from lightning_prophrl.datamodules.robot import PolicyDataModule
+from lightning_prophrl.envs.instructions import instruction_for
+from lightning_prophrl.envs.metaworld import MetaWorldEnv
+from lightning_prophrl.models.policy import FlowMatchingPolicy
+from lightning_prophrl.modules import FAGRPOModule, PolicySFTModule
+from lightning_prophrl.modules.fa_grpo import prompts_from_batch
+
+TASK = "pick-place-v3"
+DIMS = [0, 1, 2, 6]
+
+
+def tiny_policy(instructions):
+    torch.manual_seed(0)
+    return FlowMatchingPolicy(action_dim=4, chunk_len=4, exec_horizon=2, state_dim=4, instructions=instructions,
+                              cond_dim=32, width=32, depth=1, num_heads=2, num_steps=4)  # fmt: skip
+
+
+def metaworld_stats():
+    rng = np.random.default_rng(0)
+    unified, mask = metaworld_to_unified(rng.uniform(-1, 1, size=(500, 4)))
+    return ActionStats.compute([unified], mask=mask).to_dict()
+
+
+def trainer(**kw):
+    return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, **kw)  # fmt: skip
+
+
+def test_sft_module_trains_and_records_action_stats(coded_dataset, tmp_path):
+    dm = PolicyDataModule([coded_dataset], chunk_len=4, action_dims=DIMS, state_dim=4, image_size=32, batch_size=8,
+                          samples_per_epoch=64)  # fmt: skip
+    module = PolicySFTModule(tiny_policy(["task of coded"]), shift_pad=2)
+    before = copy.deepcopy(module.policy.state_dict())
+    t = trainer(max_epochs=1, limit_train_batches=4)
+    t.fit(module, datamodule=dm)
+    changed = [k for k, v in module.policy.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed
+    assert module.hparams.action_dims == DIMS and module.hparams.action_stats["count"] > 0
+    t.save_checkpoint(tmp_path / "sft.ckpt")
+    ckpt = torch.load(tmp_path / "sft.ckpt", weights_only=False)
+    assert ckpt["hyper_parameters"]["action_dims"] == DIMS
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = MetaWorldEnv(TASK, num_prompts=2, group_size=2, image_size=32, max_steps=12, exec_horizon=2)
+    yield e
+    e.close()
+
+
+def varied_reward(batch):
+    """A real (if arbitrary) reward: 1 for the group member whose mean executed x-action is largest (mixed groups)."""
+    x = batch.x_steps[:, :, -1, :2, 0].mean((0, 2)).view(-1, 2)  # (P, G)
+    return (x == x.max(1, keepdim=True).values).float().view(-1)
+
+
+def rl_module(env, **kw):
+    return FAGRPOModule(tiny_policy([instruction_for(TASK)]), env, group_size=2, max_queries=3,
+                        action_stats=metaworld_stats(), action_dims=DIMS, minibatch_size=4, ppo_epochs=2,
+                        step_grad_every=1, optimizer=lambda p: torch.optim.Adam(p, lr=1e-3), **kw)  # fmt: skip
+
+
+def prompt_batch():
+    dm = PromptDataModule(tasks=[TASK], train_seeds=(2000, 2010), eval_seeds=(1000, 1004), num_prompts=2)
+    dm.setup("fit")
+    return next(iter(dm.train_dataloader())), dm
+
+
+def test_fa_grpo_update_changes_policy_not_reference_and_first_ratio_is_one(env):
+    module = rl_module(env, reward_model=varied_reward, flowscale=True)
+    batch, dm = prompt_batch()
+    ref_before = copy.deepcopy(module.reference.state_dict())
+    pol_before = copy.deepcopy(module.policy.state_dict())
+    logged = {}
+    module.log_dict = lambda d, **kw: logged.update(d)
+    module.log = lambda k, v, **kw: logged.update({k: v})
+    t = trainer(max_epochs=1, limit_train_batches=1)
+    t.fit(module, train_dataloaders=dm.train_dataloader())
+    assert module.updates == 1
+    assert "train/first_ratio_max_dev" in logged, sorted(logged)
+    assert logged["train/first_ratio_max_dev"] == 0.0  # exactly 1 before the first optimizer step
+    assert float(logged["train/skipped_update"]) == 0.0
+    assert any(not torch.equal(v, pol_before[k]) for k, v in module.policy.state_dict().items())
+    assert all(torch.equal(v, ref_before[k]) for k, v in module.reference.state_dict().items())
+    assert all(not p.requires_grad for p in module.reference.parameters())
+    grads = [float(logged[f"grad_step/k{k:02d}"]) for k in range(4)]
+    assert all(g > 0 for g in grads)
+    assert float(logged["rollout/env_steps_total"]) > 0
+
+
+def test_constant_rewards_skip_the_update(env):
+    module = rl_module(env, reward_model=lambda b: torch.zeros(b.rewards.shape))
+    before = copy.deepcopy(module.policy.state_dict())
+    batch, dm = prompt_batch()
+    trainer(max_epochs=1, limit_train_batches=1).fit(module, train_dataloaders=dm.train_dataloader())
+    assert all(torch.equal(v, before[k]) for k, v in module.policy.state_dict().items())
+
+
+def test_nan_reward_is_a_clear_error(env):
+    module = rl_module(env, reward_model=lambda b: torch.full(b.rewards.shape, float("nan")))
+    batch, dm = prompt_batch()
+    module.trainer = None
+    with pytest.raises(ValueError, match="non-finite reward at rollout index 0"):
+        module.training_step(batch, 0)
+
+
+def test_same_module_trains_on_prompt_dicts_with_task_names(env):
+    batch, _ = prompt_batch()
+    prompts = prompts_from_batch(batch)
+    assert prompts[0][K.TASK] == TASK and isinstance(prompts[0][K.SEED], torch.Tensor)
+    obs = env.reset(prompts)
+    assert obs[K.OBS_IMAGE].shape == (4, 3, 32, 32)
+    assert torch.equal(obs[K.OBS_IMAGE][0], obs[K.OBS_IMAGE][1])  # one group = one initial state
+
+
+def test_checkpoint_resume_restores_rl_state_exactly(env, tmp_path):
+    module = rl_module(env, reward_model=varied_reward)
+    batch, dm = prompt_batch()
+    t = trainer(max_epochs=1, limit_train_batches=1)
+    t.fit(module, train_dataloaders=dm.train_dataloader())
+    t.save_checkpoint(tmp_path / "rl.ckpt")
+    fresh = rl_module(env, reward_model=varied_reward, seed=123)
+    ckpt = torch.load(tmp_path / "rl.ckpt", weights_only=False)
+    fresh.load_state_dict(ckpt["state_dict"])
+    fresh.on_load_checkpoint(ckpt)
+    assert fresh.updates == module.updates == 1 and fresh.env_steps_total == module.env_steps_total
+    assert torch.equal(fresh.generator.get_state(), module.generator.get_state())
+    for k, v in module.state_dict().items():
+        assert torch.equal(v, fresh.state_dict()[k]), k
