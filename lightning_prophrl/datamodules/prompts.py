@@ -113,6 +113,8 @@ class PromptDataModule(L.LightningDataModule):
                     K.SEED: int(ep.meta.get("seed", -1)),
                     K.TASK: task,
                 }
+                if ep.state is not None:
+                    p[K.OBS_STATE] = torch.from_numpy(ep.state[0].astype(np.float32))
                 (self.eval_prompts if is_heldout(ep.key, h.eval_fraction) else self.train_prompts).append(p)
         if not self.train_prompts:
             raise ValueError("no training prompts: check `datasets`, `tasks` and `train_seeds`")

@@ -247,7 +247,10 @@ class ShardWriter:
         if ep.ee_poses is not None:
             out[SHARD_EE_POSES] = _npy_bytes(ep.ee_poses.astype(np.float32))
         for name, value in ep.extras.items():
-            out[name] = _npy_bytes(value) if isinstance(value, np.ndarray) else json.dumps(value).encode()
+            if isinstance(value, bytes | bytearray):  # already encoded (read back from a shard)
+                out[name] = bytes(value)
+            else:
+                out[name] = _npy_bytes(value) if isinstance(value, np.ndarray) else json.dumps(value).encode()
         out[SHARD_META] = json.dumps(meta, default=_json_default).encode()
         return out
 

@@ -31,7 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from lightning_prophrl.constants import COND_FRAME, INSTRUCTION, SEED, SUCCESS, TASK_ID
+from lightning_prophrl.constants import COND_FRAME, INSTRUCTION, OBS_STATE, SEED, SUCCESS, TASK_ID
 
 INFO_SUCCESS = SUCCESS  # (N,) bool, success reached at some step of the episode so far
 INFO_STEPS = "steps"  # (N,) long, environment steps executed since reset
@@ -111,7 +111,8 @@ def as_prompt(prompt: Prompt | Mapping[str, Any], tasks: Sequence[str] = ()) -> 
     else:
         raise KeyError(f"prompt dict needs 'task' or {TASK_ID!r} in [0, {len(tasks)}) (index into {list(tasks)})")
     instruction = prompt.get(INSTRUCTION)
-    return Prompt(task, int(prompt[SEED]), None if instruction is None else str(instruction), prompt.get(COND_FRAME))
+    return Prompt(task, int(prompt[SEED]), None if instruction is None else str(instruction), prompt.get(COND_FRAME),
+                  prompt.get(OBS_STATE))  # fmt: skip
 
 
 def check_prompts(

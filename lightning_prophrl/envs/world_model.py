@@ -1,0 +1,177 @@
+"""``WorldModelEnv``: the ``BatchedEnv`` contract over a frozen Prophet (RL inside the world model, SPEC 1 and 2.5).
+
+Chunk mapping rule (SPEC 2.5 leaves it UNKNOWN; this is the library's explicit choice): one ``step`` call = one
+Prophet segment. The policy's ``h`` executed actions (raw unified 14-D) are grouped into Prophet's ``L`` frames of
+``s = h / L`` actions each, exactly as the clip datamodule aligns frame rates with ``stride = s`` (motion deltas summed,
+last gripper command kept); ``h`` must therefore be a multiple of ``L`` and Prophet must have been trained with data
+``stride = h / L``. The grouped chunk is normalized with Prophet's own action statistics, the segment is generated,
+its last frame becomes the next observation and the segment's frames enter the bounded FIFO history.
+
+Imagined success comes from Prophet's success head with a persistence rule (``success_threshold`` for ``success_k``
+consecutive segments, CALIBRATION.md part 3), after which the imagined episode stops like stop-at-success in a
+simulator. Proprioception is not imagined by Prophet: ``state_mode="integrate"`` dead-reckons the hand position from
+the commanded deltas (an approximation, documented as such), ``"zeros"`` gives zeros (for image-only policies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from lightning_prophrl import constants as K
+from lightning_prophrl.actions import ActionStats
+from lightning_prophrl.envs.base import INFO_STEPS, INFO_SUCCESS, Prompt, check_prompts
+from lightning_prophrl.models.history import HistoryBuffer
+
+
+def group_actions(actions: np.ndarray, frames: int) -> np.ndarray:
+    """``(N, h, 14)`` raw unified actions -> ``(N, frames, 14)``: sums of ``h / frames`` consecutive deltas with the
+    last gripper command of each group (the datamodules' stride rule)."""
+    n, h, d = actions.shape
+    if h % frames:
+        raise ValueError(f"the policy executes {h} actions per step, not a multiple of Prophet's chunk of {frames}")
+    g = actions.reshape(n, frames, h // frames, d)
+    out = g.sum(2)
+    out[..., 6], out[..., 13] = g[..., -1, 6], g[..., -1, 13]
+    return out
+
+
+class WorldModelEnv:
+    """``num_prompts x group_size`` imagined rollouts in a frozen Prophet (a ``BatchedEnv``).
+
+    Args:
+        prophet: the (adapted) world model; frozen and put in eval mode.
+        action_stats: statistics that normalized Prophet's training actions (``stats.json`` content or object).
+        num_prompts: P prompts per reset.
+        group_size: G rollouts per prompt (all from the prompt's initial frame).
+        max_segments: horizon in ``step`` calls.
+        num_steps: Prophet sampling steps per segment (1-2 keeps imagination cheaper than the simulator).
+        success_threshold: success-head probability counted as success.
+        success_k: consecutive segments above the threshold for an imagined success.
+        stop_at_success: end imagined episodes at their first success.
+        state_mode: ``integrate`` (dead-reckoned hand xyz + gripper, 4-D) or ``zeros``.
+        action_scale_to_state: metres of hand motion per unit of unified dpos (1.0: unified dpos is in metres).
+        seed: seeds the sampling noise.
+    """
+
+    action_dim = K.ACTION_DIM
+
+    def __init__(
+        self,
+        prophet: Any,
+        action_stats: ActionStats | Mapping[str, Any],
+        num_prompts: int = 1,
+        group_size: int = 1,
+        max_segments: int = 38,
+        num_steps: int = 2,
+        success_threshold: float = 0.5,
+        success_k: int = 2,
+        stop_at_success: bool = True,
+        state_mode: Literal["integrate", "zeros"] = "integrate",
+        action_scale_to_state: float = 1.0,
+        seed: int = 0,
+    ):
+        if num_prompts < 1 or group_size < 1 or max_segments < 1 or num_steps < 1 or success_k < 1:
+            raise ValueError("num_prompts, group_size, max_segments, num_steps and success_k must be >= 1")
+        if state_mode not in ("integrate", "zeros"):
+            raise ValueError(f"state_mode must be 'integrate' or 'zeros', got {state_mode!r}")
+        self.prophet = prophet.eval().requires_grad_(False)
+        self.stats = (
+            action_stats if isinstance(action_stats, ActionStats) else ActionStats.from_dict(dict(action_stats))
+        )
+        self.num_prompts, self.group_size, self.num_envs = num_prompts, group_size, num_prompts * group_size
+        self.max_segments, self.num_steps = max_segments, num_steps
+        self.success_threshold, self.success_k, self.stop_at_success = success_threshold, success_k, stop_at_success
+        self.state_mode, self.action_scale_to_state = state_mode, action_scale_to_state
+        self.state_dim = 4
+        self.chunk = int(prophet.config.action_chunk_length)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.mask = torch.as_tensor(np.asarray(self.stats.mask, dtype=bool))
+
+    # 1. reset ------------------------------------------------------------------------------------------------------
+    def reset(self, prompts: Sequence[Prompt | Mapping[str, Any]]) -> dict[str, Any]:
+        """Start from the prompts' initial frames (``Prompt.initial_frame`` / ``COND_FRAME`` of a prompt dict)."""
+        ps = check_prompts(prompts, self.num_prompts, ())
+        frames = []
+        for i, p in enumerate(ps):
+            if p.initial_frame is None:
+                raise ValueError(
+                    f"prompts[{i}] has no initial frame: a world model cannot render one (give COND_FRAME)"
+                )
+            frames.append(torch.as_tensor(p.initial_frame, dtype=torch.float32))
+        g = self.group_size
+        self.frame = torch.stack(frames).repeat_interleave(g, 0)  # (N, 3, H, W)
+        states = [p.initial_state if p.initial_state is not None else torch.zeros(4) for p in ps]
+        self.state = torch.stack([torch.as_tensor(s, dtype=torch.float32)[:4] for s in states]).repeat_interleave(g, 0)
+        self.instructions = [p.instruction or p.task for p in ps for _ in range(g)]
+        self.history = HistoryBuffer(
+            int(self.prophet.config.history_length) if hasattr(self.prophet, "history_encoder") else 0
+        )
+        self.video_frames = [self.frame.clone()]
+        self.lengths = torch.ones(self.num_envs, dtype=torch.long)
+        self.done = torch.zeros(self.num_envs, dtype=torch.bool)
+        self.success = torch.zeros(self.num_envs, dtype=torch.bool)
+        self.streak = torch.zeros(self.num_envs, dtype=torch.long)
+        self.steps = torch.zeros(self.num_envs, dtype=torch.long)
+        self.segments = 0
+        self.success_prob: list[torch.Tensor] = []
+        return self._obs()
+
+    # 2. step -------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, actions: torch.Tensor | np.ndarray) -> tuple[dict[str, Any], torch.Tensor, dict[str, Any]]:
+        """Imagine one segment from ``(N, h, 14)`` raw unified actions (see the module docstring)."""
+        a = np.asarray(actions.cpu() if isinstance(actions, torch.Tensor) else actions, dtype=np.float32)
+        if a.ndim != 3 or a.shape[0] != self.num_envs or a.shape[2] != K.ACTION_DIM:
+            raise ValueError(f"actions must be (N={self.num_envs}, h, {K.ACTION_DIM}) raw unified, got {a.shape}")
+        grouped = group_actions(a, self.chunk)
+        norm = torch.from_numpy(self.stats.normalize(grouped))
+        alive = ~self.done
+        hist = self.history.items
+        gen = self.prophet.generate(
+            self.frame, norm, self.mask[None].expand(self.num_envs, -1),
+            history_latents=None if hist is None else hist.transpose(1, 2), history_mask=self.history.mask,
+            num_steps=self.num_steps, generator=self.generator,
+        )  # fmt: skip
+        new_frame = gen.frames[:, -1]
+        if self.history.capacity > 0:
+            past = torch.cat([self.frame[:, None], gen.frames[:, :-1]], 1)[:, -self.history.capacity :]
+            self.history.push(self.prophet.latent_codec.encode_frames(past).transpose(1, 2))
+        prob = torch.sigmoid(gen.success_logit) if gen.success_logit is not None else torch.zeros(self.num_envs)
+        keep = alive[:, None, None, None]
+        self.frame = torch.where(keep, new_frame, self.frame)
+        if self.state_mode == "integrate":
+            self.state[:, :3] += (
+                torch.where(alive[:, None], torch.from_numpy(a[:, :, :3].sum(1)), 0.0) * self.action_scale_to_state
+            )
+            self.state[:, 3] = torch.where(alive, torch.from_numpy(a[:, -1, 6]), self.state[:, 3])
+        self.steps += alive.long() * a.shape[1]
+        self.lengths += alive.long()
+        self.segments += 1
+        self.success_prob.append(prob)
+        self.streak = torch.where(
+            alive & (prob > self.success_threshold), self.streak + 1, torch.zeros_like(self.streak)
+        )
+        self.success |= self.streak >= self.success_k
+        stop = self.success if self.stop_at_success else torch.zeros_like(self.success)
+        self.done |= stop | (self.segments >= self.max_segments)
+        self.video_frames.append(self.frame.clone())
+        info = {INFO_SUCCESS: self.success.clone(), INFO_STEPS: self.steps.clone(), "success_prob": prob}
+        return self._obs(), self.done.clone(), info
+
+    def _obs(self) -> dict[str, Any]:
+        state = self.state if self.state_mode == "integrate" else torch.zeros_like(self.state)
+        return {K.OBS_IMAGE: self.frame.clone(), K.OBS_STATE: state.clone(), K.INSTRUCTION: list(self.instructions)}
+
+    def video(self) -> torch.Tensor:
+        """``(N, T, 3, H, W)`` in ``[-1, 1]``; frames after an episode ended repeat its last frame."""
+        return torch.stack(self.video_frames, 1)
+
+    def video_lengths(self) -> torch.Tensor:
+        return self.lengths.clone()
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,83 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from lightning_prophrl import constants as K
+from lightning_prophrl.actions import ActionStats, metaworld_to_unified
+from lightning_prophrl.envs.base import Prompt
+from lightning_prophrl.envs.world_model import WorldModelEnv, group_actions
+from lightning_prophrl.models.prophet import Prophet
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "prophet" / "model_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def prophet():
+    torch.manual_seed(0)
+    kwargs = yaml.safe_load(CONFIG.read_text())["init_args"]
+    return Prophet(**{**kwargs, "action_chunk_length": 2, "history_length": 4, "history_scale_frames": [1, 1, 2]})
+
+
+def stats():
+    rng = np.random.default_rng(0)
+    u, m = metaworld_to_unified(rng.uniform(-1, 1, (300, 4)))
+    return ActionStats.compute([u], mask=m)
+
+
+def prompts(p=2):
+    g = torch.Generator().manual_seed(1)
+    return [
+        Prompt("pick-place-v3", -1, "pick", torch.rand(3, 32, 32, generator=g) * 2 - 1, torch.ones(4)) for _ in range(p)
+    ]
+
+
+def test_group_actions_sums_deltas_and_keeps_last_gripper():
+    a = np.arange(2 * 4 * 14, dtype=np.float32).reshape(2, 4, 14)
+    g = group_actions(a, 2)
+    np.testing.assert_allclose(g[:, 0, 0], a[:, 0, 0] + a[:, 1, 0])
+    np.testing.assert_allclose(g[:, 1, 6], a[:, 3, 6])
+    with pytest.raises(ValueError, match="multiple"):
+        group_actions(a[:, :3], 2)
+
+
+def test_rollouts_have_the_right_shapes_and_groups_start_identical(prophet):
+    env = WorldModelEnv(
+        prophet, stats(), num_prompts=2, group_size=3, max_segments=3, num_steps=1, stop_at_success=False
+    )
+    obs = env.reset(prompts())
+    assert obs[K.OBS_IMAGE].shape == (6, 3, 32, 32) and obs[K.OBS_STATE].shape == (6, 4)
+    assert torch.equal(obs[K.OBS_IMAGE][0], obs[K.OBS_IMAGE][2])
+    rng = np.random.default_rng(0)
+    total = np.zeros((6, 3), np.float32)
+    for _ in range(3):
+        act = metaworld_to_unified(rng.uniform(-1, 1, (24, 4)))[0].reshape(6, 4, 14)
+        total += act[:, :, :3].sum(1)
+        obs, done, info = env.step(act)
+    assert done.all() and env.video().shape == (6, 4, 3, 32, 32)
+    assert info[K.SUCCESS].dtype == torch.bool and info["steps"].tolist() == [12] * 6
+    assert env.video_lengths().tolist() == [4] * 6
+    # the hand position is dead-reckoned from the start state with the commanded deltas
+    np.testing.assert_allclose(obs[K.OBS_STATE][:, :3].numpy(), 1.0 + total, atol=1e-5)
+
+
+def test_different_actions_give_different_videos(prophet):
+    videos = []
+    for sign in (1.0, -1.0):
+        env = WorldModelEnv(prophet, stats(), num_prompts=1, group_size=1, max_segments=2, num_steps=1, seed=0)
+        env.reset(prompts(1))
+        act = np.zeros((1, 4, 4), np.float32)
+        act[..., 0] = sign
+        for _ in range(2):
+            env.step(metaworld_to_unified(act[0])[0][None])
+        videos.append(env.video())
+    assert not torch.allclose(videos[0][:, 1:], videos[1][:, 1:])
+    assert torch.equal(videos[0][:, 0], videos[1][:, 0])
+
+
+def test_world_model_needs_initial_frames(prophet):
+    env = WorldModelEnv(prophet, stats(), num_prompts=1)
+    with pytest.raises(ValueError, match="initial frame"):
+        env.reset([Prompt("pick-place-v3", 3)])
