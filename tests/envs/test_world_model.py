@@ -81,3 +81,26 @@ def test_world_model_needs_initial_frames(prophet):
     env = WorldModelEnv(prophet, stats(), num_prompts=1)
     with pytest.raises(ValueError, match="initial frame"):
         env.reset([Prompt("pick-place-v3", 3)])
+
+
+def test_closed_loop_agreement_gate_runs_both_worlds_and_warns(prophet):
+    from lightning_prophrl.envs.agreement import closed_loop_agreement
+    from lightning_prophrl.envs.metaworld import MetaWorldEnv
+    from lightning_prophrl.envs.rollout import ActionDecoder
+    from lightning_prophrl.models.policy import FlowMatchingPolicy
+
+    torch.manual_seed(0)
+    policy = FlowMatchingPolicy(action_dim=4, chunk_len=4, state_dim=4, text_encoder="none", cond_dim=32, width=32,
+                                depth=1, num_heads=2, num_steps=2)  # fmt: skip
+    st = stats()
+    real = MetaWorldEnv("pick-place-v3", num_prompts=2, group_size=1, image_size=32, max_steps=8)
+    world = WorldModelEnv(prophet, st, num_prompts=2, group_size=1, max_segments=2, num_steps=1)
+    prompts = [{"task": "pick-place-v3", K.SEED: s} for s in (1000, 1001)]
+    with pytest.warns(UserWarning, match="CLOSED-LOOP AGREEMENT GATE"):
+        out = closed_loop_agreement(policy, real, world, prompts, ActionDecoder(st, [0, 1, 2, 6], "metaworld"),
+                                    ActionDecoder(st, [0, 1, 2, 6], "unified"), max_queries=2,
+                                    kappa_threshold=1.1)  # fmt: skip
+    first_real = real.video()[:, 0]
+    real.close()
+    assert out["episodes"] == 2 and sum(out["confusion"].values()) == 2 and out["real_env_steps"] == 16
+    assert torch.allclose(world.video()[:, 0], first_real)  # imagination started from the rendered real frames
