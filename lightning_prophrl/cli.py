@@ -34,13 +34,13 @@ def _lightning_cli(args: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "demo":
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "demo":
         from lightning_prophrl.pipeline import main as demo_main
 
-        demo_main(argv[1:])
+        demo_main(args[1:])
         return
-    _lightning_cli(argv)
+    _lightning_cli(argv)  # None: LightningCLI reads sys.argv itself
 
 
 if __name__ == "__main__":

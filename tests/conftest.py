@@ -52,3 +52,14 @@ def write_coded_dataset(path, dataset: str, episodes: int, length: int = 30, per
 @pytest.fixture
 def coded_dataset(tmp_path):
     return write_coded_dataset(tmp_path / "coded", "coded", episodes=8)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models run faster and more repeatably on one thread when the two CI cores are shared."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

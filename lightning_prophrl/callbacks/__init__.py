@@ -1,5 +1,28 @@
 """Callbacks: everything outside the research step (evaluation, EMA, video logging)."""
 
+from lightning_prophrl.callbacks.ema import EMACallback
 from lightning_prophrl.callbacks.sim_eval import SimEvalCallback, evaluate_in_simulator
+from lightning_prophrl.callbacks.world_model import (
+    VideoLoggerCallback,
+    VideoMetricSet,
+    WorldModelEvalCallback,
+    evaluate_world_model,
+    load_eval_episodes,
+    rollout_episodes,
+    rollout_grid,
+    shuffle_actions,
+)
 
-__all__ = ["SimEvalCallback", "evaluate_in_simulator"]
+__all__ = [
+    "EMACallback",
+    "SimEvalCallback",
+    "VideoLoggerCallback",
+    "VideoMetricSet",
+    "WorldModelEvalCallback",
+    "evaluate_in_simulator",
+    "evaluate_world_model",
+    "load_eval_episodes",
+    "rollout_episodes",
+    "rollout_grid",
+    "shuffle_actions",
+]

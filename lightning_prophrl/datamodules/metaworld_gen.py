@@ -99,7 +99,9 @@ def generate_metaworld(
     if noise < 0 or (noise_max is not None and noise_max < noise):
         raise ValueError(f"--noise must be >= 0 and --noise-max >= --noise, got {noise}, {noise_max}")
     if seed + episodes > 1000:
-        raise ValueError(f"demo seeds must stay below 1000 (evaluation seeds start there): seed={seed}, episodes={episodes}")
+        raise ValueError(
+            f"demo seeds must stay below 1000 (evaluation seeds start there): seed={seed}, episodes={episodes}"
+        )
     summary: dict[str, Any] = {"out": out, "tasks": {}, "frames": 0}
     bar = tqdm(total=len(tasks) * episodes, desc="metaworld demos", disable=not progress)
     with ShardWriter(out, dataset or "metaworld", max_count=per_shard) as writer:

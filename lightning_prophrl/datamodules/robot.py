@@ -15,7 +15,7 @@ from lightning_prophrl.datamodules.clips import ClipIterable, DatasetSpec
 from lightning_prophrl.datamodules.shards import OnError, load_stats
 
 
-def _specs(datasets: list[DatasetSpec | dict[str, Any] | str]) -> list[DatasetSpec]:
+def dataset_specs(datasets: list[DatasetSpec | dict[str, Any] | str]) -> list[DatasetSpec]:
     out = []
     for d in datasets:
         if isinstance(d, DatasetSpec):
@@ -85,8 +85,8 @@ class RobotClipDataModule(_ClipDataModuleBase):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.specs = _specs(datasets)
-        self.val_specs = _specs(val_datasets or [])
+        self.specs = dataset_specs(datasets)
+        self.val_specs = dataset_specs(val_datasets or [])
         self.train_set: ClipIterable | None = None
         self.val_set: ClipIterable | None = None
 
@@ -146,7 +146,7 @@ class PolicyDataModule(_ClipDataModuleBase):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.specs = _specs(datasets)
+        self.specs = dataset_specs(datasets)
         self.action_dims = list(action_dims) if action_dims is not None else list(range(K.ACTION_DIM))
         if any(not 0 <= d < K.ACTION_DIM for d in self.action_dims):
             raise ValueError(f"action_dims must lie in [0, {K.ACTION_DIM}), got {self.action_dims}")

@@ -128,6 +128,8 @@ def collect_rollouts(
     success = torch.as_tensor(np.asarray(info.pop("success")), dtype=torch.float32)
     steps = torch.as_tensor(np.asarray(info.pop("steps", np.zeros(n))), dtype=torch.long)
     video = env.video() if hasattr(env, "video") else None
+    if hasattr(env, "video_lengths"):
+        info["video_lengths"] = env.video_lengths()
     batch = RolloutBatch(
         obs=all_obs,
         x_steps=torch.stack(xs),

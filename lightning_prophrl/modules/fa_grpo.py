@@ -19,6 +19,7 @@ the importance ratio of the first minibatch is exactly 1; the gap to the log-pro
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any, Literal
 
 import lightning as L
@@ -110,7 +111,7 @@ class FAGRPOModule(L.LightningModule):
         minibatch_size: int = 256,
         max_grad_norm: float = 1.0,
         noise_level: float | None = None,
-        reward_model: Any = None,
+        reward_model: Callable[[RolloutBatch], torch.Tensor] | None = None,
         optimizer: OptimizerCallable = lambda p: torch.optim.Adam(p, lr=3e-5),
         step_grad_every: int = 10,
         seed: int = 0,

@@ -1,0 +1,111 @@
+"""Prophet pretraining (SPEC 2.1-2.6): the rectified-flow video loss of the world model on robot clips.
+
+The network is built outside (``lightning_prophrl.models.prophet.Prophet``, e.g. from
+``configs/prophet/model_tiny.yaml``) and passed in; this module only defines the research step. EMA, world-model
+evaluation and video logging are callbacks (``lightning_prophrl.callbacks``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from typing_extensions import override
+
+from lightning_prophrl import constants as K
+from lightning_prophrl.models.prophet import Prophet
+
+
+class ProphetTrainingBase(L.LightningModule):
+    """The step shared by pretraining and adaptation: ``Prophet.training_loss`` on ``RobotClipDataModule`` batches.
+
+    Subclasses set ``self.model``, ``self.optimizer_factory``, ``self.scheduler_factory`` and the hyper-parameter
+    ``val_seed``. Only parameters with ``requires_grad`` are given to the optimizer.
+    """
+
+    model: Prophet
+
+    @override
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(loss, logs)`` of :meth:`Prophet.training_loss` on a clip batch (see its docstring for the keys)."""
+        return self.model.training_loss(batch)
+
+    @override
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train", batch_idx)
+
+    @override
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "val", batch_idx)
+
+    def _shared_step(self, batch: dict[str, Any], stage: str, batch_idx: int = 0) -> torch.Tensor:
+        """Loss on one batch; logs ``{stage}/loss``, ``{stage}/flow_loss`` (+ success loss and accuracy).
+
+        Validation draws ``t`` and the noise from a generator seeded with ``(val_seed, batch_idx)``, so the validation
+        loss of two epochs (or two models) is measured on the same noise and is comparable.
+        """
+        generator = None
+        if stage != "train":
+            generator = torch.Generator().manual_seed(int(self.hparams.val_seed) * 1_000_003 + batch_idx)
+        loss, logs = self.model.training_loss(batch, generator=generator)
+        bs = batch[K.FUTURE].shape[0]
+        for key, value in logs.items():
+            self.log(f"{stage}/{key}", value, prog_bar=key == "loss", batch_size=bs, sync_dist=stage != "train")
+        return loss
+
+    @override
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise RuntimeError("the Prophet model has no trainable parameter")
+        opt = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+
+
+class ProphetPretrainModule(ProphetTrainingBase):
+    """Full-parameter training of a Prophet world model (pretraining, or training from scratch on CPU).
+
+    With ``export_dir`` the trained model is written with ``save_pretrained`` when training ends (after an
+    ``EMACallback`` with ``apply_at_end=True`` copied its average in: callbacks' ``on_train_end`` run first), so
+    ``Prophet.from_pretrained(export_dir)`` or ``ProphetAdaptModule(pretrained_path=export_dir)`` pick it up.
+
+    Load a checkpoint with ``ProphetPretrainModule.load_from_checkpoint(path, model=Prophet(**same_config))`` (the
+    network is a constructor argument and is not stored in the hyper-parameters; LightningCLI's ``config.yaml`` next to
+    the logs holds its config).
+
+    Args:
+        model: the Prophet network (LightningCLI: a nested ``class_path`` / ``init_args``).
+        optimizer: optimizer factory, applied to the trainable parameters (default AdamW, lr 1e-4, weight decay 0.1:
+            INFERRED from A2World, SPEC 2.6; Prophet's own optimizer settings are UNKNOWN).
+        lr_scheduler: optional scheduler factory, stepped every optimizer step.
+        export_dir: directory for ``save_pretrained`` at the end of training (None: no export).
+        val_seed: seed of the validation noise and times (validation losses are comparable across epochs).
+    """
+
+    def __init__(
+        self,
+        model: Prophet,
+        optimizer: OptimizerCallable = lambda p: torch.optim.AdamW(p, lr=1e-4, weight_decay=0.1),
+        lr_scheduler: LRSchedulerCallable | None = None,
+        export_dir: str | None = None,
+        val_seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
+        if not isinstance(model, Prophet):
+            raise TypeError(f"`model` must be a lightning_prophrl.models.prophet.Prophet, got {type(model).__name__}")
+        self.model = model
+        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+
+    @override
+    def on_train_end(self) -> None:
+        if self.hparams.export_dir is not None and self.trainer.is_global_zero:
+            self.export(self.hparams.export_dir)
+
+    def export(self, path: str) -> None:
+        """Write the Prophet with ``save_pretrained(path)`` (config + safetensors)."""
+        self.model.save_pretrained(path)
