@@ -137,3 +137,33 @@ def test_checkpoint_resume_restores_rl_state_exactly(env, tmp_path):
     assert torch.equal(fresh.generator.get_state(), module.generator.get_state())
     for k, v in module.state_dict().items():
         assert torch.equal(v, fresh.state_dict()[k]), k
+
+
+def test_same_fa_grpo_module_trains_inside_a_world_model(tmp_path):
+    from pathlib import Path
+
+    import yaml
+
+    from lightning_prophrl.envs.world_model import WorldModelEnv
+    from lightning_prophrl.models.prophet import Prophet
+    from tests.conftest import write_coded_dataset
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs/prophet/model_tiny.yaml").read_text())
+    torch.manual_seed(0)
+    prophet = Prophet(**{**cfg["init_args"], "action_chunk_length": 2, "history_length": 4,
+                         "history_scale_frames": [1, 1, 2]})  # fmt: skip
+    data = write_coded_dataset(tmp_path / "d", "d", episodes=4, per_shard=1, size=32)
+    prompts = PromptDataModule(datasets=[data], eval_fraction=0.0, num_prompts=2, image_size=32)
+    prompts.setup("fit")
+    env = WorldModelEnv(prophet, metaworld_stats(), num_prompts=2, group_size=2, max_segments=2, num_steps=1,
+                        stop_at_success=False)  # fmt: skip
+    module = FAGRPOModule(tiny_policy(["task of d"]), env, group_size=2, max_queries=2, action_target="unified",
+                          action_stats=metaworld_stats(), action_dims=DIMS, minibatch_size=4,
+                          reward_model=varied_reward, optimizer=lambda p: torch.optim.Adam(p, lr=1e-3))  # fmt: skip
+    before = copy.deepcopy(module.policy.state_dict())
+    prophet_before = copy.deepcopy(prophet.state_dict())
+    trainer(max_epochs=1, limit_train_batches=1).fit(module, train_dataloaders=prompts.train_dataloader())
+    assert module.updates == 1
+    assert any(not torch.equal(v, before[k]) for k, v in module.policy.state_dict().items())
+    assert all(torch.equal(v, prophet_before[k]) for k, v in prophet.state_dict().items())  # the world model is frozen
+    assert env.video().shape == (4, 3, 3, 32, 32)
