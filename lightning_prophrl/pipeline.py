@@ -53,9 +53,9 @@ class DemoConfig:
     chunk_len: int = 4
     sft_steps: int = 3000
     sft_batch: int = 64
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = field(default_factory=lambda: [0])
     variants: list[str] = field(default_factory=lambda: ["sim_fagrpo", "sim_fagrpo_flowscale"])
-    rl_updates: int = 60
+    rl_updates: int = 40
     num_prompts: int = 4
     group_size: int = 8
     lr: float = 3e-5
@@ -85,11 +85,12 @@ def _mark(path: Path, info: dict[str, Any]) -> None:
     (path / "done.json").write_text(json.dumps(info, indent=2))
 
 
-def _trainer(out: Path, name: str, **kw: Any):
+def _trainer(root: str, name: str, **kw: Any):
+    """A CPU trainer logging to ``<root>/tb/<name>`` (one TensorBoard directory for the whole demo)."""
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    return L.Trainer(accelerator="cpu", devices=1, logger=TensorBoardLogger(str(out / "tb"), name=name),
+    return L.Trainer(accelerator="cpu", devices=1, logger=TensorBoardLogger(str(Path(root) / "tb"), name=name),
                      enable_checkpointing=False, enable_model_summary=False, **kw)  # fmt: skip
 
 
@@ -136,7 +137,7 @@ def stage_sft(cfg: DemoConfig, data: dict[str, str], seed: int) -> str:
     module = PolicySFTModule(
         build_policy(cfg), optimizer=lambda p: torch.optim.Adam(p, lr=3e-4), shift_pad=4, action_dims=POLICY_DIMS
     )
-    trainer = _trainer(out, f"sft_seed{seed}", max_steps=cfg.sft_steps, max_epochs=-1, log_every_n_steps=25)
+    trainer = _trainer(cfg.out, f"sft_seed{seed}", max_steps=cfg.sft_steps, max_epochs=-1, log_every_n_steps=25)
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     trainer.save_checkpoint(ckpt)
@@ -171,7 +172,7 @@ def stage_rl_sim(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dic
     sim_eval = SimEvalCallback(cfg.target_task, seeds=list(range(1000, 1000 + cfg.eval_seeds)),
                                every_n_steps=cfg.eval_every, max_queries=cfg.max_queries, image_size=cfg.image_size,
                                camera=cfg.camera, max_steps=cfg.max_steps, history_path=str(history))  # fmt: skip
-    trainer = _trainer(out, f"{variant}_seed{seed}", max_epochs=1, callbacks=[sim_eval], log_every_n_steps=1)
+    trainer = _trainer(cfg.out, f"{variant}_seed{seed}", max_epochs=1, callbacks=[sim_eval], log_every_n_steps=1)
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=prompts)
     trainer.save_checkpoint(out / "policy.ckpt")
