@@ -277,12 +277,9 @@ class ClassifierReward(VideoRewardModel):
 
 def load_classifier_weights(classifier: nn.Module, checkpoint: str) -> dict[str, Any]:
     """Load ``classifier.*`` weights from a ``RewardModelModule`` checkpoint; returns its hyper-parameters."""
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    state = {k[len("classifier.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("classifier.")}
-    if not state:
-        raise KeyError(f"{checkpoint}: no 'classifier.*' weights in the checkpoint's state_dict")
-    classifier.load_state_dict(state)
-    return ckpt.get("hyper_parameters", {})
+    from lightning_prophrl.checkpoints import load_submodule_weights
+
+    return load_submodule_weights(classifier, checkpoint, "classifier")
 
 
 def binary_report(predictions: Tensor, labels: Tensor) -> dict[str, float]:

@@ -29,6 +29,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from typing_extensions import override
 
 from lightning_prophrl import constants as K
+from lightning_prophrl.checkpoints import load_submodule_weights
 from lightning_prophrl.envs.rollout import ActionDecoder, RolloutBatch, collect_rollouts
 from lightning_prophrl.models.policy import FlowMatchingPolicy
 from lightning_prophrl.rl import (
@@ -42,14 +43,9 @@ from lightning_prophrl.rl import (
 
 
 def load_policy_weights(policy: torch.nn.Module, checkpoint: str) -> dict[str, Any]:
-    """Load ``policy.*`` weights from a ``PolicySFTModule`` (or ``FAGRPOModule``) Lightning checkpoint; returns its
+    """Load ``policy.*`` weights from a ``PolicySFTModule`` (or ``FAGRPOModule``) checkpoint; returns its
     hyper-parameters."""
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    state = {k[len("policy.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("policy.")}
-    if not state:
-        raise KeyError(f"{checkpoint}: no 'policy.*' weights in the checkpoint's state_dict")
-    policy.load_state_dict(state)
-    return ckpt.get("hyper_parameters", {})
+    return load_submodule_weights(policy, checkpoint, "policy")
 
 
 class FAGRPOModule(L.LightningModule):

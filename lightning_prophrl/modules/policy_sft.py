@@ -11,6 +11,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from typing_extensions import override
 
 from lightning_prophrl import constants as K
+from lightning_prophrl.checkpoints import build_optimizers
 from lightning_prophrl.models.policy import FlowMatchingPolicy
 
 
@@ -82,10 +83,7 @@ class PolicySFTModule(L.LightningModule):
 
     @override
     def configure_optimizers(self) -> Any:
-        opt = self.optimizer_factory(self.policy.parameters())
-        if self.scheduler_factory is None:
-            return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+        return build_optimizers(self.policy.parameters(), self.optimizer_factory, self.scheduler_factory)
 
     @override
     def on_fit_start(self) -> None:

@@ -15,6 +15,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from typing_extensions import override
 
 from lightning_prophrl import constants as K
+from lightning_prophrl.checkpoints import build_optimizers
 from lightning_prophrl.models.prophet import Prophet
 
 
@@ -60,10 +61,7 @@ class ProphetTrainingBase(L.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise RuntimeError("the Prophet model has no trainable parameter")
-        opt = self.optimizer_factory(params)
-        if self.scheduler_factory is None:
-            return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+        return build_optimizers(params, self.optimizer_factory, self.scheduler_factory)
 
 
 class ProphetPretrainModule(ProphetTrainingBase):

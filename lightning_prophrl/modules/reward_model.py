@@ -13,6 +13,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryPreci
 from typing_extensions import override
 
 from lightning_prophrl import constants as K
+from lightning_prophrl.checkpoints import build_optimizers
 from lightning_prophrl.datamodules.reward import FRAME_SUCCESS
 from lightning_prophrl.models.reward import ClassifierReward, PersistenceRule, VideoSuccessClassifier
 from lightning_prophrl.modules.policy_sft import random_shift
@@ -95,10 +96,7 @@ class RewardModelModule(L.LightningModule):
 
     @override
     def configure_optimizers(self) -> Any:
-        opt = self.optimizer_factory(self.classifier.parameters())
-        if self.scheduler_factory is None:
-            return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+        return build_optimizers(self.classifier.parameters(), self.optimizer_factory, self.scheduler_factory)
 
     @override
     def on_fit_start(self) -> None:
