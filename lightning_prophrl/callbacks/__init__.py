@@ -2,6 +2,7 @@
 
 from lightning_prophrl.callbacks.ema import EMACallback
 from lightning_prophrl.callbacks.sim_eval import SimEvalCallback, evaluate_in_simulator
+from lightning_prophrl.callbacks.wm_guard import ImaginationGuardCallback
 from lightning_prophrl.callbacks.world_model import (
     VideoLoggerCallback,
     VideoMetricSet,
@@ -15,6 +16,7 @@ from lightning_prophrl.callbacks.world_model import (
 
 __all__ = [
     "EMACallback",
+    "ImaginationGuardCallback",
     "SimEvalCallback",
     "VideoLoggerCallback",
     "VideoMetricSet",

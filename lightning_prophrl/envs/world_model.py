@@ -55,6 +55,9 @@ class WorldModelEnv:
         state_mode: ``integrate`` (dead-reckoned hand xyz + gripper, 4-D) or ``zeros``.
         action_scale_to_state: metres of hand motion per unit of unified dpos (1.0: unified dpos is in metres).
         seed: seeds the sampling noise.
+        initial_env: optional real ``BatchedEnv`` (e.g. a ``MetaWorldEnv`` with ``group_size=1``) that renders the
+            initial frame and proprioception of prompts given only as simulator seeds (CALIBRATION.md's "real resets"):
+            one reset per prompt, no environment step.
     """
 
     action_dim = K.ACTION_DIM
@@ -73,6 +76,7 @@ class WorldModelEnv:
         state_mode: Literal["integrate", "zeros"] = "integrate",
         action_scale_to_state: float = 1.0,
         seed: int = 0,
+        initial_env: Any = None,
     ):
         if num_prompts < 1 or group_size < 1 or max_segments < 1 or num_steps < 1 or success_k < 1:
             raise ValueError("num_prompts, group_size, max_segments, num_steps and success_k must be >= 1")
@@ -90,11 +94,18 @@ class WorldModelEnv:
         self.chunk = int(prophet.config.action_chunk_length)
         self.generator = torch.Generator().manual_seed(seed)
         self.mask = torch.as_tensor(np.asarray(self.stats.mask, dtype=bool))
+        self.initial_env = initial_env
 
     # 1. reset ------------------------------------------------------------------------------------------------------
     def reset(self, prompts: Sequence[Prompt | Mapping[str, Any]]) -> dict[str, Any]:
         """Start from the prompts' initial frames (``Prompt.initial_frame`` / ``COND_FRAME`` of a prompt dict)."""
         ps = check_prompts(prompts, self.num_prompts, ())
+        if self.initial_env is not None and any(p.initial_frame is None for p in ps):
+            first = self.initial_env.reset(ps)
+            stride = self.initial_env.group_size
+            for i, p in enumerate(ps):
+                if p.initial_frame is None:
+                    p.initial_frame, p.initial_state = first[K.OBS_IMAGE][i * stride], first[K.OBS_STATE][i * stride]
         frames = []
         for i, p in enumerate(ps):
             if p.initial_frame is None:

@@ -167,3 +167,42 @@ def test_same_fa_grpo_module_trains_inside_a_world_model(tmp_path):
     assert any(not torch.equal(v, before[k]) for k, v in module.policy.state_dict().items())
     assert all(torch.equal(v, prophet_before[k]) for k, v in prophet.state_dict().items())  # the world model is frozen
     assert env.video().shape == (4, 3, 3, 32, 32)
+
+
+@pytest.mark.slow
+def test_imagination_guard_logs_both_worlds_and_stops_on_divergence(env):
+    from pathlib import Path
+
+    import yaml
+
+    from lightning_prophrl.callbacks import ImaginationGuardCallback
+    from lightning_prophrl.envs.world_model import WorldModelEnv
+    from lightning_prophrl.models.prophet import Prophet
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs/prophet/model_tiny.yaml").read_text())
+    torch.manual_seed(0)
+    prophet = Prophet(**{**cfg["init_args"], "action_chunk_length": 2, "history_length": 4,
+                         "history_scale_frames": [1, 1, 2]})  # fmt: skip
+    initial = MetaWorldEnv(TASK, num_prompts=2, group_size=1, image_size=32, max_steps=12)
+    histories = {}
+    for gap in (-1.0, 2.0):  # -1: every check diverges (stop at once); 2: never
+        wm = WorldModelEnv(prophet, metaworld_stats(), num_prompts=2, group_size=2, max_segments=2, num_steps=1,
+                           initial_env=initial)  # fmt: skip
+        module = FAGRPOModule(tiny_policy([instruction_for(TASK)]), wm, group_size=2, max_queries=2,
+                              action_target="unified", action_stats=metaworld_stats(), action_dims=DIMS,
+                              minibatch_size=4, reward_model=varied_reward)  # fmt: skip
+        guard = ImaginationGuardCallback(TASK, check_seeds=[4000, 4001], every_n_updates=1, max_gap=gap, patience=1,
+                                         image_size=32, max_steps=8)  # fmt: skip
+        _, dm = prompt_batch()
+        trainer(max_epochs=1, limit_train_batches=2, callbacks=[guard]).fit(
+            module, train_dataloaders=dm.train_dataloader()
+        )
+        histories[gap] = (module.updates, guard.history, guard.real_steps_total)
+    updates, hist, real_steps = histories[-1.0]
+    assert (
+        updates == 0 and len(hist) == 1 and real_steps == 8
+    )  # stopped before any update; 2 seeds x 2 queries x 2 actions
+    updates, hist, real_steps = histories[2.0]
+    assert updates == 2 and len(hist) == 3 and real_steps == 24
+    assert {"real_success", "imagined_success", "kappa", "confusion"} <= set(hist[0])
+    initial.close()

@@ -1,0 +1,118 @@
+"""Guards for RL inside a world model: imagined vs real success side by side, with early stopping on divergence.
+
+CALIBRATION.md parts 2-3 measured imagined success running away from real success (reward hacking of world-model
+artifacts). Every ``every_n_updates`` RL updates this callback runs the current policy (ODE, matched noise) from the
+same held-out check states in the real simulator and in the world model, logs both, counts the real interactions it
+used, and stops training when imagined success exceeds real success by ``max_gap`` at ``patience`` consecutive checks.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
+
+from lightning_prophrl.envs.agreement import closed_loop_agreement
+from lightning_prophrl.envs.rollout import ActionDecoder
+
+
+class ImaginationGuardCallback(L.Callback):
+    """Imagined-vs-real check of an ``FAGRPOModule`` whose ``env`` is a ``WorldModelEnv``.
+
+    Args:
+        task: real simulator task of the checks.
+        check_seeds: held-out initial states of the checks (disjoint from evaluation seeds; 30+ recommended, since 10
+            seeds is too noisy to select checkpoints, CALIBRATION.md part 3).
+        every_n_updates: check period in RL updates (and once before the first update).
+        max_gap: imagined minus real success that counts as divergence.
+        patience: consecutive divergent checks before stopping.
+        image_size, camera, max_steps: the real check environment (as ``MetaWorldEnv``).
+        history_path: JSON-lines file of the checks.
+    """
+
+    def __init__(
+        self,
+        task: str = "pick-place-v3",
+        check_seeds: list[int] | None = None,
+        every_n_updates: int = 10,
+        max_gap: float = 0.4,
+        patience: int = 2,
+        image_size: int = 64,
+        camera: str = "workspace",
+        max_steps: int = 150,
+        history_path: str | None = None,
+    ):
+        super().__init__()
+        self.task = task
+        self.check_seeds = list(check_seeds) if check_seeds is not None else list(range(4000, 4030))
+        self.every_n_updates, self.max_gap, self.patience = every_n_updates, max_gap, patience
+        self.env_kwargs = {"image_size": image_size, "camera": camera, "max_steps": max_steps}
+        self.history_path = history_path
+        self.history: list[dict[str, Any]] = []
+        self.real_steps_total = 0
+        self._envs: tuple[Any, Any] | None = None
+
+    def _build(self, pl_module: L.LightningModule) -> tuple[Any, Any]:
+        from lightning_prophrl.envs.metaworld import MetaWorldEnv
+        from lightning_prophrl.envs.world_model import WorldModelEnv
+
+        wm = pl_module.env
+        n = len(self.check_seeds)
+        real = MetaWorldEnv(self.task, num_prompts=n, group_size=1, exec_horizon=pl_module.policy.exec_horizon,
+                            **self.env_kwargs)  # fmt: skip
+        world = WorldModelEnv(wm.prophet, wm.stats, num_prompts=n, group_size=1, max_segments=wm.max_segments,
+                              num_steps=wm.num_steps, success_threshold=wm.success_threshold, success_k=wm.success_k,
+                              state_mode=wm.state_mode)  # fmt: skip
+        return real, world
+
+    def check(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        if self._envs is None:
+            self._envs = self._build(pl_module)
+        real, world = self._envs
+        dec = pl_module.decoder
+        real_dec = ActionDecoder(dec.stats, dec.action_dims, "metaworld", dec.norm_mode)
+        prompts = [{"task": self.task, "seed": s} for s in self.check_seeds]
+        res = closed_loop_agreement(pl_module.policy, real, world, prompts, real_dec, dec, pl_module.hparams.max_queries,
+                                    kappa_threshold=float("-inf"))  # fmt: skip
+        self.real_steps_total += res["real_env_steps"]
+        row = {"update": getattr(pl_module, "updates", trainer.global_step), **res,
+               "real_steps_total": self.real_steps_total}  # fmt: skip
+        self.history.append(row)
+        for key in ("real_success", "imagined_success", "kappa"):
+            pl_module.log(f"guard/{key}", float(res[key]), batch_size=1)
+        pl_module.log("guard/real_steps_total", float(self.real_steps_total), batch_size=1)
+        if self.history_path:
+            Path(self.history_path).parent.mkdir(parents=True, exist_ok=True)
+            with open(self.history_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        recent = self.history[-self.patience :]
+        if len(recent) == self.patience and all(
+            r["imagined_success"] - r["real_success"] >= self.max_gap for r in recent
+        ):
+            rank_zero_info(f"ImaginationGuard: imagined success exceeds real by >= {self.max_gap} at {self.patience} "
+                           f"consecutive checks; stopping at update {row['update']}")  # fmt: skip
+            trainer.should_stop = True
+        return row
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if getattr(pl_module, "updates", 0) == 0:
+            self.check(trainer, pl_module)
+
+    @override
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every_n_updates > 0 and getattr(pl_module, "updates", 0) % self.every_n_updates == 0:
+            self.check(trainer, pl_module)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "real_steps_total": self.real_steps_total}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+        self.real_steps_total = int(state_dict.get("real_steps_total", 0))
