@@ -32,6 +32,8 @@ VARIANTS = {
     "sim_fagrpo": ("fa_grpo", False, "sim"),
     "sim_fagrpo_flowscale": ("fa_grpo", True, "sim"),
     "sim_flowgrpo": ("flow_grpo", False, "sim"),
+    "wm_fagrpo": ("fa_grpo", False, "wm"),
+    "wm_fagrpo_flowscale": ("fa_grpo", True, "wm"),
 }
 POLICY_DIMS = [0, 1, 2, 6]  # Meta-World's real unified dims: dpos xyz + gripper
 
@@ -62,6 +64,13 @@ class DemoConfig:
     eval_seeds: int = 60
     eval_every: int = 20
     threads: int = 1
+    # world-model RL (wm_* variants): a saved Prophet and the stats.json directory of its training data
+    wm_model_dir: str | None = None
+    wm_stats_dir: str | None = None
+    wm_num_steps: int = 1
+    wm_beta_kl: float = 0.04
+    wm_check_seeds: int = 30
+    wm_check_every: int = 10
 
     @property
     def max_queries(self) -> int:
@@ -71,7 +80,7 @@ class DemoConfig:
     def quick(cls, **kw: Any) -> DemoConfig:
         base = dict(out="runs/demo_quick", sft_demos=3, sft_steps=30, sft_batch=16, seeds=[0], rl_updates=2,
                     num_prompts=2, group_size=2, eval_seeds=4, eval_every=2, max_steps=40, image_size=32,
-                    pretrain_tasks=["reach-v3"])  # fmt: skip
+                    pretrain_tasks=["reach-v3"], wm_check_seeds=2, wm_check_every=1)  # fmt: skip
         base.update(kw)
         return cls(**base)
 
@@ -184,6 +193,80 @@ def stage_rl_sim(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dic
     return info
 
 
+def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict[str, Any]:
+    """FA-GRPO variant inside a frozen Prophet, with the closed-loop agreement gate before RL, the imagination guard
+    (imagined vs real success, early stop) during RL, a KL anchor to the SFT policy, and real-simulator evaluation.
+    Real interactions = the guard's checks + the gate (evaluation episodes are measurement only)."""
+    import lightning as L
+
+    from lightning_prophrl.callbacks import ImaginationGuardCallback, SimEvalCallback
+    from lightning_prophrl.datamodules.prompts import PromptDataModule
+    from lightning_prophrl.datamodules.shards import load_stats
+    from lightning_prophrl.envs.agreement import closed_loop_agreement
+    from lightning_prophrl.envs.metaworld import MetaWorldEnv
+    from lightning_prophrl.envs.rollout import ActionDecoder
+    from lightning_prophrl.envs.world_model import WorldModelEnv
+    from lightning_prophrl.models.prophet import Prophet
+    from lightning_prophrl.modules import FAGRPOModule
+
+    if not cfg.wm_model_dir or not cfg.wm_stats_dir:
+        raise ValueError(f"variant {variant!r} needs --wm-model-dir and --wm-stats-dir (a saved Prophet and its data)")
+    loss, flowscale, _ = VARIANTS[variant]
+    out = Path(cfg.out) / "rl" / variant / f"seed{seed}"
+    if _done(out):
+        return json.loads((out / "done.json").read_text())
+    L.seed_everything(seed, workers=True)
+    prophet = Prophet.from_pretrained(cfg.wm_model_dir)
+    wm_stats = load_stats(cfg.wm_stats_dir)
+    reset_env = MetaWorldEnv(cfg.target_task, num_prompts=cfg.num_prompts, group_size=1, image_size=cfg.image_size,
+                             max_steps=cfg.max_steps, camera=cfg.camera)  # fmt: skip
+    env = WorldModelEnv(prophet, wm_stats, num_prompts=cfg.num_prompts, group_size=cfg.group_size,
+                        max_segments=cfg.max_queries, num_steps=cfg.wm_num_steps, seed=seed, initial_env=reset_env)  # fmt: skip
+    module = FAGRPOModule(build_policy(cfg), env, group_size=cfg.group_size, max_queries=cfg.max_queries,
+                          sft_checkpoint=sft_ckpt, action_target="unified", loss=loss, flowscale=flowscale,
+                          beta_kl=cfg.wm_beta_kl, seed=seed, optimizer=lambda p: torch.optim.Adam(p, lr=cfg.lr))  # fmt: skip
+    # 1. closed-loop agreement gate of the SFT policy (before RL)
+    n_gate = cfg.wm_check_seeds
+    gate_real = MetaWorldEnv(cfg.target_task, num_prompts=n_gate, group_size=1, image_size=cfg.image_size,
+                             max_steps=cfg.max_steps, camera=cfg.camera)  # fmt: skip
+    gate_wm = WorldModelEnv(prophet, wm_stats, num_prompts=n_gate, group_size=1, max_segments=cfg.max_queries,
+                            num_steps=cfg.wm_num_steps)  # fmt: skip
+    dec = module.decoder
+    gate = closed_loop_agreement(module.policy, gate_real, gate_wm,
+                                 [{"task": cfg.target_task, "seed": s} for s in range(5000, 5000 + n_gate)],
+                                 ActionDecoder(dec.stats, dec.action_dims, "metaworld"), dec, cfg.max_queries)  # fmt: skip
+    gate_real.close()
+    # 2. RL inside the world model with the guard, evaluated in the real simulator
+    prompts = PromptDataModule(tasks=[cfg.target_task], train_seeds=(2000 + 10000 * seed, 12000 + 10000 * seed),
+                               eval_seeds=(1000, 1000 + cfg.eval_seeds), num_prompts=cfg.num_prompts,
+                               updates_per_epoch=cfg.rl_updates, seed=seed)  # fmt: skip
+    history = out / "eval.jsonl"
+    history.unlink(missing_ok=True)
+    (out / "guard.jsonl").unlink(missing_ok=True)
+    sim_eval = SimEvalCallback(cfg.target_task, seeds=list(range(1000, 1000 + cfg.eval_seeds)),
+                               every_n_steps=cfg.eval_every, max_queries=cfg.max_queries, image_size=cfg.image_size,
+                               camera=cfg.camera, max_steps=cfg.max_steps, history_path=str(history))  # fmt: skip
+    guard = ImaginationGuardCallback(cfg.target_task, check_seeds=list(range(4000, 4000 + cfg.wm_check_seeds)),
+                                     every_n_updates=cfg.wm_check_every, image_size=cfg.image_size,
+                                     camera=cfg.camera, max_steps=cfg.max_steps,
+                                     history_path=str(out / "guard.jsonl"))  # fmt: skip
+    trainer = _trainer(cfg.out, f"{variant}_seed{seed}", max_epochs=1, callbacks=[sim_eval, guard], log_every_n_steps=1)
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=prompts)
+    trainer.save_checkpoint(out / "policy.ckpt")
+    reset_env.close()
+    rows = [json.loads(line) for line in history.read_text().splitlines()]
+    if not rows or rows[-1]["step"] != module.updates:  # stopped early by the guard: evaluate the final policy
+        sim_eval._run(trainer, module)
+        rows = [json.loads(line) for line in history.read_text().splitlines()]
+    info = {"variant": variant, "seed": seed, "updates": module.updates, "train_env_steps": 0,
+            "real_interactions": gate["real_env_steps"] + guard.real_steps_total, "gate": gate,
+            "guard": guard.history, "imagined_episodes": module.episodes_total,
+            "seconds": time.perf_counter() - t0, "eval": rows}  # fmt: skip
+    _mark(out, info)
+    return info
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Table
 # ---------------------------------------------------------------------------------------------------------------------
@@ -205,7 +288,7 @@ def results_table(cfg: DemoConfig, results: dict[str, list[dict[str, Any]]]) -> 
         final = np.array([r["eval"][-1]["success"] for r in rs])
         reach = [updates_to_reach(r["eval"], sft_by_seed[r["seed"]] + 0.10) for r in rs]
         reach_s = ", ".join("–" if x is None else str(x) for x in reach)
-        steps = np.mean([r["train_env_steps"] for r in rs])
+        steps = np.mean([r.get("real_interactions", r["train_env_steps"]) for r in rs])
         ups = max(r["updates"] for r in rs)
         lines.append(
             f"| {variant} | {final.mean():.3f} ± {final.std():.3f} | {ups} | {reach_s} | {steps:,.0f} | {len(rs)} |"
@@ -246,8 +329,8 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     for seed in cfg.seeds:
         ckpt = stage_sft(cfg, data, seed)
         for variant in cfg.variants:
-            if VARIANTS[variant][2] == "sim":
-                results[variant].append(stage_rl_sim(cfg, ckpt, seed, variant))
+            stage = stage_rl_sim if VARIANTS[variant][2] == "sim" else stage_rl_wm
+            results[variant].append(stage(cfg, ckpt, seed, variant))
     table = results_table(cfg, results)
     plot_curves(results, out / "success_vs_updates.png")
     (out / "results.md").write_text(table + "\n")
@@ -271,6 +354,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-seeds", type=int, default=None)
     ap.add_argument("--eval-every", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--wm-model-dir", default=None, help="saved Prophet for the wm_* variants")
+    ap.add_argument(
+        "--wm-stats-dir", default=None, help="dataset directory whose stats.json normalized Prophet's actions"
+    )
     args = ap.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k != "quick" and v is not None}
     cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)

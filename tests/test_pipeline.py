@@ -24,3 +24,28 @@ def test_demo_quick_runs_every_stage_writes_the_table_and_resumes(tmp_path):
     assert list((tmp_path / "demo" / "tb").iterdir())
     # cached stages: a rerun resumes without retraining and gives the same table
     assert run(cfg)["table"] == out["table"]
+
+
+@pytest.mark.slow
+def test_demo_quick_world_model_variant_reports_gate_guard_and_real_interactions(tmp_path):
+    from pathlib import Path
+
+    import torch
+    import yaml
+
+    from lightning_prophrl.models.prophet import Prophet
+
+    cfg_yaml = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/prophet/model_tiny.yaml").read_text())
+    torch.manual_seed(0)
+    prophet = Prophet(**{**cfg_yaml["init_args"], "action_chunk_length": 2, "history_length": 4,
+                         "history_scale_frames": [1, 1, 2]})  # fmt: skip
+    prophet.save_pretrained(tmp_path / "prophet")
+    out = tmp_path / "demo"
+    cfg = DemoConfig.quick(out=str(out), variants=["wm_fagrpo_flowscale"], wm_model_dir=str(tmp_path / "prophet"),
+                           wm_stats_dir=str(out / "data" / "target_sft"))  # fmt: skip
+    run(cfg)
+    res = json.loads((out / "results.json").read_text())["wm_fagrpo_flowscale"][0]
+    assert res["train_env_steps"] == 0 and res["real_interactions"] > 0
+    assert {"kappa", "confusion"} <= set(res["gate"]) and len(res["guard"]) >= 1
+    assert res["eval"][-1]["step"] == res["updates"]
+    assert "wm_fagrpo_flowscale" in (out / "results.md").read_text()

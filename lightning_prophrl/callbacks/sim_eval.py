@@ -100,7 +100,9 @@ class SimEvalCallback(L.Callback):
             b = 20 if len(self.seeds) % 20 == 0 else len(self.seeds)
             self._env = MetaWorldEnv(self.task, num_prompts=b, group_size=1, exec_horizon=pl_module.policy.exec_horizon,
                                      **self.env_kwargs)  # fmt: skip
-        res = evaluate_in_simulator(pl_module.policy, pl_module.decoder, self.task, self.seeds, self.max_queries,
+        dec = pl_module.decoder  # the module may train in a world model: always decode to Meta-World actions here
+        real_dec = ActionDecoder(dec.stats, dec.action_dims, "metaworld", dec.norm_mode)
+        res = evaluate_in_simulator(pl_module.policy, real_dec, self.task, self.seeds, self.max_queries,
                                     env=self._env, batch=self._env.num_prompts, device=pl_module.device,
                                     progress=trainer.is_global_zero)  # fmt: skip
         step = getattr(pl_module, "updates", trainer.global_step)
