@@ -133,9 +133,6 @@ class PromptDataModule(L.LightningDataModule):
         return DataLoader(PromptDataset(self.eval_prompts), batch_size=batch_size or self.hparams.num_prompts,
                           shuffle=False, collate_fn=collate_clips)  # fmt: skip
 
-    def val_dataloader(self) -> DataLoader | list:
-        return self.eval_dataloader() if self.eval_prompts else []
-
     @staticmethod
     def seeds(batch: dict[str, Any]) -> np.ndarray:
         return batch[K.SEED].cpu().numpy()

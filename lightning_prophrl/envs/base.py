@@ -95,6 +95,18 @@ class BatchedEnv(Protocol):
         ...
 
 
+class BatchedEnvBase:
+    """Nominal base class of the library's environments (``MetaWorldEnv``, ``WorldModelEnv``).
+
+    ``BatchedEnv`` is the structural contract; this base exists so that configuration systems (LightningCLI /
+    jsonargparse) can name an environment with ``class_path`` and override its ``init_args`` from the command line.
+    """
+
+    num_envs: int
+    num_prompts: int
+    group_size: int
+
+
 def as_prompt(prompt: Prompt | Mapping[str, Any], tasks: Sequence[str] = ()) -> Prompt:
     """A ``Prompt`` from a ``Prompt`` or from one prompt dict of ``PromptDataModule`` (keys ``SEED``, ``INSTRUCTION``,
     optional ``COND_FRAME``, and ``"task"`` or ``TASK_ID``, an index into ``tasks``)."""

@@ -33,6 +33,7 @@ from lightning_prophrl.envs.base import (
     INFO_STEPS,
     INFO_SUCCESS,
     INFO_SUCCESS_NOW,
+    BatchedEnvBase,
     Prompt,
     check_prompts,
     frames_to_image,
@@ -159,7 +160,7 @@ class _Slot:
         self.renderer = FastRenderer(self.env.model, self.env.data, image_size, camera)
 
 
-class MetaWorldEnv:
+class MetaWorldEnv(BatchedEnvBase):
     """``num_prompts x group_size`` real Meta-World v3 episodes stepped by action chunks (a ``BatchedEnv``).
 
     Rendering happens only at chunk boundaries (after ``reset`` and after each ``step`` call), which is what the

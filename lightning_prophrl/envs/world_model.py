@@ -23,7 +23,7 @@ import torch
 
 from lightning_prophrl import constants as K
 from lightning_prophrl.actions import ActionStats
-from lightning_prophrl.envs.base import INFO_STEPS, INFO_SUCCESS, Prompt, check_prompts
+from lightning_prophrl.envs.base import INFO_STEPS, INFO_SUCCESS, BatchedEnvBase, Prompt, check_prompts
 from lightning_prophrl.models.history import HistoryBuffer
 
 
@@ -39,7 +39,7 @@ def group_actions(actions: np.ndarray, frames: int) -> np.ndarray:
     return out
 
 
-class WorldModelEnv:
+class WorldModelEnv(BatchedEnvBase):
     """``num_prompts x group_size`` imagined rollouts in a frozen Prophet (a ``BatchedEnv``).
 
     Args:

@@ -30,6 +30,7 @@ from typing_extensions import override
 
 from lightning_prophrl import constants as K
 from lightning_prophrl.checkpoints import load_submodule_weights
+from lightning_prophrl.envs.base import BatchedEnvBase
 from lightning_prophrl.envs.rollout import ActionDecoder, RolloutBatch, collect_rollouts
 from lightning_prophrl.models.policy import FlowMatchingPolicy
 from lightning_prophrl.rl import (
@@ -84,7 +85,7 @@ class FAGRPOModule(L.LightningModule):
     def __init__(
         self,
         policy: FlowMatchingPolicy,
-        env: Any,
+        env: BatchedEnvBase,
         group_size: int = 8,
         max_queries: int = 38,
         sft_checkpoint: str | None = None,
