@@ -27,6 +27,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np
 import torch
 
+from lightning_prophrl.stage_cache import is_done, mark_done
+
 VARIANTS = {
     # name: (loss, flowscale, environment)
     "sim_fagrpo": ("fa_grpo", False, "sim"),
@@ -85,15 +87,6 @@ class DemoConfig:
         return cls(**base)
 
 
-def _done(path: Path) -> bool:
-    return (path / "done.json").exists()
-
-
-def _mark(path: Path, info: dict[str, Any]) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "done.json").write_text(json.dumps(info, indent=2))
-
-
 def _trainer(root: str, name: str, **kw: Any):
     """A CPU trainer logging to ``<root>/tb/<name>`` (one TensorBoard directory for the whole demo)."""
     import lightning as L
@@ -112,10 +105,10 @@ def stage_data(cfg: DemoConfig) -> dict[str, str]:
 
     out = Path(cfg.out) / "data"
     paths = {"sft": str(out / "target_sft")}
-    if not _done(Path(paths["sft"])):
+    if not is_done(Path(paths["sft"])):
         s = generate_metaworld([cfg.target_task], cfg.sft_demos, paths["sft"], noise=cfg.sft_noise,
                                size=cfg.image_size, camera=cfg.camera, max_steps=cfg.max_steps, seed=0, per_shard=5)  # fmt: skip
-        _mark(Path(paths["sft"]), s)
+        mark_done(Path(paths["sft"]), s)
     return paths
 
 
@@ -137,7 +130,7 @@ def stage_sft(cfg: DemoConfig, data: dict[str, str], seed: int) -> str:
 
     out = Path(cfg.out) / "sft" / f"seed{seed}"
     ckpt = out / "sft.ckpt"
-    if _done(out):
+    if is_done(out):
         return str(ckpt)
     L.seed_everything(seed, workers=True)
     dm = PolicyDataModule([data["sft"]], chunk_len=cfg.chunk_len, action_dims=POLICY_DIMS, state_dim=4,
@@ -150,7 +143,7 @@ def stage_sft(cfg: DemoConfig, data: dict[str, str], seed: int) -> str:
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     trainer.save_checkpoint(ckpt)
-    _mark(out, {"seconds": time.perf_counter() - t0, "steps": cfg.sft_steps})
+    mark_done(out, {"seconds": time.perf_counter() - t0, "steps": cfg.sft_steps})
     return str(ckpt)
 
 
@@ -165,7 +158,7 @@ def stage_rl_sim(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dic
 
     loss, flowscale, _ = VARIANTS[variant]
     out = Path(cfg.out) / "rl" / variant / f"seed{seed}"
-    if _done(out):
+    if is_done(out):
         return json.loads((out / "done.json").read_text())
     L.seed_everything(seed, workers=True)
     env = MetaWorldEnv(cfg.target_task, num_prompts=cfg.num_prompts, group_size=cfg.group_size,
@@ -189,7 +182,7 @@ def stage_rl_sim(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dic
     rows = [json.loads(line) for line in history.read_text().splitlines()]
     info = {"variant": variant, "seed": seed, "updates": module.updates, "train_env_steps": module.env_steps_total,
             "train_episodes": module.episodes_total, "seconds": time.perf_counter() - t0, "eval": rows}  # fmt: skip
-    _mark(out, info)
+    mark_done(out, info)
     return info
 
 
@@ -213,7 +206,7 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
         raise ValueError(f"variant {variant!r} needs --wm-model-dir and --wm-stats-dir (a saved Prophet and its data)")
     loss, flowscale, _ = VARIANTS[variant]
     out = Path(cfg.out) / "rl" / variant / f"seed{seed}"
-    if _done(out):
+    if is_done(out):
         return json.loads((out / "done.json").read_text())
     L.seed_everything(seed, workers=True)
     prophet = Prophet.from_pretrained(cfg.wm_model_dir)
@@ -263,7 +256,7 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
             "real_interactions": gate["real_env_steps"] + guard.real_steps_total, "gate": gate,
             "guard": guard.history, "imagined_episodes": module.episodes_total,
             "seconds": time.perf_counter() - t0, "eval": rows}  # fmt: skip
-    _mark(out, info)
+    mark_done(out, info)
     return info
 
 

@@ -76,25 +76,12 @@ import numpy as np
 import torch
 
 from lightning_prophrl import constants as K
+from lightning_prophrl.stage_cache import is_done, load_done, mark_done
 
 MODEL_TINY_YAML = Path(__file__).resolve().parents[2] / "configs" / "prophet" / "model_tiny.yaml"
 TARGET_SEED_OFFSET, EVAL_SEED_OFFSET = 500, 800
 MAX_TARGET_EPISODES = 20
 METRICS = ("psnr", "ssim", "tssim", "dyn_psnr", "flow_epe", "flow_cos")
-
-
-def _done(path: Path) -> bool:
-    return (path / "done.json").exists()
-
-
-def _mark(path: Path, info: dict[str, Any]) -> dict[str, Any]:
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "done.json").write_text(json.dumps(info, indent=2))
-    return info
-
-
-def _load_done(path: Path) -> dict[str, Any]:
-    return json.loads((path / "done.json").read_text())
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -153,13 +140,13 @@ def generate_wm_data(
              (out / "target_eval", [target_task], eval_episodes, seed + EVAL_SEED_OFFSET)]  # fmt: skip
     summary = {}
     for path, tasks, n, first_seed in jobs:
-        if not _done(path):
+        if not is_done(path):
             shutil.rmtree(path, ignore_errors=True)  # a partial dataset from an interrupted run
             s = generate_metaworld(tasks, n, str(path), noise=noise, noise_max=noise_max, size=size, camera=camera,
                                    max_steps=max_steps, stop_at_success=False, seed=first_seed,
                                    progress=False)  # fmt: skip
-            _mark(path, s)
-        summary[str(path)] = _load_done(path)
+            mark_done(path, s)
+        summary[str(path)] = load_done(path)
     return {"pretrain": [str(j[0]) for j in jobs[:-2]], "target": str(jobs[-2][0]), "eval": str(jobs[-1][0]),
             "summary": summary}  # fmt: skip
 
@@ -281,14 +268,14 @@ def pretrain_prophet(
     from lightning_prophrl.modules import ProphetPretrainModule
 
     out = Path(out)
-    if not _done(out):
+    if not is_done(out):
         L.seed_everything(seed, workers=True, verbose=False)
         model = Prophet(**(model_config or prophet_config(image_size, chunk_len, history_len)))
         opt, sched = _optimizers(lr, steps)
         module = ProphetPretrainModule(model, optimizer=opt, lr_scheduler=sched, export_dir=str(out / "model"))
         info = _fit(module, list(data_dirs), str(log_dir or out / "tb"), f"{out.parent.name}_{out.name}", steps, seed,
                     stride, chunk_len, history_len, image_size, batch_size, ema_decay)  # fmt: skip
-        _mark(out, info)
+        mark_done(out, info)
     return str(out / "model")
 
 
@@ -346,7 +333,7 @@ def adapt_prophet(
     if mode not in ("lora", "full"):
         raise ValueError(f"`mode` must be 'lora' or 'full', got {mode!r}")
     out = Path(out)
-    if _done(out):
+    if is_done(out):
         return str(out / "model")
     L.seed_everything(seed, workers=True, verbose=False)
     opt, sched = _optimizers(lr, steps)
@@ -363,7 +350,7 @@ def adapt_prophet(
                 stride, chunk_len, history_len, image_size, batch_size, ema_decay)  # fmt: skip
     merge_lora(module.model).save_pretrained(str(out / "model"))
     shutil.copy(Path(target_dir) / K.STATS_FILE, out / "model" / K.STATS_FILE)
-    _mark(out, {**info, "mode": mode, "pretrained": pretrained_dir, "trainable_parameters": trainable})
+    mark_done(out, {**info, "mode": mode, "pretrained": pretrained_dir, "trainable_parameters": trainable})
     return str(out / "model")
 
 
@@ -490,7 +477,7 @@ def world_model_report(
 
     if num_segments < 1 or success_last < 1:
         raise ValueError(f"`num_segments` and `success_last` must be >= 1, got {num_segments}, {success_last}")
-    if out is not None and _done(Path(out)):
+    if out is not None and is_done(Path(out)):
         return json.loads((Path(out) / "report.json").read_text())
     model = Prophet.from_pretrained(model_dir).eval()
     chunk = int(model.config.action_chunk_length)
@@ -522,7 +509,7 @@ def world_model_report(
         report["contact_sheet"] = contact_sheet([real, pred, shuffled], Path(out) / "contact_sheet.png",
                                                 sheet_episodes)  # fmt: skip
         (Path(out) / "report.json").write_text(json.dumps(report, indent=2))
-        _mark(Path(out), {"report": str(Path(out) / "report.json")})
+        mark_done(Path(out), {"report": str(Path(out) / "report.json")})
     return report
 
 
