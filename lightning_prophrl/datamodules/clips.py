@@ -67,6 +67,39 @@ def dist_info() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def slot_info() -> tuple[int, int]:
+    """``(slot, num_slots)`` of this process and DataLoader worker: ``rank * workers + worker_id``."""
+    rank, world = dist_info()
+    info = get_worker_info()
+    wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+    return rank * nw + wid, world * nw
+
+
+def slot_shards(shards: list[str], name: str) -> list[str]:
+    """This slot's disjoint share ``shards[slot::num_slots]``; a clear error when there are too few shards."""
+    slot, nslots = slot_info()
+    mine = shards[slot::nslots]
+    if not mine:
+        raise ValueError(
+            f"dataset {name!r} has {len(shards)} shard(s) for {nslots} rank x worker slots: "
+            "write more (smaller) shards or use fewer workers/devices"
+        )
+    return mine
+
+
+def mix_streams(
+    streams: list[Iterator[Any]], probs: np.ndarray, rng: np.random.Generator, n: int, shuffle_buffer: int
+) -> Iterator[Any]:
+    """Exactly ``n`` items drawn from a weighted mixture of infinite ``streams`` through a shuffle buffer."""
+    buffer: list[Any] = []
+    produced = 0
+    while produced < n:
+        buffer.append(next(streams[int(rng.choice(len(streams), p=probs))]))
+        if len(buffer) >= shuffle_buffer:
+            yield buffer.pop(int(rng.integers(len(buffer))))
+            produced += 1
+
+
 def to_float_video(frames: np.ndarray, size: int | None) -> torch.Tensor:
     """``(T, H, W, 3) uint8`` -> ``(T, 3, size, size)`` float in [-1, 1] (antialiased area resize)."""
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
@@ -163,42 +196,22 @@ class ClipIterable(IterableDataset):
         self.epoch = epoch
 
     # 1. partitioning ------------------------------------------------------------------------------------------------
-    def _slot(self) -> tuple[int, int, int]:
-        rank, world = dist_info()
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        return rank * nw + wid, world * nw, rank
-
     def my_shards(self, di: int) -> list[str]:
-        slot, nslots, _ = self._slot()
-        mine = self.shards[di][slot::nslots]
-        if not mine:
-            raise ValueError(
-                f"dataset {self.datasets[di].name!r} has {len(self.shards[di])} shard(s) for {nslots} "
-                "rank x worker slots: write more (smaller) shards or use fewer workers/devices"
-            )
-        return mine
+        return slot_shards(self.shards[di], self.datasets[di].name)
 
     # 2. iteration ---------------------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if self.eval_mode:
             yield from self._eval_pass()
             return
-        slot, nslots, _ = self._slot()
+        slot, nslots = slot_info()
         epoch = self.epoch
         self.epoch += 1  # persistent workers / in-process iteration advance the epoch on each new pass
         rng = np.random.default_rng([self.seed, epoch, slot])
         streams = [self._episode_clips(di, rng) for di in range(len(self.datasets))]
-        n = math.ceil(self.samples_per_epoch / nslots)
-        buffer: list[dict[str, Any]] = []
-        produced = 0
-        while produced < n:
-            di = int(rng.choice(len(streams), p=self.probs))
-            buffer.append(next(streams[di]))
-            if len(buffer) >= self.shuffle_buffer:
-                yield buffer.pop(int(rng.integers(len(buffer))))
-                produced += 1
-        # buffer leftovers are dropped: every slot yields exactly n clips
+        yield from mix_streams(
+            streams, self.probs, rng, math.ceil(self.samples_per_epoch / nslots), self.shuffle_buffer
+        )
 
     def _eval_pass(self) -> Iterator[dict[str, Any]]:
         for di, spec in enumerate(self.datasets):

@@ -19,10 +19,10 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset
 
 from lightning_prophrl import constants as K
-from lightning_prophrl.datamodules.clips import dist_info, to_float_video
+from lightning_prophrl.datamodules.clips import mix_streams, slot_info, slot_shards, to_float_video
 from lightning_prophrl.datamodules.robot import collate_clips
 from lightning_prophrl.datamodules.shards import Episode, OnError, SkipCounter, iter_episodes, list_shards
 
@@ -123,21 +123,9 @@ class SuccessFrameIterable(IterableDataset):
         self.epoch = epoch
 
     # 1. partitioning ------------------------------------------------------------------------------------------------
-    def _slot(self) -> tuple[int, int]:
-        rank, world = dist_info()
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        return rank * nw + wid, world * nw
-
     def _episodes(self, di: int, rng: np.random.Generator | None = None) -> Iterator[Episode]:
         """This slot's episodes of dataset ``di`` in this split (shards in a random order when ``rng`` is given)."""
-        slot, nslots = self._slot()
-        mine = self.shards[di][slot::nslots]
-        if not mine:
-            raise ValueError(
-                f"dataset {self.paths[di]!r} has {len(self.shards[di])} shard(s) for {nslots} rank x worker slots: "
-                "write more (smaller) shards or use fewer workers/devices"
-            )
+        mine = slot_shards(self.shards[di], self.paths[di])
         if rng is not None:
             mine = [mine[i] for i in rng.permutation(len(mine))]
         for ep in iter_episodes(mine, on_error=self.on_error, skip_counter=self.skips):
@@ -154,22 +142,14 @@ class SuccessFrameIterable(IterableDataset):
                     for c in np.unique(np.linspace(0, t - 1, n).round().astype(int)):
                         yield self.make_sample(ep, flags, int(c), di)
             return
-        slot, nslots = self._slot()
+        slot, nslots = slot_info()
         epoch = self.epoch
         self.epoch += 1  # persistent workers / in-process iteration advance the epoch on each new pass
         rng = np.random.default_rng([self.seed, epoch, slot])
         streams = [self._train_stream(di, rng) for di in range(len(self.paths))]
-        n = math.ceil(self.samples_per_epoch / nslots)
-        buffer: list[dict[str, Any]] = []
-        produced = 0
-        while produced < n:
-            buffer.append(next(streams[int(rng.choice(len(streams), p=self.probs))]))
-            if len(buffer) >= self.shuffle_buffer:
-                yield buffer.pop(int(rng.integers(len(buffer))))
-                produced += 1
-        while buffer and produced < n:  # small epochs: drain the buffer in random order
-            yield buffer.pop(int(rng.integers(len(buffer))))
-            produced += 1
+        yield from mix_streams(
+            streams, self.probs, rng, math.ceil(self.samples_per_epoch / nslots), self.shuffle_buffer
+        )
 
     def _train_stream(self, di: int, rng: np.random.Generator) -> Iterator[dict[str, Any]]:
         while True:  # cycle over this slot's shards, reshuffled on every pass
