@@ -64,6 +64,7 @@ from lightning_prophrl.models.action_frames import (
 from lightning_prophrl.models.history import HistoryBuffer, HistoryEncoder, MemoryContext, install_memory_attention
 from lightning_prophrl.models.latent import CodecKind, build_codec
 
+_MIN_T = 1e-3  # smallest t in the data -> velocity conversion of parameterization="data"
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 _BACKBONE_KEYS = (
     "num_attention_heads",
@@ -86,10 +87,12 @@ class ProphetOutput:
     Attributes:
         velocity: Predicted velocity of the future latents ``(B, C, T_f, h, w)``.
         success_logit: ``(B,)`` success / task-progress logit, or None without a success head.
+        prediction: The network's raw output (the velocity, or the clean target under ``parameterization="data"``).
     """
 
     velocity: torch.Tensor
     success_logit: torch.Tensor | None
+    prediction: torch.Tensor | None = None
 
 
 @dataclass
@@ -175,6 +178,17 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         logit_mean: Mean of the logit-normal.
         logit_std: Standard deviation of the logit-normal.
         success_loss_weight: Weight of the success BCE next to the flow loss (UNKNOWN).
+        prediction_target: What the flow generates: ``"frames"`` (the future latents themselves, as Cosmos does; use
+            it with pretrained Cosmos weights) or ``"residual"`` (future latents minus the conditioning frame's latent,
+            added back after sampling). Beyond the paper: with ``"residual"`` a zero prediction is exactly the
+            copy-last-frame video, so a small model spends its capacity on what moves instead of first learning to
+            reproduce the static scene (the tiny CPU configs use it; see docs/results.md for the measured effect).
+        parameterization: What the DiT outputs: ``"velocity"`` (``eps - z0``, Cosmos / rectified flow; use it with
+            pretrained Cosmos weights) or ``"data"`` (the clean target ``z0``; the velocity is then
+            ``(z_t - z0_hat) / t``, and the loss is the MSE on ``z0``). Beyond the paper: a DiT whose hidden size is
+            smaller than a patch (the tiny configs: 128 < 2 * 2 * 48) cannot pass the noise through to predict a
+            velocity, but can predict the low-dimensional clean frames (the "x-prediction" argument of JiT, Li & He
+            2025); with ``"data"`` + ``"residual"`` a zero output is exactly the copy-last video.
     """
 
     _supports_gradient_checkpointing = True
@@ -219,8 +233,14 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         logit_mean: float = 0.0,
         logit_std: float = 1.0,
         success_loss_weight: float = 0.1,
+        prediction_target: Literal["frames", "residual"] = "frames",
+        parameterization: Literal["velocity", "data"] = "velocity",
     ) -> None:
         super().__init__()
+        if parameterization not in ("velocity", "data"):
+            raise ValueError(f"`parameterization` must be 'velocity' or 'data', got {parameterization!r}")
+        if prediction_target not in ("frames", "residual"):
+            raise ValueError(f"`prediction_target` must be 'frames' or 'residual', got {prediction_target!r}")
         if null_context not in ("zero", "learned"):
             raise ValueError(f"`null_context` must be 'zero' or 'learned', got {null_context!r}")
         if t_sampling not in ("logit_normal", "uniform"):
@@ -412,7 +432,12 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             self._state.last_hidden = None
             tokens_per_frame = hidden.shape[1] // (t_c + t_f)
             logit = self.success_mlp(hidden[:, t_c * tokens_per_frame :].mean(1)).squeeze(-1)
-        return ProphetOutput(velocity=out[:, :, t_c:], success_logit=logit)
+        pred = out[:, :, t_c:]
+        velocity = pred
+        if self.config.parameterization == "data":  # z_t = (1 - t) z0 + t eps  =>  v = eps - z0 = (z_t - z0) / t
+            t_b = timestep.clamp_min(_MIN_T).view(b, 1, 1, 1, 1).to(pred.dtype)
+            velocity = (noisy_latents.to(pred.dtype) - pred) / t_b
+        return ProphetOutput(velocity=velocity, success_logit=logit, prediction=pred)
 
     def _null_context(self, batch_size: int, like: torch.Tensor) -> torch.Tensor:
         """Zeroed text context ``(B, null_context_tokens, text_embed_dim)`` (SPEC 2.1: no text conditioning)."""
@@ -538,7 +563,7 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             raise ValueError(f"`{FUTURE}` must hold action_chunk_length={self.config.action_chunk_length} frames")
         with torch.no_grad():
             latents = self.latent_codec.encode(torch.cat([cond[:, None], future], 1).to(self.dtype))
-        cond_lat, z0 = latents[:, :, :1], latents[:, :, 1:]
+        cond_lat, z0 = latents[:, :, :1], self._to_target(latents[:, :, 1:], latents[:, :, :1])
         hist, hist_mask = self.encode_history(batch.get(HISTORY), batch.get(HISTORY_MASK))
         af, has_cam = self.encode_action_frames(
             batch.get(EE_POSES),
@@ -549,14 +574,17 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             tuple(cond.shape[-2:]),
         )
 
-        # 2. Rectified flow: z_t = (1 - t) z0 + t eps, target v = eps - z0
+        # 2. Rectified flow: z_t = (1 - t) z0 + t eps, target v = eps - z0 (z0 in the `prediction_target` space)
         t = self.sample_t(z0.shape[0], z0.device, generator)
         noise = _randn(z0.shape, generator, z0.device, z0.dtype)
         t_b = t.view(-1, 1, 1, 1, 1).to(z0.dtype)
         out = self(
             (1 - t_b) * z0 + t_b * noise, t, cond_lat, actions, batch.get(ACTION_MASK), hist, hist_mask, af, has_cam
         )
-        flow_loss = F.mse_loss(out.velocity.float(), (noise - z0).float())
+        if self.config.parameterization == "data":
+            flow_loss = F.mse_loss(out.prediction.float(), z0.float())
+        else:
+            flow_loss = F.mse_loss(out.velocity.float(), (noise - z0).float())
 
         # 3. Success head
         loss, logs = flow_loss, {"flow_loss": flow_loss.detach()}
@@ -643,11 +671,24 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             velocity = self(x, scheduler.sigmas[i].expand(b), **inputs).velocity
             x = scheduler.step(velocity, timestep, x).prev_sample
         # 3. Decode (the conditioning latent is decoded too, for the causal codec) and score
-        frames = self.latent_codec.decode(torch.cat([cond_lat, x], 2))[:, 1:].clamp(-1, 1)
+        latents = self._from_target(x, cond_lat)
+        frames = self.latent_codec.decode(torch.cat([cond_lat, latents], 2))[:, 1:].clamp(-1, 1)
         logit = None
         if score_success and hasattr(self, "success_mlp"):
             logit = self(x, torch.zeros(b, device=device), **inputs).success_logit
-        return ProphetGeneration(frames=frames, latents=x, success_logit=logit)
+        return ProphetGeneration(frames=frames, latents=latents, success_logit=logit)
+
+    def _to_target(self, future_latents: torch.Tensor, cond_latents: torch.Tensor) -> torch.Tensor:
+        """Future latents -> the space the flow generates (``prediction_target``)."""
+        if self.config.prediction_target == "residual":
+            return future_latents - cond_latents
+        return future_latents
+
+    def _from_target(self, x: torch.Tensor, cond_latents: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`_to_target`."""
+        if self.config.prediction_target == "residual":
+            return x + cond_latents
+        return x
 
     @torch.no_grad()
     def rollout(

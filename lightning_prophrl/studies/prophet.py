@@ -550,6 +550,7 @@ class ProphetStudyConfig:
     num_steps: int = 4
     success_last: int = 2
     threads: int = 1
+    prediction_target: Literal["frames", "residual"] = "residual"
 
     @property
     def segments(self) -> int:
@@ -570,7 +571,8 @@ class ProphetStudyConfig:
 def _train_kwargs(cfg: ProphetStudyConfig, seed: int) -> dict[str, Any]:
     return dict(seed=seed, stride=cfg.stride, chunk_len=cfg.chunk_len, history_len=cfg.history_len,
                 image_size=cfg.image_size, batch_size=cfg.batch_size, lr=cfg.lr, ema_decay=cfg.ema_decay,
-                log_dir=Path(cfg.out) / "tb")  # fmt: skip
+                log_dir=Path(cfg.out) / "tb", model_config=prophet_config(cfg.image_size, cfg.chunk_len,
+                cfg.history_len, prediction_target=cfg.prediction_target))  # fmt: skip
 
 
 def run_study(cfg: ProphetStudyConfig) -> dict[str, Any]:
@@ -672,6 +674,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--adapt-steps", type=int, default=None)
     ap.add_argument("--adapt-mode", choices=["lora", "full"], default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
+    ap.add_argument("--prediction-target", choices=["frames", "residual"], default=None,
+                    help="what the flow generates (Prophet `prediction_target`; default residual)")
     args = ap.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k != "quick" and v is not None}
     cfg = ProphetStudyConfig.quick(**overrides) if args.quick else ProphetStudyConfig(**overrides)

@@ -256,8 +256,55 @@ def test_one_step_generate_is_one_euler_step():
     cond_lat = model.latent_codec.encode(cond[:, None])
     with torch.no_grad():
         x0 = noise - model(noise, torch.ones(B), cond_lat, actions).velocity  # t: 1 -> 0
-    frames = model.latent_codec.decode(torch.cat([cond_lat, x0], 2))[:, 1:].clamp(-1, 1)
+    frames = model.latent_codec.decode(torch.cat([cond_lat, x0 + cond_lat], 2))[:, 1:].clamp(-1, 1)  # residual
     assert torch.allclose(gen.frames, frames, atol=1e-5) and gen.success_logit.shape == (B,)
+
+
+@pytest.mark.parametrize("parameterization", ["velocity", "data"])
+def test_parameterizations_give_a_consistent_velocity_and_loss(parameterization):
+    model = make_model(parameterization=parameterization)
+    inputs = latent_inputs(model)
+    with torch.no_grad():
+        out = model(**inputs)
+    t = torch.as_tensor(inputs["timestep"]).reshape(-1).expand(B).view(B, 1, 1, 1, 1)
+    expected = out.prediction if parameterization == "velocity" else (inputs["noisy_latents"] - out.prediction) / t
+    assert torch.allclose(out.velocity, expected, atol=1e-5)
+    # the loss is the MSE of the raw output against its own target (velocity eps - z0, or z0)
+    batch = {k: v for k, v in make_batch().items() if k != K.CLIP_SUCCESS}
+    g = torch.Generator().manual_seed(3)
+    t_s = model.sample_t(B, torch.device("cpu"), g)
+    noise = torch.randn(B, 48, L, 8, 8, generator=g)
+    lat = model.latent_codec.encode(torch.cat([batch[K.COND_FRAME][:, None], batch[K.FUTURE]], 1))
+    z0 = lat[:, :, 1:] - lat[:, :, :1]  # residual target of the tiny config
+    loss, _ = model.training_loss(batch, generator=torch.Generator().manual_seed(3))
+    tb = t_s.view(B, 1, 1, 1, 1)
+    hist, hmask = model.encode_history(batch[K.HISTORY], batch[K.HISTORY_MASK])
+    af, cam = model.encode_action_frames(batch[K.EE_POSES], batch[K.GRIPPER], batch[K.CAMERA_K], batch[K.CAMERA_EXTR],
+                                         batch[K.HAS_CAMERA], (S, S))  # fmt: skip
+    with torch.no_grad():
+        pred = model((1 - tb) * z0 + tb * noise, t_s, lat[:, :, :1], batch[K.ACTIONS], batch[K.ACTION_MASK], hist,
+                     hmask, af, cam).prediction  # fmt: skip
+    target = z0 if parameterization == "data" else noise - z0
+    assert torch.allclose(loss, torch.nn.functional.mse_loss(pred, target), atol=1e-6)
+
+
+def test_residual_target_with_a_zero_output_generates_the_copy_last_video():
+    model = make_model(prediction_target="residual", parameterization="data")
+    for p in model.transformer.proj_out.parameters():
+        torch.nn.init.zeros_(p)
+    batch = make_batch()
+    gen = model.generate(batch[K.COND_FRAME], batch[K.ACTIONS], num_steps=3, generator=torch.Generator().manual_seed(0))
+    copy_last = batch[K.COND_FRAME][:, None].expand_as(gen.frames)
+    assert torch.allclose(gen.frames, copy_last, atol=1e-5)
+    frames_model = make_model(prediction_target="frames", parameterization="data")  # zero output = grey frames
+    for p in frames_model.transformer.proj_out.parameters():
+        torch.nn.init.zeros_(p)
+    gen = frames_model.generate(batch[K.COND_FRAME], batch[K.ACTIONS], num_steps=3)
+    assert gen.frames.abs().max() < 1e-5
+    with pytest.raises(ValueError, match="prediction_target"):
+        make_model(prediction_target="delta")
+    with pytest.raises(ValueError, match="parameterization"):
+        make_model(parameterization="eps")
 
 
 def test_rollout_length_determinism_and_bounded_history():
