@@ -5,6 +5,9 @@ Stages (each writes under ``runs/demo/`` and is skipped when its output exists, 
 1. ``data``: scripted-expert demonstrations of the target task (few, low noise: the SFT data) and of the pretraining
    tasks plus noisy target-task episodes (world-model data);
 2. ``sft``: a deliberately weak flow-matching policy from the few target demos, one per seed;
+   ``world_model`` (only with ``wm_*`` variants and no ``--wm-model-dir``): Prophet pretrained on the pretraining
+   tasks and adapted with LoRA to a few noisy target-task episodes (the functions of
+   :mod:`lightning_prophrl.studies.prophet`), with its open-loop report on held-out target episodes;
 3. ``rl``: FA-GRPO variants from the SFT policy for a fixed budget of updates, in the real simulator
    (``sim_*``) and, when a world model is available, inside it (``wm_*``);
 4. ``eval``: every policy in the real simulator on held-out initial states (ODE, fixed noise), and the table.
@@ -18,7 +21,7 @@ import argparse
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +61,9 @@ class DemoConfig:
     sft_steps: int = 3000
     sft_batch: int = 64
     seeds: list[int] = field(default_factory=lambda: [0])
-    variants: list[str] = field(default_factory=lambda: ["sim_fagrpo", "sim_fagrpo_flowscale"])
+    variants: list[str] = field(
+        default_factory=lambda: ["sim_fagrpo", "sim_fagrpo_flowscale", "wm_fagrpo", "wm_fagrpo_flowscale"]
+    )
     rl_updates: int = 40
     num_prompts: int = 4
     group_size: int = 8
@@ -73,6 +78,15 @@ class DemoConfig:
     wm_beta_kl: float = 0.04
     wm_check_seeds: int = 30
     wm_check_every: int = 10
+    # the world model the demo trains when no wm_model_dir is given (one Prophet, seed 0, shared by all RL seeds)
+    wm_chunk_len: int = 1  # Prophet frames per segment; one frame = chunk_len / wm_chunk_len simulator steps
+    wm_history_len: int = 8
+    wm_episodes_per_task: int = 30
+    wm_target_episodes: int = 20
+    wm_eval_episodes: int = 20
+    wm_pretrain_steps: int = 2500
+    wm_adapt_steps: int = 800
+    wm_batch: int = 8
 
     @property
     def max_queries(self) -> int:
@@ -80,9 +94,12 @@ class DemoConfig:
 
     @classmethod
     def quick(cls, **kw: Any) -> DemoConfig:
-        base = dict(out="runs/demo_quick", sft_demos=3, sft_steps=30, sft_batch=16, seeds=[0], rl_updates=2,
+        base = dict(out="runs/demo_quick", variants=["sim_fagrpo", "sim_fagrpo_flowscale"], sft_demos=3, sft_steps=30,
+                    sft_batch=16, seeds=[0], rl_updates=2,
                     num_prompts=2, group_size=2, eval_seeds=4, eval_every=2, max_steps=40, image_size=32,
-                    pretrain_tasks=["reach-v3"], wm_check_seeds=2, wm_check_every=1)  # fmt: skip
+                    pretrain_tasks=["reach-v3"], wm_check_seeds=2, wm_check_every=1, wm_history_len=2,
+                    wm_episodes_per_task=2, wm_target_episodes=2, wm_eval_episodes=2, wm_pretrain_steps=4,
+                    wm_adapt_steps=2, wm_batch=2)  # fmt: skip
         base.update(kw)
         return cls(**base)
 
@@ -145,6 +162,45 @@ def stage_sft(cfg: DemoConfig, data: dict[str, str], seed: int) -> str:
     trainer.save_checkpoint(ckpt)
     mark_done(out, {"seconds": time.perf_counter() - t0, "steps": cfg.sft_steps})
     return str(ckpt)
+
+
+def stage_world_model(cfg: DemoConfig) -> tuple[str, str, dict[str, Any] | None]:
+    """The Prophet of the ``wm_*`` variants: ``cfg.wm_model_dir`` when given, else pretrained on the pretraining tasks
+    and LoRA-adapted to ``wm_target_episodes`` noisy target episodes (seed 0), with its open-loop report (model vs
+    copy-last vs shuffled actions) on held-out target episodes.
+
+    One Prophet frame is ``chunk_len / wm_chunk_len`` simulator steps, so one policy chunk is exactly one segment
+    (``WorldModelEnv``'s chunk mapping rule) and the policy sees every imagined frame, as it sees every real one.
+
+    Returns:
+        ``(model_dir, stats_dir, report)``; the report is None for a given model.
+    """
+    if cfg.wm_model_dir:
+        return cfg.wm_model_dir, cfg.wm_stats_dir or cfg.wm_model_dir, None
+    from lightning_prophrl.studies.prophet import (
+        adapt_prophet,
+        generate_wm_data,
+        pretrain_prophet,
+        prophet_config,
+        world_model_report,
+    )
+
+    if cfg.wm_chunk_len < 1 or cfg.chunk_len % cfg.wm_chunk_len:
+        raise ValueError(f"`wm_chunk_len`={cfg.wm_chunk_len} must divide the policy's `chunk_len`={cfg.chunk_len}")
+    root = Path(cfg.out) / "world_model"
+    data = generate_wm_data(root / "data", cfg.pretrain_tasks, cfg.target_task, cfg.wm_episodes_per_task,
+                            cfg.wm_target_episodes, cfg.wm_eval_episodes, cfg.image_size, max_steps=cfg.max_steps,
+                            camera=cfg.camera)  # fmt: skip
+    stride = cfg.chunk_len // cfg.wm_chunk_len
+    kw = dict(seed=0, stride=stride, chunk_len=cfg.wm_chunk_len, history_len=cfg.wm_history_len,
+              image_size=cfg.image_size, batch_size=cfg.wm_batch, log_dir=Path(cfg.out) / "tb",
+              model_config=prophet_config(cfg.image_size, cfg.wm_chunk_len, cfg.wm_history_len))  # fmt: skip
+    pretrained = pretrain_prophet(data["pretrain"], root / "pretrain", cfg.wm_pretrain_steps, **kw)
+    adapted = adapt_prophet(pretrained, data["target"], root / "adapt_lora", cfg.wm_adapt_steps, "lora", **kw)
+    segments = -(-cfg.max_steps // (stride * cfg.wm_chunk_len))
+    report = world_model_report(adapted, data["eval"], root / "report", cfg.wm_eval_episodes, segments,
+                                cfg.wm_num_steps, 0, stride, cfg.image_size)  # fmt: skip
+    return adapted, adapted, report
 
 
 def stage_rl_sim(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict[str, Any]:
@@ -250,7 +306,7 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     reset_env.close()
     rows = [json.loads(line) for line in history.read_text().splitlines()]
     if not rows or rows[-1]["step"] != module.updates:  # stopped early by the guard: evaluate the final policy
-        sim_eval._run(trainer, module)
+        sim_eval.evaluate(trainer, module)
         rows = [json.loads(line) for line in history.read_text().splitlines()]
     info = {"variant": variant, "seed": seed, "updates": module.updates, "train_env_steps": 0,
             "real_interactions": gate["real_env_steps"] + guard.real_steps_total, "gate": gate,
@@ -267,6 +323,14 @@ def updates_to_reach(rows: list[dict[str, Any]], level: float) -> int | None:
     return next((r["step"] for r in rows if r["success"] >= level), None)
 
 
+def eval_at(rows: list[dict[str, Any]], updates: int) -> dict[str, Any]:
+    """The last evaluation at or before ``updates`` (runs cached with a longer budget compare at the same one)."""
+    kept = [r for r in rows if r["step"] <= updates]
+    if not kept:
+        raise ValueError(f"no evaluation at or before update {updates} in {rows}")
+    return kept[-1]
+
+
 def results_table(cfg: DemoConfig, results: dict[str, list[dict[str, Any]]]) -> str:
     """Markdown table in the form of SPEC Table 10 (mean +- std over seeds of held-out real success)."""
     sft = [r["eval"][0]["success"] for rs in results.values() for r in rs[:1]]
@@ -278,15 +342,29 @@ def results_table(cfg: DemoConfig, results: dict[str, list[dict[str, Any]]]) -> 
         f"| SFT ({cfg.sft_demos} demos) | {s.mean():.3f} ± {s.std():.3f} | – | – | {cfg.sft_demos} demos | {len(s)} |"
     )
     for variant, rs in results.items():
-        final = np.array([r["eval"][-1]["success"] for r in rs])
+        final = np.array([eval_at(r["eval"], cfg.rl_updates)["success"] for r in rs])
         reach = [updates_to_reach(r["eval"], sft_by_seed[r["seed"]] + 0.10) for r in rs]
+        reach = [None if x is not None and x > cfg.rl_updates else x for x in reach]
         reach_s = ", ".join("–" if x is None else str(x) for x in reach)
-        steps = np.mean([r.get("real_interactions", r["train_env_steps"]) for r in rs])
-        ups = max(r["updates"] for r in rs)
+        steps = np.mean([r.get("real_interactions", eval_at(r["eval"], cfg.rl_updates)["train_env_steps"]) for r in rs])
+        ups = max(min(r["updates"], eval_at(r["eval"], cfg.rl_updates)["step"]) for r in rs)
         lines.append(
             f"| {variant} | {final.mean():.3f} ± {final.std():.3f} | {ups} | {reach_s} | {steps:,.0f} | {len(rs)} |"
         )
     return "\n".join(lines)
+
+
+def world_model_summary(report: dict[str, Any]) -> str:
+    """One-paragraph open-loop summary of the demo's Prophet on held-out target episodes."""
+    line = (f"World model (held-out target episodes, open loop under recorded actions, {report['episodes']} episodes x "
+            f"{report['segments']} segments): PSNR {report['psnr']:.2f} dB vs copy-last {report['psnr_copy_last']:.2f}"
+            f" vs shuffled actions {report['psnr_shuffled']:.2f}; flow EPE {report['flow_epe']:.3f} vs "
+            f"{report['flow_epe_copy_last']:.3f} / {report['flow_epe_shuffled']:.3f}")  # fmt: skip
+    if "success" in report:
+        s = report["success"]
+        rates = f"{s['real_rate']:.2f} / {s['imagined_rate']:.2f}"
+        line += f"; success head kappa {s['kappa']:.2f} (real / imagined success rate {rates})"
+    return line + "."
 
 
 def plot_curves(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
@@ -318,6 +396,10 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     t0 = time.perf_counter()
     data = stage_data(cfg)
+    wm_report = None
+    if any(VARIANTS[v][2] == "wm" for v in cfg.variants):
+        model_dir, stats_dir, wm_report = stage_world_model(cfg)
+        cfg = replace(cfg, wm_model_dir=model_dir, wm_stats_dir=stats_dir)
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in cfg.variants}
     for seed in cfg.seeds:
         ckpt = stage_sft(cfg, data, seed)
@@ -325,9 +407,11 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
             stage = stage_rl_sim if VARIANTS[variant][2] == "sim" else stage_rl_wm
             results[variant].append(stage(cfg, ckpt, seed, variant))
     table = results_table(cfg, results)
+    if wm_report is not None:
+        table += "\n\n" + world_model_summary(wm_report)
     plot_curves(results, out / "success_vs_updates.png")
     (out / "results.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.json").write_text(json.dumps({**results, "world_model_report": wm_report}, indent=2))
     print(table)
     print(f"\nwrote {out / 'results.md'}, {out / 'success_vs_updates.png'}, TensorBoard logs in {out / 'tb'} "
           f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip

@@ -27,25 +27,36 @@ def test_demo_quick_runs_every_stage_writes_the_table_and_resumes(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_quick_world_model_variant_reports_gate_guard_and_real_interactions(tmp_path):
-    from pathlib import Path
-
-    import torch
-    import yaml
-
+def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions(tmp_path):
     from lightning_prophrl.models.prophet import Prophet
 
-    cfg_yaml = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/prophet/model_tiny.yaml").read_text())
-    torch.manual_seed(0)
-    prophet = Prophet(**{**cfg_yaml["init_args"], "action_chunk_length": 2, "history_length": 4,
-                         "history_scale_frames": [1, 1, 2]})  # fmt: skip
-    prophet.save_pretrained(tmp_path / "prophet")
     out = tmp_path / "demo"
-    cfg = DemoConfig.quick(out=str(out), variants=["wm_fagrpo_flowscale"], wm_model_dir=str(tmp_path / "prophet"),
-                           wm_stats_dir=str(out / "data" / "target_sft"))  # fmt: skip
+    cfg = DemoConfig.quick(out=str(out), variants=["wm_fagrpo_flowscale"])
     run(cfg)
-    res = json.loads((out / "results.json").read_text())["wm_fagrpo_flowscale"][0]
-    assert res["train_env_steps"] == 0 and res["real_interactions"] > 0
-    assert {"kappa", "confusion"} <= set(res["gate"]) and len(res["guard"]) >= 1
-    assert res["eval"][-1]["step"] == res["updates"]
-    assert "wm_fagrpo_flowscale" in (out / "results.md").read_text()
+    # the demo pretrained and adapted its own Prophet: one frame per policy chunk, the target's action statistics
+    model_dir = out / "world_model" / "adapt_lora" / "model"
+    prophet = Prophet.from_pretrained(model_dir)
+    assert prophet.config.action_chunk_length == cfg.wm_chunk_len and (model_dir / "stats.json").exists()
+    assert json.loads((out / "world_model" / "pretrain" / "done.json").read_text())["steps"] == cfg.wm_pretrain_steps
+    res = json.loads((out / "results.json").read_text())
+    report, wm = res["world_model_report"], res["wm_fagrpo_flowscale"][0]
+    assert {"psnr", "psnr_copy_last", "psnr_shuffled", "flow_epe"} <= set(report)
+    assert wm["train_env_steps"] == 0 and wm["real_interactions"] > 0
+    assert {"kappa", "confusion"} <= set(wm["gate"]) and len(wm["guard"]) >= 1
+    assert wm["eval"][-1]["step"] == wm["updates"]
+    table = (out / "results.md").read_text()
+    assert "wm_fagrpo_flowscale" in table and "World model (held-out target episodes" in table
+
+
+def test_results_table_compares_runs_at_the_configured_budget():
+    from lightning_prophrl.pipeline import eval_at, results_table
+
+    long_run = {"seed": 0, "updates": 60, "train_env_steps": 600,
+                "eval": [{"step": s, "success": v, "train_env_steps": 10 * s}
+                         for s, v in [(0, 0.2), (20, 0.3), (40, 0.4), (60, 0.9)]]}  # fmt: skip
+    assert eval_at(long_run["eval"], 50)["step"] == 40
+    with pytest.raises(ValueError, match="no evaluation"):
+        eval_at(long_run["eval"][1:], 10)
+    table = results_table(DemoConfig(rl_updates=40), {"sim_fagrpo": [long_run]})
+    row = next(line for line in table.splitlines() if line.startswith("| sim_fagrpo"))
+    assert "0.400" in row and "| 40 |" in row and "400" in row and "0.900" not in row

@@ -93,7 +93,11 @@ class SimEvalCallback(L.Callback):
         self.history: list[dict[str, Any]] = []
         self._env = None
 
-    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """Evaluate now (also after ``fit``, e.g. a run stopped early), log ``eval/success`` and record the row."""
+        return self._run(trainer, pl_module)
+
+    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         if self._env is None:
             from lightning_prophrl.envs.metaworld import MetaWorldEnv
 
@@ -106,9 +110,14 @@ class SimEvalCallback(L.Callback):
                                     env=self._env, batch=self._env.num_prompts, device=pl_module.device,
                                     progress=trainer.is_global_zero)  # fmt: skip
         step = getattr(pl_module, "updates", trainer.global_step)
-        pl_module.log("eval/success", res["success"], batch_size=1, rank_zero_only=True)
-        self._record({"step": step, "success": res["success"], "episodes": res["episodes"],
-                      "train_env_steps": getattr(pl_module, "env_steps_total", 0)})  # fmt: skip
+        if trainer.training:
+            pl_module.log("eval/success", res["success"], batch_size=1, rank_zero_only=True)
+        elif trainer.is_global_zero and trainer.logger is not None:  # outside the loop: straight to the logger
+            trainer.logger.log_metrics({"eval/success": res["success"]}, step=trainer.global_step)
+        row = {"step": step, "success": res["success"], "episodes": res["episodes"],
+               "train_env_steps": getattr(pl_module, "env_steps_total", 0)}  # fmt: skip
+        self._record(row)
+        return row
 
     @rank_zero_only
     def _record(self, row: dict[str, Any]) -> None:

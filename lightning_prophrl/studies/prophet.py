@@ -673,9 +673,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--pretrain-steps", type=int, default=None)
     ap.add_argument("--adapt-steps", type=int, default=None)
     ap.add_argument("--adapt-mode", choices=["lora", "full"], default=None)
+    ap.add_argument("--chunk-len", type=int, default=None, help="frames per generated segment (default 8)")
+    ap.add_argument("--history-len", type=int, default=None, help="memory frames (default 8; 0 disables it)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
-    ap.add_argument("--prediction-target", choices=["frames", "residual"], default=None,
-                    help="what the flow generates (Prophet `prediction_target`; default residual)")
+    ap.add_argument(
+        "--prediction-target",
+        choices=["frames", "residual"],
+        default=None,
+        help="what the flow generates (Prophet `prediction_target`; default residual)",
+    )
     args = ap.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k != "quick" and v is not None}
     cfg = ProphetStudyConfig.quick(**overrides) if args.quick else ProphetStudyConfig(**overrides)
