@@ -3,4 +3,7 @@
 * :mod:`lightning_prophrl.studies.prophet`: the Prophet world-model study (pretraining on other Meta-World tasks,
   few-shot adaptation to a held-out task, against training from scratch with the same budget).
   Run ``python -m lightning_prophrl.studies.prophet [--quick]``.
+* :mod:`lightning_prophrl.studies.reward`: the domain-bridged reward classifier (real-only vs real + Prophet-imagined
+  training, judged at the episode level on held-out real and imagined episodes against the simulator).
+  Run ``python -m lightning_prophrl.studies.reward --model-dir DIR [--quick]``.
 """
