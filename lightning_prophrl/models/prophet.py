@@ -189,6 +189,10 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             smaller than a patch (the tiny configs: 128 < 2 * 2 * 48) cannot pass the noise through to predict a
             velocity, but can predict the low-dimensional clean frames (the "x-prediction" argument of JiT, Li & He
             2025); with ``"data"`` + ``"residual"`` a zero output is exactly the copy-last video.
+        cond_noise: Training-time noise augmentation of the conditioning and history latents (UNKNOWN; Cosmos-style
+            conditional augmentation against autoregressive drift): each sample's latents get Gaussian noise whose
+            std is ``cond_noise * |n|``, ``n ~ N(0, 1)``; a residual target is taken from the noisy conditioning
+            frame, so the model learns to correct the errors of the frame it continues from. 0 disables it.
     """
 
     _supports_gradient_checkpointing = True
@@ -235,8 +239,11 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         success_loss_weight: float = 0.1,
         prediction_target: Literal["frames", "residual"] = "frames",
         parameterization: Literal["velocity", "data"] = "velocity",
+        cond_noise: float = 0.0,
     ) -> None:
         super().__init__()
+        if cond_noise < 0:
+            raise ValueError(f"`cond_noise` must be >= 0, got {cond_noise}")
         if parameterization not in ("velocity", "data"):
             raise ValueError(f"`parameterization` must be 'velocity' or 'data', got {parameterization!r}")
         if prediction_target not in ("frames", "residual"):
@@ -563,8 +570,12 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             raise ValueError(f"`{FUTURE}` must hold action_chunk_length={self.config.action_chunk_length} frames")
         with torch.no_grad():
             latents = self.latent_codec.encode(torch.cat([cond[:, None], future], 1).to(self.dtype))
-        cond_lat, z0 = latents[:, :, :1], self._to_target(latents[:, :, 1:], latents[:, :, :1])
+        cond_lat = latents[:, :, :1]
         hist, hist_mask = self.encode_history(batch.get(HISTORY), batch.get(HISTORY_MASK))
+        if self.training and self.config.cond_noise > 0:  # drift augmentation of what the model continues from
+            cond_lat = self._augment(cond_lat, generator)
+            hist = None if hist is None else self._augment(hist, generator)
+        z0 = self._to_target(latents[:, :, 1:], cond_lat)
         af, has_cam = self.encode_action_frames(
             batch.get(EE_POSES),
             batch.get(GRIPPER),
@@ -677,6 +688,12 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         if score_success and hasattr(self, "success_mlp"):
             logit = self(x, torch.zeros(b, device=device), **inputs).success_logit
         return ProphetGeneration(frames=frames, latents=latents, success_logit=logit)
+
+    def _augment(self, latents: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """``latents + cond_noise * |n| * eps`` with one ``n ~ N(0, 1)`` per sample (see ``cond_noise``)."""
+        scale = self.config.cond_noise * _randn((latents.shape[0],), generator, latents.device).abs()
+        eps = _randn(latents.shape, generator, latents.device, latents.dtype)
+        return latents + scale.view(-1, *[1] * (latents.ndim - 1)).to(latents.dtype) * eps
 
     def _to_target(self, future_latents: torch.Tensor, cond_latents: torch.Tensor) -> torch.Tensor:
         """Future latents -> the space the flow generates (``prediction_target``)."""

@@ -551,6 +551,7 @@ class ProphetStudyConfig:
     success_last: int = 2
     threads: int = 1
     prediction_target: Literal["frames", "residual"] = "residual"
+    cond_noise: float | None = None  # None: model_tiny.yaml's value
 
     @property
     def segments(self) -> int:
@@ -572,7 +573,8 @@ def _train_kwargs(cfg: ProphetStudyConfig, seed: int) -> dict[str, Any]:
     return dict(seed=seed, stride=cfg.stride, chunk_len=cfg.chunk_len, history_len=cfg.history_len,
                 image_size=cfg.image_size, batch_size=cfg.batch_size, lr=cfg.lr, ema_decay=cfg.ema_decay,
                 log_dir=Path(cfg.out) / "tb", model_config=prophet_config(cfg.image_size, cfg.chunk_len,
-                cfg.history_len, prediction_target=cfg.prediction_target))  # fmt: skip
+                cfg.history_len, prediction_target=cfg.prediction_target,
+                **({} if cfg.cond_noise is None else {"cond_noise": cfg.cond_noise})))  # fmt: skip
 
 
 def run_study(cfg: ProphetStudyConfig) -> dict[str, Any]:
@@ -673,6 +675,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--pretrain-steps", type=int, default=None)
     ap.add_argument("--adapt-steps", type=int, default=None)
     ap.add_argument("--adapt-mode", choices=["lora", "full"], default=None)
+    ap.add_argument("--cond-noise", type=float, default=None, help="Prophet `cond_noise` (drift augmentation)")
     ap.add_argument("--chunk-len", type=int, default=None, help="frames per generated segment (default 8)")
     ap.add_argument("--history-len", type=int, default=None, help="memory frames (default 8; 0 disables it)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")

@@ -350,3 +350,22 @@ def test_wan_codec_compresses_time_causally():
     assert codec.decode(latents).shape == (1, 5, 3, 16, 16)
     with pytest.raises(ValueError, match="1 \\+ 4"):
         codec.encode(video[:, :4])
+
+
+def test_cond_noise_augments_only_in_training_and_only_the_conditioning():
+    batch = make_batch()
+    plain, noisy = make_model(seed=0), make_model(seed=0, cond_noise=0.5)
+    loss = {}
+    for name, model in (("plain", plain), ("noisy", noisy)):
+        for mode in (False, True):
+            model.train(mode)
+            loss[name, mode] = model.training_loss(batch, generator=torch.Generator().manual_seed(0))[0]
+    assert torch.equal(loss["plain", False], loss["noisy", False])  # evaluation: no augmentation
+    assert not torch.allclose(loss["plain", True], loss["noisy", True])
+    zeros = torch.zeros(64, 48, 1, 8, 8)
+    out = noisy._augment(zeros, torch.Generator().manual_seed(1))
+    per_sample = out.flatten(1).std(1)
+    assert out.shape == zeros.shape and per_sample.std() > 0.05  # one noise scale per sample
+    assert 0.25 < per_sample.mean() < 0.55  # E|n| * 0.5 = 0.40
+    with pytest.raises(ValueError, match="cond_noise"):
+        make_model(cond_noise=-0.1)
