@@ -193,6 +193,9 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             conditional augmentation against autoregressive drift): each sample's latents get Gaussian noise whose
             std is ``cond_noise * |n|``, ``n ~ N(0, 1)``; a residual target is taken from the noisy conditioning
             frame, so the model learns to correct the errors of the frame it continues from. 0 disables it.
+        action_tokens: Also give every transformer block the actions as extra keys/values (one token per action of
+            the chunk, through the memory attention path; beyond the paper). The scalar stream modulates every token
+            alike (adaLN), while a token can be read by the image tokens where the motion happens (the gripper).
     """
 
     _supports_gradient_checkpointing = True
@@ -240,6 +243,7 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         prediction_target: Literal["frames", "residual"] = "frames",
         parameterization: Literal["velocity", "data"] = "velocity",
         cond_noise: float = 0.0,
+        action_tokens: bool = False,
     ) -> None:
         super().__init__()
         if cond_noise < 0:
@@ -286,6 +290,12 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             self.history_encoder = HistoryEncoder(
                 channels, hidden, history_length, history_scales, history_scale_frames, history_pos_dim
             )
+        if action_tokens:
+            self.action_token_mlp = nn.Sequential(
+                nn.Linear(2 * action_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden)
+            )
+            self.action_token_pos = nn.Parameter(torch.randn(action_chunk_length, hidden) * 0.02)
+        if history_length > 0 or action_tokens:
             install_memory_attention(self.transformer, self._memory)
 
         # 5. Success head
@@ -403,11 +413,13 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
                 f_af = torch.where(has_camera.bool().view(b, 1, 1), f_af, torch.zeros_like(f_af))
             extra = torch.cat([extra[:, :t_c], extra[:, t_c:] + f_af], 1)
 
-        # 2. History memory
+        # 2. History memory (+ action tokens)
+        memory = (None, None)
         if history_latents is not None and hasattr(self, "history_encoder"):
-            self._memory.set(*self.history_encoder(history_latents, history_mask))
-        else:
-            self._memory.set(None, None)
+            memory = self.history_encoder(history_latents, history_mask)
+        if hasattr(self, "action_token_mlp"):
+            memory = self._with_action_tokens(memory, actions, action_mask)
+        self._memory.set(*memory)
 
         # 3. Video2World input: [cond, noisy] + condition mask (+ zero padding mask); per-frame timesteps
         latents = torch.cat([cond_latents, noisy_latents], 2).to(self.dtype)
@@ -445,6 +457,19 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             t_b = timestep.clamp_min(_MIN_T).view(b, 1, 1, 1, 1).to(pred.dtype)
             velocity = (noisy_latents.to(pred.dtype) - pred) / t_b
         return ProphetOutput(velocity=velocity, success_logit=logit, prediction=pred)
+
+    def _with_action_tokens(
+        self, memory: tuple[torch.Tensor | None, torch.Tensor | None], actions: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append one token per action ``(B, L, D)`` (masked action + mask, MLP, + position) to the memory tokens."""
+        b, length, a = actions.shape
+        m = torch.ones(b, a, dtype=actions.dtype, device=actions.device) if mask is None else mask.to(actions.dtype)
+        x = torch.cat([actions * m[:, None], m[:, None].expand(b, length, a)], -1)
+        tokens = self.action_token_mlp(x) + self.action_token_pos[None]
+        valid = torch.ones(b, length, dtype=torch.bool, device=actions.device)
+        if memory[0] is None:
+            return tokens, valid
+        return torch.cat([memory[0], tokens.to(memory[0].dtype)], 1), torch.cat([memory[1], valid], 1)
 
     def _null_context(self, batch_size: int, like: torch.Tensor) -> torch.Tensor:
         """Zeroed text context ``(B, null_context_tokens, text_embed_dim)`` (SPEC 2.1: no text conditioning)."""

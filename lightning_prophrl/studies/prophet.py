@@ -552,6 +552,7 @@ class ProphetStudyConfig:
     threads: int = 1
     prediction_target: Literal["frames", "residual"] = "residual"
     cond_noise: float | None = None  # None: model_tiny.yaml's value
+    action_tokens: bool | None = None  # None: model_tiny.yaml's value
 
     @property
     def segments(self) -> int:
@@ -574,7 +575,7 @@ def _train_kwargs(cfg: ProphetStudyConfig, seed: int) -> dict[str, Any]:
                 image_size=cfg.image_size, batch_size=cfg.batch_size, lr=cfg.lr, ema_decay=cfg.ema_decay,
                 log_dir=Path(cfg.out) / "tb", model_config=prophet_config(cfg.image_size, cfg.chunk_len,
                 cfg.history_len, prediction_target=cfg.prediction_target,
-                **({} if cfg.cond_noise is None else {"cond_noise": cfg.cond_noise})))  # fmt: skip
+                **{k: v for k in ("cond_noise", "action_tokens") if (v := getattr(cfg, k)) is not None}))  # fmt: skip
 
 
 def run_study(cfg: ProphetStudyConfig) -> dict[str, Any]:
@@ -676,6 +677,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--adapt-steps", type=int, default=None)
     ap.add_argument("--adapt-mode", choices=["lora", "full"], default=None)
     ap.add_argument("--cond-noise", type=float, default=None, help="Prophet `cond_noise` (drift augmentation)")
+    ap.add_argument(
+        "--action-tokens",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Prophet `action_tokens` (actions as extra keys/values)",
+    )
     ap.add_argument("--chunk-len", type=int, default=None, help="frames per generated segment (default 8)")
     ap.add_argument("--history-len", type=int, default=None, help="memory frames (default 8; 0 disables it)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")

@@ -369,3 +369,18 @@ def test_cond_noise_augments_only_in_training_and_only_the_conditioning():
     assert 0.25 < per_sample.mean() < 0.55  # E|n| * 0.5 = 0.40
     with pytest.raises(ValueError, match="cond_noise"):
         make_model(cond_noise=-0.1)
+
+
+def test_action_tokens_reach_the_output_through_attention_and_respect_the_mask():
+    model = make_model(action_tokens=True, history_length=0, use_action_frames=False)
+    inputs = {**latent_inputs(model), "history_latents": None, "action_frame_latents": None}
+    torch.nn.init.zeros_(model.action_encoder.mlp[-1].weight)  # silence the scalar stream: only tokens carry actions
+    torch.nn.init.zeros_(model.action_encoder.mlp[-1].bias)
+    ref = model(**inputs).velocity
+    changed = model(**{**inputs, "actions": inputs["actions"] + 1.0}).velocity
+    assert not torch.allclose(ref, changed, atol=1e-4)
+    mask = torch.tensor([[True] * 7 + [False] * 7] * B)
+    masked = model(**{**inputs, "action_mask": mask}).velocity
+    padded = inputs["actions"].clone()
+    padded[..., 7:] = 123.0  # padded dims must not matter
+    assert torch.allclose(masked, model(**{**inputs, "actions": padded, "action_mask": mask}).velocity, atol=1e-5)
