@@ -574,8 +574,12 @@ def _train_kwargs(cfg: ProphetStudyConfig, seed: int) -> dict[str, Any]:
     return dict(seed=seed, stride=cfg.stride, chunk_len=cfg.chunk_len, history_len=cfg.history_len,
                 image_size=cfg.image_size, batch_size=cfg.batch_size, lr=cfg.lr, ema_decay=cfg.ema_decay,
                 log_dir=Path(cfg.out) / "tb", model_config=prophet_config(cfg.image_size, cfg.chunk_len,
-                cfg.history_len, prediction_target=cfg.prediction_target,
-                **{k: v for k in ("cond_noise", "action_tokens") if (v := getattr(cfg, k)) is not None}))  # fmt: skip
+                cfg.history_len, prediction_target=cfg.prediction_target, **_model_options(cfg)))  # fmt: skip
+
+
+def _model_options(cfg: ProphetStudyConfig) -> dict[str, Any]:
+    """The optional Prophet arguments set in ``cfg`` (None keeps ``model_tiny.yaml``'s value)."""
+    return {k: getattr(cfg, k) for k in ("cond_noise", "action_tokens") if getattr(cfg, k) is not None}
 
 
 def run_study(cfg: ProphetStudyConfig) -> dict[str, Any]:

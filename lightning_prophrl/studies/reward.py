@@ -1,8 +1,9 @@
 """The domain-bridged reward classifier study (SPEC 3, issue 5): does training the video success classifier on
 Prophet-imagined episodes as well as real ones make it a better judge of imagined rollouts?
 
-Stages (each writes ``done.json`` with the arguments that made it; a rerun with the same arguments is skipped, one
-with other arguments is refused; outputs appear atomically, built under ``<dir>.partial`` and renamed when complete):
+Stages (``stage_cache.run_stage``: each writes ``done.json`` with the arguments that made it; a rerun with the same
+arguments is skipped, one with other arguments is refused; outputs appear atomically, built under ``<dir>.partial``
+and renamed when complete):
 
 1. :func:`generate_reward_data`: real noisy-expert Meta-World episodes (``generate_metaworld``; per-episode action
    noise in ``[noise, noise_max]``, ``stop_at_success=False``) for training (seeds ``600..``) and held out (``700..``),
@@ -55,9 +56,8 @@ import argparse
 import io
 import json
 import os
-import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +69,7 @@ import torch
 
 from lightning_prophrl import constants as K
 from lightning_prophrl.datamodules.shards import Episode, ShardWriter, iter_episodes
-from lightning_prophrl.stage_cache import is_done, load_done, mark_done
+from lightning_prophrl.stage_cache import load_done, run_stage
 
 CLASSIFIER_YAML = Path(__file__).resolve().parents[2] / "configs" / "reward" / "classifier_tiny.yaml"
 SETUP_KEYS = ("stride", "image_size", "camera", "max_steps", "chunk_len")
@@ -77,49 +77,8 @@ NORM_MODE = "quantile"  # RobotClipDataModule's default, the normalization of th
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# 1. Stages: caching and the Prophet training setup
+# 1. The Prophet training setup
 # ---------------------------------------------------------------------------------------------------------------------
-def _jsonable(args: dict[str, Any]) -> dict[str, Any]:
-    """Arguments as stored in ``done.json`` (paths resolved, so a rerun from another directory still matches)."""
-    out = {}
-    for k, v in args.items():
-        out[k] = str(Path(v).resolve()) if isinstance(v, Path) or (isinstance(v, str) and k.endswith("dir")) else v
-    return json.loads(json.dumps(out, default=str))
-
-
-def _cached(out_dir: Path, args: dict[str, Any]) -> bool:
-    """Whether ``out_dir`` is a finished stage made with ``args``.
-
-    Raises:
-        ValueError: it was made with other arguments.
-        FileExistsError: ``out_dir`` exists but is no finished stage (never overwritten).
-    """
-    if is_done(out_dir):
-        made, now = load_done(out_dir).get("args") or {}, _jsonable(args)
-        if made != now:
-            diff = sorted(k for k in {**made, **now} if made.get(k) != now.get(k))
-            raise ValueError(f"{out_dir} was made with other arguments (differ: {diff}); delete it or choose another "
-                             "output directory")  # fmt: skip
-        return True
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} exists but holds no done.json; delete it or choose another output directory")
-    return False
-
-
-def _run_stage(out_dir: Path, args: dict[str, Any], build: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-    """Run ``build(partial_dir)`` unless cached, then publish it atomically as ``out_dir``; returns ``done.json``."""
-    if _cached(out_dir, args):
-        return load_done(out_dir)
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run
-    partial.mkdir(parents=True)
-    info = mark_done(partial, {**build(partial), "args": _jsonable(args)})
-    if out_dir.exists():
-        out_dir.rmdir()  # empty (checked by _cached)
-    os.replace(partial, out_dir)
-    return info
-
-
 def training_setup(model_dir: str | Path, levels: int = 3) -> dict[str, Any] | None:
     """The data settings a Prophet was trained with, from the Prophet study's ``config.json`` above its model.
 
@@ -212,7 +171,7 @@ def stride_dataset(source_dir: str | Path, out_dir: str | Path, stride: int, chu
         return {"episodes": n}
 
     args = {"source_dir": source_dir, "stride": stride, "chunk_len": chunk_len}
-    return _run_stage(Path(out_dir), args, build)
+    return run_stage(Path(out_dir), args, build)
 
 
 def _batches(episodes: Iterator[Episode], size: int) -> Iterator[list[Episode]]:
@@ -273,7 +232,7 @@ def imagine_dataset(
     check_setup(setup, stride=stride)
     args = {"model_dir": model_dir, "source_dir": source_dir, "stride": stride, "num_steps": num_steps, "seed": seed,
             "batch_size": batch_size, "stats_dir": stats_dir, "max_episodes": max_episodes}  # fmt: skip
-    return _run_stage(Path(out_dir), args, lambda tmp: _imagine(tmp, setup, **args))
+    return run_stage(Path(out_dir), args, lambda tmp: _imagine(tmp, setup, **args))
 
 
 def _imagine(tmp: Path, setup: dict[str, Any] | None, model_dir, source_dir, stride, num_steps, seed, batch_size,
@@ -364,7 +323,7 @@ def train_classifier(
     args = {"datasets": [str(Path(d).resolve()) for d in datasets], "weights": weights, "steps": steps, "seed": seed,
             "batch_size": batch_size, "image_size": image_size}  # fmt: skip
     name = Path(out_dir).name
-    return _run_stage(Path(out_dir), args, lambda tmp: _fit_classifier(tmp, name, log_dir or Path(out_dir) / "tb",
+    return run_stage(Path(out_dir), args, lambda tmp: _fit_classifier(tmp, name, log_dir or Path(out_dir) / "tb",
                                                                         **args))  # fmt: skip
 
 
@@ -555,7 +514,7 @@ def generate_reward_data(out: Path, cfg: RewardStudyConfig, size: int, camera: s
                                       size=a["size"], camera=a["camera"], max_steps=a["max_steps"],
                                       stop_at_success=False, seed=a["seed"], progress=False)  # fmt: skip
 
-        _run_stage(out / "data" / f"real_{name}", args, build)
+        run_stage(out / "data" / f"real_{name}", args, build)
         dirs[name] = str(out / "data" / f"real_{name}")
     return dirs
 
