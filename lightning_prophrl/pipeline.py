@@ -253,6 +253,7 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     from lightning_prophrl.datamodules.shards import load_stats
     from lightning_prophrl.envs.agreement import closed_loop_agreement
     from lightning_prophrl.envs.metaworld import MetaWorldEnv
+    from lightning_prophrl.envs.poses import CommandedPoses
     from lightning_prophrl.envs.rollout import ActionDecoder
     from lightning_prophrl.envs.world_model import WorldModelEnv
     from lightning_prophrl.models.prophet import Prophet
@@ -269,8 +270,15 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     wm_stats = load_stats(cfg.wm_stats_dir)
     reset_env = MetaWorldEnv(cfg.target_task, num_prompts=cfg.num_prompts, group_size=1, image_size=cfg.image_size,
                              max_steps=cfg.max_steps, camera=cfg.camera)  # fmt: skip
+    # commanded end-effector targets for the action-frame stream (the rule of the training data's target_poses.npy)
+    poses = (
+        CommandedPoses.metaworld(cfg.target_task, cfg.image_size, cfg.camera)
+        if prophet.config.use_action_frames
+        else None
+    )
     env = WorldModelEnv(prophet, wm_stats, num_prompts=cfg.num_prompts, group_size=cfg.group_size,
-                        max_segments=cfg.max_queries, num_steps=cfg.wm_num_steps, seed=seed, initial_env=reset_env)  # fmt: skip
+                        max_segments=cfg.max_queries, num_steps=cfg.wm_num_steps, seed=seed, initial_env=reset_env,
+                        poses=poses)  # fmt: skip
     module = FAGRPOModule(build_policy(cfg), env, group_size=cfg.group_size, max_queries=cfg.max_queries,
                           sft_checkpoint=sft_ckpt, action_target="unified", loss=loss, flowscale=flowscale,
                           beta_kl=cfg.wm_beta_kl, seed=seed, optimizer=lambda p: torch.optim.Adam(p, lr=cfg.lr))  # fmt: skip
@@ -279,7 +287,7 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     gate_real = MetaWorldEnv(cfg.target_task, num_prompts=n_gate, group_size=1, image_size=cfg.image_size,
                              max_steps=cfg.max_steps, camera=cfg.camera)  # fmt: skip
     gate_wm = WorldModelEnv(prophet, wm_stats, num_prompts=n_gate, group_size=1, max_segments=cfg.max_queries,
-                            num_steps=cfg.wm_num_steps)  # fmt: skip
+                            num_steps=cfg.wm_num_steps, poses=poses)  # fmt: skip
     dec = module.decoder
     gate = closed_loop_agreement(module.policy, gate_real, gate_wm,
                                  [{"task": cfg.target_task, "seed": s} for s in range(5000, 5000 + n_gate)],

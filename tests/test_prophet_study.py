@@ -45,12 +45,13 @@ def _inputs(model: Prophet, b: int = 2) -> dict[str, torch.Tensor]:
 
 def test_prophet_config_sizes_and_errors():
     cfg = prophet_config(image_size=32, chunk_len=4, history_length=4)
-    assert cfg["action_chunk_length"] == 4 and cfg["use_action_frames"] is False
+    assert cfg["action_chunk_length"] == 4 and cfg["use_action_frames"] is True and cfg["action_frame_mode"] == "both"
+    assert prophet_config(use_action_frames=False)["use_action_frames"] is False
     assert sum(cfg["history_scale_frames"]) == 4 and len(cfg["history_scales"]) == len(cfg["history_scale_frames"])
     assert prophet_config(history_length=8)["history_scale_frames"] == [2, 2, 4]  # model_tiny.yaml's split
     assert prophet_config(history_length=2)["history_scale_frames"] == [1, 1]
     model = Prophet(**prophet_config(image_size=16, chunk_len=3, history_length=1))
-    assert model.config.history_length == 1 and not hasattr(model, "action_frame_encoder")
+    assert model.config.history_length == 1 and hasattr(model, "action_frame_encoder")
     with pytest.raises(ValueError, match="image_size"):
         prophet_config(image_size=30)
     with pytest.raises(KeyError, match="not_an_arg"):

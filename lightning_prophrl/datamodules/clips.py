@@ -132,7 +132,7 @@ def stride_episode(ep: Episode, stride: int) -> Episode:
         meta,
         None if ep.state is None else ep.state[keep],
         None if ep.ee_poses is None else ep.ee_poses[keep],
-        ep.extras,
+        {k: v[keep] if isinstance(v, np.ndarray) and v.shape[:1] == (t,) else v for k, v in ep.extras.items()},
     )
 
 
@@ -288,16 +288,18 @@ class ClipIterable(IterableDataset):
         return torch.from_numpy(s)
 
     def _geometry(self, ep: Episode, idx: np.ndarray) -> dict[str, torch.Tensor]:
-        """End-effector poses of the future frames and the camera, for rendering action frames."""
-        poses = np.zeros((len(idx), K.NUM_ARMS, 7), dtype=np.float32)
-        poses[..., 3] = 1.0  # identity quaternion where unknown
+        """End-effector poses of the future frames and the camera, for rendering action frames: the commanded target
+        poses when the episode stores them (``target_poses.npy``: what an action says, reproducible from actions alone
+        in imagination), else the measured ``ee_poses``."""
+        poses = np.zeros((len(idx), K.NUM_ARMS, 7), dtype=np.float32)  # zero quaternion: an arm that is not drawn
         grip = np.zeros((len(idx), K.NUM_ARMS), dtype=np.float32)
         cam = ep.meta.get("camera")
-        has_cam = ep.ee_poses is not None and cam is not None
-        if ep.ee_poses is not None:
-            n = min(ep.ee_poses.shape[1], K.NUM_ARMS)
-            poses[:, :n] = ep.ee_poses[idx, :n, :7]
-            grip[:, :n] = ep.ee_poses[idx, :n, 7]
+        source = ep.target_poses if ep.target_poses is not None else ep.ee_poses
+        has_cam = source is not None and cam is not None
+        if source is not None:
+            n = min(source.shape[1], K.NUM_ARMS)
+            poses[:, :n] = source[idx, :n, :7]
+            grip[:, :n] = source[idx, :n, 7]
         k_mat, extr = np.eye(3, dtype=np.float32), np.eye(4, dtype=np.float32)
         if cam is not None:
             k_mat = np.asarray(cam["K"], dtype=np.float32).copy()

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lightning_prophrl.actions import metaworld_to_unified
-from lightning_prophrl.datamodules.shards import Episode, ShardWriter
+from lightning_prophrl.datamodules.shards import SHARD_TARGET_POSES, Episode, ShardWriter
 
 
 def expert_to_episode(ep: Any, fps: float, dataset: str, camera_size: tuple[int, int]) -> Episode:
@@ -29,6 +29,9 @@ def expert_to_episode(ep: Any, fps: float, dataset: str, camera_size: tuple[int,
     states = np.concatenate([ep.states[:, :4], final_state[None]])
     grip = np.clip(states[:, 3:4], 0.0, 1.0)
     ee = np.concatenate([ep.ee_poses, grip], axis=1)[:, None].astype(np.float32)  # (T + 1, 1, 8)
+    # commanded target: mocap pose after each action + the commanded opening of that action (the state's at reset)
+    command = np.concatenate([grip[:1, 0], actions[:-1, 6]])[:, None]
+    targets = np.concatenate([ep.target_poses, command], axis=1)[:, None].astype(np.float32)
     h, w = camera_size
     meta = {
         "dataset": dataset,
@@ -52,7 +55,7 @@ def expert_to_episode(ep: Any, fps: float, dataset: str, camera_size: tuple[int,
         meta=meta,
         state=states.astype(np.float32),
         ee_poses=ee,
-        extras={"object_pos.npy": ep.object_pos.astype(np.float32)},
+        extras={"object_pos.npy": ep.object_pos.astype(np.float32), SHARD_TARGET_POSES: targets},
     )
 
 

@@ -12,7 +12,10 @@ key                  content
 ``action_mask.npy``  ``(14,) bool`` real dimensions
 ``state.npy``        optional ``(T, S) float32`` proprioception
 ``ee_poses.npy``     optional ``(T, n_arms, 8) float32`` end-effector xyz + quaternion wxyz + gripper opening [0, 1]
-                     (world frame), used to render action frames
+                     (world frame), the measured pose
+``target_poses.npy`` optional, same layout: the commanded target pose of each frame (e.g. a mocap / servo target;
+                     ``target_poses[t]`` is the target after ``actions[t - 1]``, the gripper entry the commanded
+                     opening); when present it is what action frames show (see ``RobotClipDataModule``)
 ``meta.json``        ``dataset``, ``embodiment``, ``instruction``, ``fps``, ``success`` (required); optional
                      ``camera`` = ``{"K": 3x3, "extrinsics": 4x4 world->camera (OpenCV), "width", "height"}``,
                      ``task``, ``seed``, ``success_steps`` (per-step success flags) and anything else
@@ -54,6 +57,7 @@ from lightning_prophrl.constants import (
 log = logging.getLogger(__name__)
 
 SHARD_EE_POSES = "ee_poses.npy"
+SHARD_TARGET_POSES = "target_poses.npy"
 INDEX_FILE = "index.json"
 REQUIRED_META = ("dataset", "embodiment", "instruction", "fps", "success")
 OnError = Literal["raise", "skip"]
@@ -86,6 +90,12 @@ class Episode:
     @property
     def success(self) -> bool:
         return bool(self.meta.get("success", False))
+
+    @property
+    def target_poses(self) -> np.ndarray | None:
+        """Commanded target poses ``(T, n_arms, 8)`` (``target_poses.npy``), or None."""
+        value = self.extras.get(SHARD_TARGET_POSES)
+        return value if isinstance(value, np.ndarray) else None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -348,6 +358,7 @@ def decode_episode(sample: dict[str, Any], shard: str = "?", decode_frames: bool
         mask = _npy_load(sample[SHARD_ACTION_MASK])
         state = _npy_load(sample[SHARD_STATE]) if SHARD_STATE in sample else None
         ee = _npy_load(sample[SHARD_EE_POSES]) if SHARD_EE_POSES in sample else None
+        target = _npy_load(sample[SHARD_TARGET_POSES]) if SHARD_TARGET_POSES in sample else None
     except Exception as err:  # noqa: BLE001 - any decode failure is reported with its location
         raise ShardFormatError(shard, key, f"cannot decode arrays/meta: {err}") from err
     frames = None
@@ -360,6 +371,9 @@ def decode_episode(sample: dict[str, Any], shard: str = "?", decode_frames: bool
         except Exception as err:  # noqa: BLE001
             raise ShardFormatError(shard, key, f"undecodable video: {err}") from err
     problem = validate_arrays(frames, actions, mask, meta, state, ee)
+    if problem is None and target is not None:
+        problem = validate_arrays(None, actions, mask, meta, None, target)
+        problem = problem and problem.replace("ee_poses", "target_poses")
     if problem:
         raise ShardFormatError(shard, key, problem)
     known = {
@@ -372,6 +386,8 @@ def decode_episode(sample: dict[str, Any], shard: str = "?", decode_frames: bool
         SHARD_FRAMES_MP4,
     }
     extras = {k: v for k, v in sample.items() if not k.startswith("__") and k not in known}
+    if target is not None:
+        extras[SHARD_TARGET_POSES] = target.astype(np.float32)
     return Episode(key, frames, actions.astype(np.float32), mask.astype(bool), meta, state, ee, extras)
 
 

@@ -120,6 +120,11 @@ def ee_pose(env: Any) -> np.ndarray:
     return np.concatenate([body.xpos, body.xquat]).astype(np.float64)
 
 
+def mocap_pose(env: Any) -> np.ndarray:
+    """Commanded hand target ``(7,)``: the mocap body's xyz + quaternion wxyz (the hand is welded to it)."""
+    return np.concatenate([env.data.mocap_pos[0], env.data.mocap_quat[0]]).astype(np.float64)
+
+
 def proprio(obs: np.ndarray, state_mode: StateMode) -> np.ndarray:
     """Proprioception from the 39-D observation: ``"proprio"`` hand xyz + gripper opening ``(4,)``; ``"full"`` all 39
     (hand, gripper, object poses, the previous frame's copy of them, goal xyz), a privileged simulator state."""
@@ -377,6 +382,10 @@ class ExpertEpisode:
         actions: ``(T, 4)`` float32, the executed actions (expert + noise, clipped to ``[-1, 1]``).
         states: ``(T, S)`` float32 proprioception before each action (``state_mode`` of the runner).
         ee_poses: ``(T + 1, 7)`` hand xyz + quaternion wxyz, before the first action and after each one.
+        target_poses: ``(T + 1, 7)`` commanded hand target (the mocap body: xyz + quaternion wxyz), same timing; the
+            hand follows it with a lag (centimetres when it pushes against the table or an object). It is exactly the
+            reset target plus the clipped, bounded sum of the commanded deltas, so an imagined rollout can reproduce
+            it from actions alone (``lightning_prophrl.envs.poses``).
         object_pos: ``(T + 1, 3 k)`` object position(s), same timing.
         goal: ``(3,)`` goal position.
         success: ``(T,)`` bool, ``info["success"]`` after each action.
@@ -392,6 +401,7 @@ class ExpertEpisode:
     actions: np.ndarray
     states: np.ndarray
     ee_poses: np.ndarray
+    target_poses: np.ndarray
     object_pos: np.ndarray
     goal: np.ndarray
     success: np.ndarray
@@ -453,6 +463,7 @@ class ScriptedExpert:
         obs = reset_seeded(env, seed)
         frames, actions, states, success = [], [], [], []
         poses, objects = [ee_pose(env)], [np.array(env._get_pos_objects(), dtype=np.float64)]
+        targets = [mocap_pose(env)]
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")  # experts' own clipping note
             for _ in range(self.max_steps):
@@ -464,6 +475,7 @@ class ScriptedExpert:
                 actions.append(action)
                 success.append(bool(info["success"]))
                 poses.append(ee_pose(env))
+                targets.append(mocap_pose(env))
                 objects.append(np.array(env._get_pos_objects(), dtype=np.float64))
                 if success[-1] and self.stop_at_success:
                     break
@@ -478,6 +490,7 @@ class ScriptedExpert:
             actions=np.stack(actions).astype(np.float32),
             states=np.stack(states),
             ee_poses=np.stack(poses),
+            target_poses=np.stack(targets),
             object_pos=np.stack(objects),
             goal=env._target_pos.copy(),
             success=np.array(success, dtype=bool),

@@ -11,6 +11,11 @@ Imagined success comes from Prophet's success head with a persistence rule (``su
 consecutive segments, CALIBRATION.md part 3), after which the imagined episode stops like stop-at-success in a
 simulator. Proprioception is not imagined by Prophet: ``state_mode="integrate"`` dead-reckons the hand position from
 the commanded deltas (an approximation, documented as such), ``"zeros"`` gives zeros (for image-only policies).
+
+With ``poses`` (a :class:`~lightning_prophrl.envs.poses.CommandedPoses`), the commanded end-effector target of every
+generated frame is integrated from the actions (exactly the rule of the training data's ``target_poses.npy``) and fed
+to Prophet's action-frame stream, and the integrated state uses the same rule (the action's frame and the bounds);
+without it only the scalar action stream is used and the state integrates ``dpos`` as if it were a world delta.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch
 from lightning_prophrl import constants as K
 from lightning_prophrl.actions import ActionStats
 from lightning_prophrl.envs.base import INFO_STEPS, INFO_SUCCESS, BatchedEnvBase, Prompt, check_prompts
+from lightning_prophrl.envs.poses import CommandedPoses
 from lightning_prophrl.models.history import HistoryBuffer
 
 
@@ -58,6 +64,7 @@ class WorldModelEnv(BatchedEnvBase):
         initial_env: optional real ``BatchedEnv`` (e.g. a ``MetaWorldEnv`` with ``group_size=1``) that renders the
             initial frame and proprioception of prompts given only as simulator seeds (CALIBRATION.md's "real resets"):
             one reset per prompt, no environment step.
+        poses: commanded-target integrator and camera for the action-frame stream (see the module docstring).
     """
 
     action_dim = K.ACTION_DIM
@@ -77,6 +84,7 @@ class WorldModelEnv(BatchedEnvBase):
         action_scale_to_state: float = 1.0,
         seed: int = 0,
         initial_env: Any = None,
+        poses: CommandedPoses | None = None,
     ):
         if num_prompts < 1 or group_size < 1 or max_segments < 1 or num_steps < 1 or success_k < 1:
             raise ValueError("num_prompts, group_size, max_segments, num_steps and success_k must be >= 1")
@@ -95,6 +103,7 @@ class WorldModelEnv(BatchedEnvBase):
         self.generator = torch.Generator().manual_seed(seed)
         self.mask = torch.as_tensor(np.asarray(self.stats.mask, dtype=bool))
         self.initial_env = initial_env
+        self.poses = poses
 
     # 1. reset ------------------------------------------------------------------------------------------------------
     def reset(self, prompts: Sequence[Prompt | Mapping[str, Any]]) -> dict[str, Any]:
@@ -117,6 +126,7 @@ class WorldModelEnv(BatchedEnvBase):
         self.frame = torch.stack(frames).repeat_interleave(g, 0)  # (N, 3, H, W)
         states = [p.initial_state if p.initial_state is not None else torch.zeros(4) for p in ps]
         self.state = torch.stack([torch.as_tensor(s, dtype=torch.float32)[:4] for s in states]).repeat_interleave(g, 0)
+        self.target = None if self.poses is None else self.poses.start(self.state[:, :3].double()).float()
         self.instructions = [p.instruction or p.task for p in ps for _ in range(g)]
         self.history = HistoryBuffer(
             int(self.prophet.config.history_length) if hasattr(self.prophet, "history_encoder") else 0
@@ -142,10 +152,14 @@ class WorldModelEnv(BatchedEnvBase):
         norm = torch.from_numpy(self.stats.normalize(grouped))
         alive = ~self.done
         hist = self.history.items
+        geometry, targets = {}, None
+        if self.poses is not None:
+            targets = self.poses.integrate(self.target, torch.from_numpy(a), self.chunk)  # (N, L, 3)
+            geometry = self.poses.geometry(targets, torch.from_numpy(grouped[:, :, 6]))
         gen = self.prophet.generate(
             self.frame, norm, self.mask[None].expand(self.num_envs, -1),
             history_latents=None if hist is None else hist.transpose(1, 2), history_mask=self.history.mask,
-            num_steps=self.num_steps, generator=self.generator,
+            num_steps=self.num_steps, generator=self.generator, **geometry,
         )  # fmt: skip
         new_frame = gen.frames[:, -1]
         if self.history.capacity > 0:
@@ -154,10 +168,15 @@ class WorldModelEnv(BatchedEnvBase):
         prob = torch.sigmoid(gen.success_logit) if gen.success_logit is not None else torch.zeros(self.num_envs)
         keep = alive[:, None, None, None]
         self.frame = torch.where(keep, new_frame, self.frame)
+        if targets is not None:
+            self.target = torch.where(alive[:, None], targets[:, -1], self.target)
         if self.state_mode == "integrate":
-            self.state[:, :3] += (
-                torch.where(alive[:, None], torch.from_numpy(a[:, :, :3].sum(1)), 0.0) * self.action_scale_to_state
-            )
+            if targets is not None:  # the commanded target minus its reset offset (the hand lags behind it)
+                offset = self.poses.reset_offset
+                hand = self.target - (0.0 if offset is None else torch.as_tensor(offset).float())
+            else:
+                hand = self.state[:, :3] + torch.from_numpy(a[:, :, :3].sum(1)) * self.action_scale_to_state
+            self.state[:, :3] = torch.where(alive[:, None], hand, self.state[:, :3])
             self.state[:, 3] = torch.where(alive, torch.from_numpy(a[:, -1, 6]), self.state[:, 3])
         self.steps += alive.long() * a.shape[1]
         self.lengths += alive.long()

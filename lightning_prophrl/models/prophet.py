@@ -15,7 +15,9 @@ How the conditioning is injected (the least fragile routes, using only public mo
 * Actions (SPEC 2.3): ``t~ = t + f_sa + f_af``. A forward hook on ``transformer.time_embed`` adds the action
   embedding to its second output ``embedded_timestep`` (``(B * T, D)``), which feeds the AdaLN modulation of every
   block and of the output layer. ``f_sa`` is one vector per sample; ``f_af`` is one vector per future latent frame
-  (zero for samples with ``has_camera == False``).
+  (zero for samples with ``has_camera == False``). With ``action_frame_mode`` ``"concat"`` / ``"both"`` the
+  action-frame latents of the future frames are also concatenated to the DiT's input channels (pixel-aligned; zeros on
+  the conditioning frames and for samples without a camera), beyond the paper.
 * History (SPEC 2.4): :mod:`lightning_prophrl.models.history` memory tokens as extra K/V in every block's
   self-attention through a diffusers attention processor.
 * Success head: a forward hook on the last block keeps its hidden states; the mean over the future-frame tokens goes
@@ -164,6 +166,12 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         use_action_frames: Build the action-frame stream.
         action_frame_channels: Channels of the action-frame encoder.
         action_frame_style: :class:`ActionFrameStyle` fields as a dict (renderer sizes and colours).
+        action_frame_mode: How the action-frame stream enters the DiT: ``"pooled"`` (SPEC 2.3: encoder, spatial mean,
+            added to the timestep embedding), ``"concat"`` (the action-frame latents as extra input channels of the
+            future frames, pixel-aligned with the frame they describe) or ``"both"``. Beyond the paper: the spatial
+            mean keeps *that* the hand moves but not *where* in the image; a small DiT given only pooled/scalar
+            action vectors learned to ignore them (docs/results.md), while a channel-aligned target disk tells each
+            patch whether the hand is commanded to be there.
         zero_init_conditioning: Zero the last layers of the action streams (start from the backbone's behaviour).
         history_length: Past frames kept in the memory (UNKNOWN; 0 disables the memory).
         history_scales: Pooling kernels newest -> oldest (UNKNOWN; FramePack-like default).
@@ -226,6 +234,7 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         use_action_frames: bool = True,
         action_frame_channels: int = 256,
         action_frame_style: dict[str, Any] | None = None,
+        action_frame_mode: Literal["pooled", "concat", "both"] = "pooled",
         zero_init_conditioning: bool = True,
         history_length: int = 16,
         history_scales: tuple[tuple[int, int, int], ...] = ((1, 2, 2), (2, 4, 4), (4, 8, 8)),
@@ -254,6 +263,8 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             raise ValueError(f"`prediction_target` must be 'frames' or 'residual', got {prediction_target!r}")
         if null_context not in ("zero", "learned"):
             raise ValueError(f"`null_context` must be 'zero' or 'learned', got {null_context!r}")
+        if action_frame_mode not in ("pooled", "concat", "both"):
+            raise ValueError(f"`action_frame_mode` must be 'pooled', 'concat' or 'both', got {action_frame_mode!r}")
         if t_sampling not in ("logit_normal", "uniform"):
             raise ValueError(f"`t_sampling` must be 'logit_normal' or 'uniform', got {t_sampling!r}")
 
@@ -278,7 +289,7 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             action_chunk_length, action_dim, hidden, action_hidden_dim, zero_init_conditioning
         )
         self.frame_style = ActionFrameStyle(**(action_frame_style or {}))
-        if use_action_frames:
+        if use_action_frames and action_frame_mode != "concat":
             self.action_frame_encoder = ActionFrameEncoder(
                 channels, action_frame_channels, hidden, zero_init_conditioning
             )
@@ -306,6 +317,10 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             self.transformer.transformer_blocks[-1].register_forward_hook(self._keep_last_hidden)
         self.transformer.time_embed.register_forward_hook(self._add_action_embedding)
 
+    @property
+    def _concat_action_frames(self) -> bool:
+        return bool(self.config.use_action_frames) and self.config.action_frame_mode in ("concat", "both")
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> Prophet:
         """``ModelMixin.from_pretrained`` + copying every tensor out of the safetensors buffer.
@@ -323,19 +338,21 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         """Build the Cosmos DiT from the config, or load it from ``path`` (config-only args then follow the file)."""
         cfg = self.config
         extra = 1 + int(cfg.padding_mask_channel)  # condition mask (+ zero padding mask)
+        frames_in = channels if self._concat_action_frames else 0  # action-frame latents as input channels
         if path is None:
             kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in _BACKBONE_KEYS}
             return CosmosTransformer3DModel(
-                in_channels=channels + extra, out_channels=channels, concat_padding_mask=False, **kwargs
+                in_channels=channels + frames_in + extra, out_channels=channels, concat_padding_mask=False, **kwargs
             )
         subfolder = "transformer" if (Path(path) / "transformer" / "config.json").exists() else None
         loaded_cfg = CosmosTransformer3DModel.load_config(path, subfolder=subfolder)
         effective = loaded_cfg["in_channels"] + int(bool(loaded_cfg.get("concat_padding_mask", False)))
-        pad = effective - channels - 1  # Cosmos' own padding-mask channel becomes our zero padding channel
+        pad = effective - channels - frames_in - 1  # Cosmos' own padding-mask channel becomes our zero padding channel
         if pad not in (0, 1) or loaded_cfg["out_channels"] != channels:
             raise ValueError(
                 f"backbone at `pretrained_backbone_path`={path} has {effective} inputs / {loaded_cfg['out_channels']} "
-                f"outputs; the codec gives {channels} latent channels (+ condition mask, + optional padding mask)"
+                f"outputs; the codec gives {channels} latent channels (+ {frames_in} action-frame channels, + condition "
+                "mask, + optional padding mask)"
             )
         model = CosmosTransformer3DModel.from_pretrained(
             path, subfolder=subfolder, concat_padding_mask=False, in_channels=effective
@@ -403,11 +420,11 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
 
         # 1. Action embedding per latent frame: f_sa everywhere, + f_af on the future frames of camera samples
         extra = self.action_encoder(actions, action_mask)[:, None].expand(b, t_c + t_f, self.hidden_size)
+        if action_frame_latents is not None and action_frame_latents.shape != noisy_latents.shape:
+            raise ValueError(
+                f"`action_frame_latents` must have shape {tuple(noisy_latents.shape)}, got {action_frame_latents.shape}"
+            )
         if action_frame_latents is not None and hasattr(self, "action_frame_encoder"):
-            if action_frame_latents.shape != noisy_latents.shape:
-                raise ValueError(
-                    f"`action_frame_latents` must have shape {tuple(noisy_latents.shape)}, got {action_frame_latents.shape}"
-                )
             f_af = self.action_frame_encoder(action_frame_latents)  # (B, T_f, D)
             if has_camera is not None:
                 f_af = torch.where(has_camera.bool().view(b, 1, 1), f_af, torch.zeros_like(f_af))
@@ -424,7 +441,14 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         # 3. Video2World input: [cond, noisy] + condition mask (+ zero padding mask); per-frame timesteps
         latents = torch.cat([cond_latents, noisy_latents], 2).to(self.dtype)
         frame_is_cond = torch.arange(t_c + t_f, device=latents.device) < t_c
-        channels = [latents, frame_is_cond.to(latents.dtype).view(1, 1, -1, 1, 1).expand(b, 1, -1, h, w)]
+        channels = [latents]
+        if self._concat_action_frames:  # zeros on the conditioning frames and for samples without a camera
+            af = latents.new_zeros(b, c, t_c + t_f, h, w)
+            if action_frame_latents is not None:
+                keep = torch.ones(b, dtype=torch.bool, device=latents.device) if has_camera is None else has_camera
+                af[:, :, t_c:] = action_frame_latents.to(af.dtype) * keep.bool().view(b, 1, 1, 1, 1).to(af.dtype)
+            channels.append(af)
+        channels.append(frame_is_cond.to(latents.dtype).view(1, 1, -1, 1, 1).expand(b, 1, -1, h, w))
         if self.config.padding_mask_channel:
             channels.append(latents.new_zeros(b, 1, t_c + t_f, h, w))
         t_frames = torch.where(
@@ -541,7 +565,7 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             are missing or no sample has a camera. A copy of the first action frame is prepended before encoding so
             that ``1 + L`` frames fit the codec; its latent is dropped.
         """
-        if not hasattr(self, "action_frame_encoder") or ee_poses is None or camera_k is None or camera_extr is None:
+        if not self.config.use_action_frames or ee_poses is None or camera_k is None or camera_extr is None:
             return None, None
         if gripper is None:
             raise ValueError("`gripper` is required with `ee_poses` for the action-frame stream")

@@ -28,9 +28,13 @@ Decisions:
 * Camera and resolution: the ``workspace`` camera at 64 px, chosen (``lightning_prophrl.envs.rendering``) so that
   the object, the goal and the hand of the calibration tasks (pick-place, push, drawer, button, ...) stay inside the
   frame during whole expert episodes, with objects 1.3x larger than in the ``overview`` camera.
-* Action-frame stream off: the RL loop inside the model (``WorldModelEnv``) has actions only, not future end-effector
-  poses, and the paper turns the stream off for online RL too (SPEC 2.3), so the study trains and evaluates the
-  scalar action stream only.
+* Action-frame stream on, drawing the *commanded* end-effector target (``target_poses.npy``: Meta-World's mocap
+  target), not the measured hand: the target is what an action says, and an imagined rollout can integrate it exactly
+  from the policy's actions (``lightning_prophrl.envs.poses.CommandedPoses``, used by ``WorldModelEnv``), while the
+  measured hand lags by up to ~10 cm. ``model_tiny.yaml`` injects the action frames both ways
+  (``action_frame_mode: both``): pooled into the timestep embedding (SPEC 2.3) and as pixel-aligned input channels.
+  Earlier runs with the scalar stream only (the paper turns the action-frame stream off for online RL, SPEC 2.3)
+  learned to ignore the actions: shuffled actions scored the same (docs/results.md).
 * Target task ``pick-place-v3`` (the project's RL testbed) held out of the pretraining tasks ``push``, ``reach``,
   ``drawer-open``, ``button-press-topdown``. Seeds: pretraining episodes ``seed + i``, target training episodes
   ``seed + 500 + i``, held-out evaluation episodes ``seed + 800 + i`` (all demo seeds < 1000).
@@ -158,7 +162,7 @@ def prophet_config(
     image_size: int = 64,
     chunk_len: int = 8,
     history_length: int = 8,
-    use_action_frames: bool = False,
+    use_action_frames: bool | None = None,
     base: str | Path = MODEL_TINY_YAML,
     **overrides: Any,
 ) -> dict[str, Any]:
@@ -168,7 +172,7 @@ def prophet_config(
         image_size: frame size (a multiple of 8: pixel codec x4, patch 2).
         chunk_len: frames per segment (``action_chunk_length``).
         history_length: memory frames (0 disables the memory); the FramePack scales split them newest -> oldest.
-        use_action_frames: build the action-frame stream (off in the study, see the module docstring).
+        use_action_frames: build the action-frame stream (None: the YAML's value; see the module docstring).
         base: the YAML whose ``init_args`` are the defaults.
         **overrides: any other ``Prophet`` argument.
     """
@@ -187,11 +191,13 @@ def prophet_config(
     else:
         frames = [1] * max(1, history_length)
     cfg.update(action_chunk_length=chunk_len, history_length=history_length, history_scales=scales,
-               history_scale_frames=frames, use_action_frames=use_action_frames,
+               history_scale_frames=frames,
                max_size=[max(64, 1 + chunk_len), max(64, image_size // 4), max(64, image_size // 4)])  # fmt: skip
     unknown = set(overrides) - set(cfg) - {"codec_kwargs"}
     if unknown:
         raise KeyError(f"unknown Prophet argument(s) in `overrides`: {sorted(unknown)}")
+    if use_action_frames is not None:
+        cfg["use_action_frames"] = use_action_frames
     cfg.update(overrides)
     return cfg
 
@@ -487,10 +493,11 @@ def world_model_report(
                              stats_from=stats_from)  # fmt: skip
     real = torch.cat([eps[K.COND_FRAME][:, None], eps[K.FUTURE]], 1).float()
     # 1. Rollouts: real actions, shuffled actions (same noise), real actions without memory
-    pred, prob = rollout_episodes(model, eps, num_steps, seed, batch_size, use_action_frames=False)
-    shuffled = rollout_episodes(model, shuffle_actions(eps, seed), num_steps, seed, batch_size, False)[0]
+    frames = bool(model.config.use_action_frames)  # commanded targets of the episode (of the other one when shuffled)
+    pred, prob = rollout_episodes(model, eps, num_steps, seed, batch_size, use_action_frames=frames)
+    shuffled = rollout_episodes(model, shuffle_actions(eps, seed), num_steps, seed, batch_size, frames)[0]
     with memory_disabled(model):
-        no_mem = rollout_episodes(model, eps, num_steps, seed, batch_size, use_action_frames=False)[0]
+        no_mem = rollout_episodes(model, eps, num_steps, seed, batch_size, use_action_frames=frames)[0]
     # 2. Metrics
     report: dict[str, Any] = {"model_dir": model_dir, "episodes": len(real), "segments": num_segments,
                               "frames_per_segment": chunk,
@@ -553,6 +560,8 @@ class ProphetStudyConfig:
     prediction_target: Literal["frames", "residual"] = "residual"
     cond_noise: float | None = None  # None: model_tiny.yaml's value
     action_tokens: bool | None = None  # None: model_tiny.yaml's value
+    use_action_frames: bool | None = None  # None: model_tiny.yaml's value
+    action_frame_mode: Literal["pooled", "concat", "both"] | None = None  # None: model_tiny.yaml's value
 
     @property
     def segments(self) -> int:
@@ -579,7 +588,8 @@ def _train_kwargs(cfg: ProphetStudyConfig, seed: int) -> dict[str, Any]:
 
 def _model_options(cfg: ProphetStudyConfig) -> dict[str, Any]:
     """The optional Prophet arguments set in ``cfg`` (None keeps ``model_tiny.yaml``'s value)."""
-    return {k: getattr(cfg, k) for k in ("cond_noise", "action_tokens") if getattr(cfg, k) is not None}
+    keys = ("cond_noise", "action_tokens", "use_action_frames", "action_frame_mode")
+    return {k: getattr(cfg, k) for k in keys if getattr(cfg, k) is not None}
 
 
 def run_study(cfg: ProphetStudyConfig) -> dict[str, Any]:
@@ -686,6 +696,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="Prophet `action_tokens` (actions as extra keys/values)",
+    )
+    ap.add_argument(
+        "--use-action-frames",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Prophet `use_action_frames` (render and feed the commanded end-effector targets)",
+    )
+    ap.add_argument(
+        "--action-frame-mode",
+        choices=["pooled", "concat", "both"],
+        default=None,
+        help="Prophet `action_frame_mode` (how action frames enter the DiT)",
     )
     ap.add_argument("--chunk-len", type=int, default=None, help="frames per generated segment (default 8)")
     ap.add_argument("--history-len", type=int, default=None, help="memory frames (default 8; 0 disables it)")

@@ -61,3 +61,21 @@ def test_bad_arguments_name_the_flag(tmp_path):
         generate_metaworld(["pick-place-v3"], 0, str(tmp_path / "x"))
     with pytest.raises(ValueError, match="below 1000"):
         generate_metaworld(["pick-place-v3"], 10, str(tmp_path / "y"), seed=995)
+
+
+def test_target_poses_are_stored_strided_and_drawn(mw_shards):
+    from lightning_prophrl.datamodules.clips import stride_episode
+
+    out, _ = mw_shards
+    ep = next(iter_episodes(out, decode_frames=False))
+    assert ep.target_poses.shape == ep.ee_poses.shape
+    # the stored target is the simulator's mocap: re-run the replay and compare after every action
+    env = make_seeded_env("pick-place-v3")
+    reset_seeded(env, ep.meta["seed"])
+    np.testing.assert_allclose(ep.target_poses[0, 0, :3], env.data.mocap_pos[0], atol=1e-5)
+    for t, a in enumerate(unified_to_metaworld(ep.actions[:-1])):
+        env.step(np.clip(a, -1, 1))
+        np.testing.assert_allclose(ep.target_poses[t + 1, 0, :3], env.data.mocap_pos[0], atol=1e-5)
+    np.testing.assert_allclose(ep.target_poses[1:, 0, 7], ep.actions[:-1, 6])  # the commanded opening
+    strided = stride_episode(ep, 4)
+    np.testing.assert_array_equal(strided.target_poses, ep.target_poses[::4])

@@ -104,3 +104,35 @@ def test_closed_loop_agreement_gate_runs_both_worlds_and_warns(prophet):
     real.close()
     assert out["episodes"] == 2 and sum(out["confusion"].values()) == 2 and out["real_env_steps"] == 16
     assert torch.allclose(world.video()[:, 0], first_real)  # imagination started from the rendered real frames
+
+
+def test_commanded_targets_drive_the_action_frames_and_the_state(prophet):
+    from lightning_prophrl.envs.poses import CommandedPoses
+
+    poses = CommandedPoses.metaworld("pick-place-v3", 32)
+    env = WorldModelEnv(prophet, stats(), num_prompts=2, group_size=1, max_segments=2, num_steps=1,
+                        stop_at_success=False, poses=poses, seed=3)  # fmt: skip
+    ps = prompts()
+    for p in ps:
+        p.initial_state = torch.tensor([0.0, 0.6, 0.2, 1.0])
+    env.reset(ps)
+    right, _ = metaworld_to_unified(np.tile([1.0, 0.0, 0.0, -1.0], (4, 1)))  # +x in the world, gripper open
+    left, _ = metaworld_to_unified(np.tile([-1.0, 0.0, 0.0, -1.0], (4, 1)))
+    obs, _, _ = env.step(np.stack([right, left]))
+    # the state follows the world-frame command (not the hand-frame unified dpos)
+    np.testing.assert_allclose(obs[K.OBS_STATE][:, :3].numpy(), [[0.04, 0.6, 0.2], [-0.04, 0.6, 0.2]], atol=1e-5)
+
+    # the two commands differ only in where the target is drawn and in the scalar stream: with the scalar stream
+    # removed (same normalized action for both), the action frames alone still separate the imagined frames
+    def imagine(actions):
+        env = WorldModelEnv(prophet, stats(), num_prompts=2, group_size=1, max_segments=2, num_steps=1,
+                            stop_at_success=False, poses=poses, seed=3)  # fmt: skip
+        env.reset(ps)
+        return env.step(actions)[0][K.OBS_IMAGE]
+
+    hook = prophet.action_encoder.register_forward_hook(lambda m, a, out: out * 0)
+    try:
+        same, diff = imagine(np.stack([right, right])), imagine(np.stack([right, left]))
+    finally:
+        hook.remove()
+    assert torch.equal(same[0], diff[0]) and not torch.allclose(same[1], diff[1], atol=1e-5)

@@ -125,7 +125,8 @@ def test_pretrained_backbone_path_loads_a_cosmos_checkpoint(tmp_path):
         concat_padding_mask=True, extra_pos_embed_type=None, **backbone_kwargs,
     )  # fmt: skip  # a Cosmos-style checkpoint: condition mask + its own padding-mask channel
     cosmos.save_pretrained(tmp_path / "transformer")
-    model = make_model(pretrained_backbone_path=str(tmp_path))
+    # pooled action frames: a Cosmos checkpoint has no input channels for concatenated action frames
+    model = make_model(pretrained_backbone_path=str(tmp_path), action_frame_mode="pooled")
     assert model.config.pretrained_backbone_path is None and model.config.padding_mask_channel
     assert model.config.num_layers == 1 and len(model.transformer.transformer_blocks) == 1
     for name, value in cosmos.state_dict().items():
@@ -384,3 +385,31 @@ def test_action_tokens_reach_the_output_through_attention_and_respect_the_mask()
     padded = inputs["actions"].clone()
     padded[..., 7:] = 123.0  # padded dims must not matter
     assert torch.allclose(masked, model(**{**inputs, "actions": padded, "action_mask": mask}).velocity, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["pooled", "concat", "both"])
+def test_action_frame_modes_route_the_frames_where_they_say(mode):
+    model = make_model(action_frame_mode=mode)
+    assert hasattr(model, "action_frame_encoder") == (mode != "concat")
+    extra = 48 if mode != "pooled" else 0  # the pixel codec's 48 latent channels, concatenated
+    assert model.transformer.config.in_channels == 48 + extra + 1
+    inputs = latent_inputs(model)
+    ref = model(**inputs).velocity
+    # a change at one pixel-aligned latent location reaches the output in every mode ...
+    bumped = inputs["action_frame_latents"].clone()
+    bumped[:, :, :, 0, 0] += 3.0
+    assert not torch.allclose(ref, model(**{**inputs, "action_frame_latents": bumped}).velocity, atol=1e-4)
+    # ... and with concatenated channels so does a pure spatial shift of the frames (where the hand goes)
+    if mode != "pooled":
+        shifted = inputs["action_frame_latents"].roll(1, dims=-1)
+        assert not torch.allclose(ref, model(**{**inputs, "action_frame_latents": shifted}).velocity, atol=1e-4)
+    # samples without a camera ignore their action frames in every mode
+    no_cam = {**inputs, "has_camera": torch.tensor([True, False])}
+    a = model(**no_cam).velocity
+    b = model(**{**no_cam, "action_frame_latents": torch.randn_like(inputs["action_frame_latents"])}).velocity
+    assert torch.equal(a[1], b[1]) and not torch.allclose(a[0], b[0], atol=1e-4)
+
+
+def test_action_frame_mode_is_validated():
+    with pytest.raises(ValueError, match="action_frame_mode"):
+        make_model(action_frame_mode="sideways")
