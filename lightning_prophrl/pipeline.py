@@ -8,6 +8,12 @@ Stages (each writes under ``runs/demo/`` and is skipped when its output exists, 
    ``world_model`` (only with ``wm_*`` variants and no ``--wm-model-dir``): Prophet pretrained on the pretraining
    tasks and adapted with LoRA to a few noisy target-task episodes (the functions of
    :mod:`lightning_prophrl.studies.prophet`), with its open-loop report on held-out target episodes;
+   ``reward`` (with ``wm_*`` variants): the domain-bridged success classifier (:mod:`lightning_prophrl.studies.reward`:
+   trained on real episodes and on their Prophet-imagined twins labelled by the simulator) and the precision / recall
+   of it, of a real-only classifier and of Prophet's success head against the simulator on held-out real episodes and
+   their imagined twins. The RL reward inside Prophet is the success head with a persistence rule (CALIBRATION.md
+   part 3: a classifier judging imagined pixels was exploited); the classifier report says how far either can be
+   trusted;
 3. ``rl``: FA-GRPO variants from the SFT policy for a fixed budget of updates, in the real simulator
    (``sim_*``) and, when a world model is available, inside it (``wm_*``);
 4. ``eval``: every policy in the real simulator on held-out initial states (ODE, fixed noise), and the table.
@@ -87,6 +93,10 @@ class DemoConfig:
     wm_pretrain_steps: int = 2500
     wm_adapt_steps: int = 800
     wm_batch: int = 8
+    # the reward-model stage (wm_* variants): real episodes for the classifiers (seeds 600.. and 700..)
+    reward_train_episodes: int = 60
+    reward_heldout_episodes: int = 40
+    reward_steps: int = 500
 
     @property
     def max_queries(self) -> int:
@@ -99,7 +109,8 @@ class DemoConfig:
                     num_prompts=2, group_size=2, eval_seeds=4, eval_every=2, max_steps=40, image_size=32,
                     pretrain_tasks=["reach-v3"], wm_check_seeds=2, wm_check_every=1, wm_history_len=2,
                     wm_episodes_per_task=2, wm_target_episodes=2, wm_eval_episodes=2, wm_pretrain_steps=4,
-                    wm_adapt_steps=2, wm_batch=2)  # fmt: skip
+                    wm_adapt_steps=2, wm_batch=2, reward_train_episodes=3, reward_heldout_episodes=2,
+                    reward_steps=10)  # fmt: skip
         base.update(kw)
         return cls(**base)
 
@@ -201,6 +212,35 @@ def stage_world_model(cfg: DemoConfig) -> tuple[str, str, dict[str, Any] | None]
     report = world_model_report(adapted, data["eval"], root / "report", cfg.wm_eval_episodes, segments,
                                 cfg.wm_num_steps, 0, stride, cfg.image_size)  # fmt: skip
     return adapted, adapted, report
+
+
+def stage_reward(cfg: DemoConfig, model_dir: str, stats_dir: str) -> dict[str, Any]:
+    """Real-only and domain-bridged success classifiers and the success head, scored against the simulator on held-out
+    real episodes and their Prophet-imagined twins (:func:`lightning_prophrl.studies.reward.reward_study`, cached)."""
+    from lightning_prophrl.studies.reward import RewardStudyConfig, reward_study
+
+    rcfg = RewardStudyConfig(model_dir=model_dir, out=str(Path(cfg.out) / "reward"), task=cfg.target_task,
+                             train_episodes=cfg.reward_train_episodes, heldout_episodes=cfg.reward_heldout_episodes,
+                             image_size=cfg.image_size, camera=cfg.camera, max_steps=cfg.max_steps,
+                             stride=cfg.chunk_len // cfg.wm_chunk_len, stats_from=stats_dir,
+                             num_steps=cfg.wm_num_steps, classifier_steps=cfg.reward_steps,
+                             classifier_batch_size=min(64, 16 * cfg.reward_train_episodes),
+                             threads=cfg.threads)  # fmt: skip
+    return reward_study(rcfg)
+
+
+def reward_summary(reward: dict[str, Any]) -> str:
+    """One line per reward model: precision / recall / kappa against the simulator, real and imagined episodes."""
+    parts = []
+    for name, by_split in reward["reports"].items():
+        cells = [f"{split} P {r['precision']:.2f} / R {r['recall']:.2f} / kappa {r['kappa']:.2f}"
+                 for split, r in by_split.items()]  # fmt: skip
+        parts.append(f"{name} classifier: " + "; ".join(cells))
+    head = reward.get("success_head")
+    if head is not None:
+        parts.append(f"success head (the RL reward): imagined P {head['precision']:.2f} / R {head['recall']:.2f} / "
+                     f"kappa {head['kappa']:.2f}")  # fmt: skip
+    return "Reward models vs the simulator on held-out episodes: " + " | ".join(parts) + "."
 
 
 def stage_rl_sim(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict[str, Any]:
@@ -404,10 +444,11 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     t0 = time.perf_counter()
     data = stage_data(cfg)
-    wm_report = None
+    wm_report = reward = None
     if any(VARIANTS[v][2] == "wm" for v in cfg.variants):
         model_dir, stats_dir, wm_report = stage_world_model(cfg)
         cfg = replace(cfg, wm_model_dir=model_dir, wm_stats_dir=stats_dir)
+        reward = stage_reward(cfg, model_dir, stats_dir)
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in cfg.variants}
     for seed in cfg.seeds:
         ckpt = stage_sft(cfg, data, seed)
@@ -417,9 +458,15 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     table = results_table(cfg, results)
     if wm_report is not None:
         table += "\n\n" + world_model_summary(wm_report)
+    if reward is not None:
+        table += "\n\n" + reward_summary(reward)
     plot_curves(results, out / "success_vs_updates.png")
     (out / "results.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps({**results, "world_model_report": wm_report}, indent=2))
+    reward_reports = (
+        None if reward is None else {"classifiers": reward["reports"], "success_head": reward["success_head"]}
+    )
+    (out / "results.json").write_text(json.dumps({**results, "world_model_report": wm_report,
+                                                  "reward_report": reward_reports}, indent=2))  # fmt: skip
     print(table)
     print(f"\nwrote {out / 'results.md'}, {out / 'success_vs_updates.png'}, TensorBoard logs in {out / 'tb'} "
           f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip

@@ -44,8 +44,14 @@ def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions
     assert wm["train_env_steps"] == 0 and wm["real_interactions"] > 0
     assert {"kappa", "confusion"} <= set(wm["gate"]) and len(wm["guard"]) >= 1
     assert wm["eval"][-1]["step"] == wm["updates"]
+    # the reward stage: real-only and bridged classifiers and the success head, scored against the simulator
+    rewards = res["reward_report"]
+    assert set(rewards["classifiers"]) == {"real-only", "bridged"}
+    for by_split in rewards["classifiers"].values():
+        assert set(by_split) == {"real", "imagined"} and by_split["real"]["episodes"] == cfg.reward_heldout_episodes
     table = (out / "results.md").read_text()
     assert "wm_fagrpo_flowscale" in table and "World model (held-out target episodes" in table
+    assert "Reward models vs the simulator" in table and "bridged classifier" in table
 
 
 def test_results_table_compares_runs_at_the_configured_budget():
