@@ -257,7 +257,8 @@ def test_one_step_generate_is_one_euler_step():
     cond_lat = model.latent_codec.encode(cond[:, None])
     with torch.no_grad():
         x0 = noise - model(noise, torch.ones(B), cond_lat, actions).velocity  # t: 1 -> 0
-    frames = model.latent_codec.decode(torch.cat([cond_lat, x0 + cond_lat], 2))[:, 1:].clamp(-1, 1)  # residual
+    scale = model.config.target_scale  # the flow generates the scaled residual
+    frames = model.latent_codec.decode(torch.cat([cond_lat, x0 / scale + cond_lat], 2))[:, 1:].clamp(-1, 1)
     assert torch.allclose(gen.frames, frames, atol=1e-5) and gen.success_logit.shape == (B,)
 
 
@@ -276,7 +277,7 @@ def test_parameterizations_give_a_consistent_velocity_and_loss(parameterization)
     t_s = model.sample_t(B, torch.device("cpu"), g)
     noise = torch.randn(B, 48, L, 8, 8, generator=g)
     lat = model.latent_codec.encode(torch.cat([batch[K.COND_FRAME][:, None], batch[K.FUTURE]], 1))
-    z0 = lat[:, :, 1:] - lat[:, :, :1]  # residual target of the tiny config
+    z0 = (lat[:, :, 1:] - lat[:, :, :1]) * model.config.target_scale  # scaled residual target of the tiny config
     loss, _ = model.training_loss(batch, generator=torch.Generator().manual_seed(3))
     tb = t_s.view(B, 1, 1, 1, 1)
     hist, hmask = model.encode_history(batch[K.HISTORY], batch[K.HISTORY_MASK])
@@ -413,3 +414,13 @@ def test_action_frame_modes_route_the_frames_where_they_say(mode):
 def test_action_frame_mode_is_validated():
     with pytest.raises(ValueError, match="action_frame_mode"):
         make_model(action_frame_mode="sideways")
+
+
+def test_target_scale_scales_the_flow_target_and_is_divided_out():
+    base, scaled = make_model(target_scale=1.0), make_model(target_scale=4.0)
+    future, cond = torch.randn(B, 48, L, 8, 8), torch.randn(B, 48, 1, 8, 8)
+    z = scaled._to_target(future, cond)
+    assert torch.allclose(z, 4.0 * base._to_target(future, cond), atol=1e-5)
+    assert torch.allclose(scaled._from_target(z, cond), future, atol=1e-5)
+    with pytest.raises(ValueError, match="target_scale"):
+        make_model(target_scale=0.0)
