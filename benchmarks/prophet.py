@@ -1,31 +1,53 @@
-"""Benchmark of the tiny Prophet world model on CPU: training step time, peak RSS and generation throughput.
+"""Benchmark of the tiny Prophet world model on CPU: training step time, peak RSS, generation throughput, and
+imagined vs real environment steps per second.
 
 Measures, at 64x64 with the configuration of ``configs/prophet/model_tiny.yaml`` (8-frame action chunks):
 
 * one training step (``training_loss`` + backward + Adam) at batch 2 with history and action frames;
 * generated frames per second of ``generate`` with and without the history memory, for 1, 2 and 4 Euler steps
   (the success head's clean scoring pass included), and of a 3-segment ``rollout``;
-* peak resident memory (``resource.getrusage``).
+* peak resident memory (``resource.getrusage``) after these model measurements (``peak_rss_mb``).
 
-The last line of the output is one JSON object. ``--quick`` runs in well under a minute.
+Then, in the same run, imagined vs real environment throughput at the demo's RL settings (``benchmarks/_envs.py``
+has the details): a ``WorldModelEnv`` over the demo's Prophet configuration (``prophet_config(image_size=64,
+chunk_len=1, history_length=8)``, random weights, commanded-pose action frames from
+``CommandedPoses.metaworld("pick-place-v3", 64)``) and the real ``MetaWorldEnv("pick-place-v3", image_size=64)``
+(rendering at chunk boundaries), both with ``num_prompts x group_size = 4 x 8 = 32`` envs stepped by the same
+``(N, 4, 14)`` raw unified action chunks (4 simulator actions = one Prophet frame at stride 4), with 1 and 2 Prophet
+sampling steps. Steps per second count simulator-equivalent actions: ``N * 4 * step calls / seconds`` for both
+worlds. The issue's target is imagined >= 1/10 of real. ``peak_rss_mb_with_envs`` is the peak RSS at the end.
 
-    .venv/bin/python benchmarks/prophet_model.py --quick
+The last line of the output is one JSON object (rates are medians over the rounds). ``--quick`` (3 repetitions,
+8 timed env step calls, one round) takes under a minute at one thread (47 s on a 2-core machine shared with
+three training processes).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/prophet.py --quick
+    .venv/bin/python benchmarks/prophet.py [--threads 1] [--prompts 4 --group 8] [--segments 36 --rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import resource
 import statistics
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-import torch
-import yaml
+os.environ.setdefault("MUJOCO_GL", "egl")
 
-from lightning_prophrl import constants as K
-from lightning_prophrl.models.prophet import Prophet
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from lightning_prophrl import constants as K  # noqa: E402
+from lightning_prophrl.models.prophet import Prophet  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _envs import env_throughput, format_throughput  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "prophet" / "model_tiny.yaml"
 
@@ -53,7 +75,7 @@ def make_batch(batch: int, length: int, size: int, history: int) -> dict:
     }
 
 
-def timed(fn, reps: int, warmup: int = 1) -> float:
+def timed(fn: Callable[[], object], reps: int, warmup: int = 1) -> float:
     """Median wall time in seconds of ``fn()`` over ``reps`` runs after ``warmup`` runs."""
     for _ in range(warmup):
         fn()
@@ -66,6 +88,7 @@ def timed(fn, reps: int, warmup: int = 1) -> float:
 
 
 def bench_train(model: Prophet, batch: dict, reps: int) -> float:
+    """Median seconds of one training step (loss, backward, Adam) on ``batch``."""
     model.train()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
@@ -79,6 +102,7 @@ def bench_train(model: Prophet, batch: dict, reps: int) -> float:
 
 
 def bench_generate(model: Prophet, batch: dict, steps: int, memory: bool, reps: int) -> float:
+    """Generated frames per second of ``generate`` with ``steps`` Euler steps, with or without the history."""
     model.eval()
     history = batch[K.HISTORY] if memory else None
     frames = batch[K.FUTURE].shape[0] * batch[K.FUTURE].shape[1]
@@ -89,15 +113,24 @@ def bench_generate(model: Prophet, batch: dict, steps: int, memory: bool, reps: 
 
 
 def main() -> None:
+    """Parse the arguments, run the measurements, print them and the JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions (< 60 s)")
-    parser.add_argument("--size", type=int, default=64, help="frame size in pixels")
+    parser.add_argument("--quick", action="store_true", help="3 repetitions, 8 timed env calls, 1 round (~1 min)")
+    parser.add_argument("--size", type=int, default=64, help="frame size in pixels (model and environments)")
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--prompts", type=int, default=4, help="envs: P prompts")
+    parser.add_argument("--group", type=int, default=8, help="envs: G rollouts per prompt")
+    parser.add_argument("--segments", type=int, default=None, help="envs: timed step calls (default 36, quick 8)")
+    parser.add_argument("--rounds", type=int, default=None, help="envs: episodes per world (default 3, quick 1)")
+    parser.add_argument("--no-envs", action="store_true", help="skip the imagined vs real environment comparison")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     reps = 3 if args.quick else 10
+    segments = args.segments or (8 if args.quick else 36)
+    rounds = args.rounds or (1 if args.quick else 3)
+    t_start = time.perf_counter()
 
     kwargs = yaml.safe_load(CONFIG.read_text())["init_args"]
     torch.manual_seed(0)
@@ -125,6 +158,20 @@ def main() -> None:
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for key, value in result.items():
         print(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
+
+    if not args.no_envs:
+        # the demo's world model: one Prophet frame per 4-action policy chunk, history 8 (DemoConfig defaults)
+        envs = env_throughput(image_size=args.size, num_prompts=args.prompts, group_size=args.group, chunk_len=4,
+                              wm_chunk_len=1, history_len=8, num_steps=(1, 2), segments=segments, rounds=rounds)  # fmt: skip
+        print(format_throughput(envs))
+        result["envs"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in envs.items()}
+        result["peak_rss_mb_with_envs"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result.update({
+        "torch": torch.__version__,
+        "machine": f"{platform.processor() or platform.machine()} x{os.cpu_count()}",
+        "load_avg_1min": round(os.getloadavg()[0], 2),
+        "wall_s": time.perf_counter() - t_start,
+    })  # fmt: skip
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
 
 
