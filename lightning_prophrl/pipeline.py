@@ -90,8 +90,8 @@ class DemoConfig:
     wm_episodes_per_task: int = 30
     wm_target_episodes: int = 20
     wm_eval_episodes: int = 20
-    wm_pretrain_steps: int = 2500
-    wm_adapt_steps: int = 800
+    wm_pretrain_steps: int = 4000
+    wm_adapt_steps: int = 1000
     wm_batch: int = 8
     # the reward-model stage (wm_* variants): real episodes for the classifiers (seeds 600.. and 700..)
     reward_train_episodes: int = 60
