@@ -84,6 +84,9 @@ class DemoConfig:
     wm_beta_kl: float = 0.04
     wm_check_seeds: int = 30
     wm_check_every: int = 10
+    # imagined success: the domain-bridged classifier of the reward stage (3 frames > 0.9, the reward study's rule) or
+    # Prophet's success head (2 segments > 0.5); measured on imagined twins: kappa 0.75 vs -0.08 (docs/results.md)
+    wm_reward: str = "bridged"
     # the world model the demo trains when no wm_model_dir is given (one Prophet, seed 0, shared by all RL seeds)
     wm_chunk_len: int = 1  # Prophet frames per segment; one frame = chunk_len / wm_chunk_len simulator steps
     wm_history_len: int = 8
@@ -243,6 +246,21 @@ def reward_summary(reward: dict[str, Any]) -> str:
     return "Reward models vs the simulator on held-out episodes: " + " | ".join(parts) + "."
 
 
+def wm_success_scoring(cfg: DemoConfig) -> dict[str, Any]:
+    """``WorldModelEnv`` success arguments for ``cfg.wm_reward`` (the bridged classifier comes from the reward stage)."""
+    if cfg.wm_reward == "success_head":
+        return {"success_threshold": 0.5, "success_k": 2}
+    if cfg.wm_reward != "bridged":
+        raise ValueError(f"`wm_reward` must be 'bridged' or 'success_head', got {cfg.wm_reward!r}")
+    from lightning_prophrl.envs.world_model import classifier_scorer
+    from lightning_prophrl.studies.reward import load_classifier
+
+    stage = Path(cfg.out) / "reward" / "classifier" / "bridged"
+    if not is_done(stage):
+        raise FileNotFoundError(f"--wm-reward bridged needs the reward stage's classifier at {stage} (run the demo)")
+    return {"success_scorer": classifier_scorer(load_classifier(stage)), "success_threshold": 0.9, "success_k": 3}
+
+
 def stage_rl_sim(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict[str, Any]:
     """FA-GRPO variant in the real simulator for ``rl_updates`` updates; evaluates every ``eval_every`` updates."""
     import lightning as L
@@ -302,7 +320,9 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     if not cfg.wm_model_dir or not cfg.wm_stats_dir:
         raise ValueError(f"variant {variant!r} needs --wm-model-dir and --wm-stats-dir (a saved Prophet and its data)")
     loss, flowscale, _ = VARIANTS[variant]
-    out = Path(cfg.out) / "rl" / variant / f"seed{seed}"
+    # runs with the success-head reward live beside the default (bridged) ones
+    name = variant if cfg.wm_reward == "bridged" else f"{variant}-{cfg.wm_reward}"
+    out = Path(cfg.out) / "rl" / name / f"seed{seed}"
     if is_done(out):
         return json.loads((out / "done.json").read_text())
     L.seed_everything(seed, workers=True)
@@ -316,9 +336,10 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
         if prophet.config.use_action_frames
         else None
     )
+    scoring = wm_success_scoring(cfg)
     env = WorldModelEnv(prophet, wm_stats, num_prompts=cfg.num_prompts, group_size=cfg.group_size,
                         max_segments=cfg.max_queries, num_steps=cfg.wm_num_steps, seed=seed, initial_env=reset_env,
-                        poses=poses)  # fmt: skip
+                        poses=poses, **scoring)  # fmt: skip
     module = FAGRPOModule(build_policy(cfg), env, group_size=cfg.group_size, max_queries=cfg.max_queries,
                           sft_checkpoint=sft_ckpt, action_target="unified", loss=loss, flowscale=flowscale,
                           beta_kl=cfg.wm_beta_kl, seed=seed, optimizer=lambda p: torch.optim.Adam(p, lr=cfg.lr))  # fmt: skip
@@ -327,7 +348,7 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     gate_real = MetaWorldEnv(cfg.target_task, num_prompts=n_gate, group_size=1, image_size=cfg.image_size,
                              max_steps=cfg.max_steps, camera=cfg.camera)  # fmt: skip
     gate_wm = WorldModelEnv(prophet, wm_stats, num_prompts=n_gate, group_size=1, max_segments=cfg.max_queries,
-                            num_steps=cfg.wm_num_steps, poses=poses)  # fmt: skip
+                            num_steps=cfg.wm_num_steps, poses=poses, **scoring)  # fmt: skip
     dec = module.decoder
     gate = closed_loop_agreement(module.policy, gate_real, gate_wm,
                                  [{"task": cfg.target_task, "seed": s} for s in range(5000, 5000 + n_gate)],
@@ -347,7 +368,7 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
                                      every_n_updates=cfg.wm_check_every, image_size=cfg.image_size,
                                      camera=cfg.camera, max_steps=cfg.max_steps,
                                      history_path=str(out / "guard.jsonl"))  # fmt: skip
-    trainer = _trainer(cfg.out, f"{variant}_seed{seed}", max_epochs=1, callbacks=[sim_eval, guard], log_every_n_steps=1)
+    trainer = _trainer(cfg.out, f"{name}_seed{seed}", max_epochs=1, callbacks=[sim_eval, guard], log_every_n_steps=1)
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=prompts)
     trainer.save_checkpoint(out / "policy.ckpt")
@@ -356,7 +377,7 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     if not rows or rows[-1]["step"] != module.updates:  # stopped early by the guard: evaluate the final policy
         sim_eval.evaluate(trainer, module)
         rows = [json.loads(line) for line in history.read_text().splitlines()]
-    info = {"variant": variant, "seed": seed, "updates": module.updates, "train_env_steps": 0,
+    info = {"variant": variant, "seed": seed, "updates": module.updates, "train_env_steps": 0, "wm_reward": cfg.wm_reward,
             "real_interactions": gate["real_env_steps"] + guard.real_steps_total, "gate": gate,
             "guard": guard.history, "imagined_episodes": module.episodes_total,
             "seconds": time.perf_counter() - t0, "eval": rows}  # fmt: skip
@@ -486,6 +507,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-seeds", type=int, default=None)
     ap.add_argument("--eval-every", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--wm-reward",
+        choices=["bridged", "success_head"],
+        default=None,
+        help="imagined success inside Prophet: the bridged classifier (default) or the success head",
+    )
     ap.add_argument("--wm-model-dir", default=None, help="saved Prophet for the wm_* variants")
     ap.add_argument(
         "--wm-stats-dir", default=None, help="dataset directory whose stats.json normalized Prophet's actions"

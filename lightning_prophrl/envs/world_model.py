@@ -7,7 +7,8 @@ last gripper command kept); ``h`` must therefore be a multiple of ``L`` and Prop
 ``stride = h / L``. The grouped chunk is normalized with Prophet's own action statistics, the segment is generated,
 its last frame becomes the next observation and the segment's frames enter the bounded FIFO history.
 
-Imagined success comes from Prophet's success head with a persistence rule (``success_threshold`` for ``success_k``
+Imagined success comes from Prophet's success head (or from ``success_scorer``, e.g. a domain-bridged frame
+classifier: :func:`classifier_scorer`) with a persistence rule (``success_threshold`` for ``success_k``
 consecutive segments, CALIBRATION.md part 3), after which the imagined episode stops like stop-at-success in a
 simulator. Proprioception is not imagined by Prophet: ``state_mode="integrate"`` dead-reckons the hand position from
 the commanded deltas (an approximation, documented as such), ``"zeros"`` gives zeros (for image-only policies).
@@ -20,7 +21,7 @@ without it only the scalar action stream is used and the state integrates ``dpos
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -45,6 +46,17 @@ def group_actions(actions: np.ndarray, frames: int) -> np.ndarray:
     return out
 
 
+def classifier_scorer(classifier: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A ``WorldModelEnv`` success scorer from a ``VideoSuccessClassifier``: the probability of the newest frame, given
+    the frames its temporal kernel sees."""
+    k = int(getattr(classifier, "temporal_kernel", 1))
+
+    def score(video: torch.Tensor) -> torch.Tensor:
+        return classifier.frame_probs(video[:, -k:])[:, -1]
+
+    return score
+
+
 class WorldModelEnv(BatchedEnvBase):
     """``num_prompts x group_size`` imagined rollouts in a frozen Prophet (a ``BatchedEnv``).
 
@@ -65,6 +77,8 @@ class WorldModelEnv(BatchedEnvBase):
             initial frame and proprioception of prompts given only as simulator seeds (CALIBRATION.md's "real resets"):
             one reset per prompt, no environment step.
         poses: commanded-target integrator and camera for the action-frame stream (see the module docstring).
+        success_scorer: ``video (N, T, 3, H, W) -> (N,)`` success probability of the newest frame given the imagined
+            episode so far; None uses Prophet's success head.
     """
 
     action_dim = K.ACTION_DIM
@@ -85,6 +99,7 @@ class WorldModelEnv(BatchedEnvBase):
         seed: int = 0,
         initial_env: Any = None,
         poses: CommandedPoses | None = None,
+        success_scorer: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         if num_prompts < 1 or group_size < 1 or max_segments < 1 or num_steps < 1 or success_k < 1:
             raise ValueError("num_prompts, group_size, max_segments, num_steps and success_k must be >= 1")
@@ -104,6 +119,7 @@ class WorldModelEnv(BatchedEnvBase):
         self.mask = torch.as_tensor(np.asarray(self.stats.mask, dtype=bool))
         self.initial_env = initial_env
         self.poses = poses
+        self.success_scorer = success_scorer
 
     # 1. reset ------------------------------------------------------------------------------------------------------
     def reset(self, prompts: Sequence[Prompt | Mapping[str, Any]]) -> dict[str, Any]:
@@ -165,9 +181,14 @@ class WorldModelEnv(BatchedEnvBase):
         if self.history.capacity > 0:
             past = torch.cat([self.frame[:, None], gen.frames[:, :-1]], 1)[:, -self.history.capacity :]
             self.history.push(self.prophet.latent_codec.encode_frames(past).transpose(1, 2))
-        prob = torch.sigmoid(gen.success_logit) if gen.success_logit is not None else torch.zeros(self.num_envs)
         keep = alive[:, None, None, None]
         self.frame = torch.where(keep, new_frame, self.frame)
+        if self.success_scorer is not None:
+            prob = self.success_scorer(torch.stack([*self.video_frames, self.frame], 1)).float().cpu()
+        elif gen.success_logit is not None:
+            prob = torch.sigmoid(gen.success_logit)
+        else:
+            prob = torch.zeros(self.num_envs)
         if targets is not None:
             self.target = torch.where(alive[:, None], targets[:, -1], self.target)
         if self.state_mode == "integrate":

@@ -136,3 +136,29 @@ def test_commanded_targets_drive_the_action_frames_and_the_state(prophet):
     finally:
         hook.remove()
     assert torch.equal(same[0], diff[0]) and not torch.allclose(same[1], diff[1], atol=1e-5)
+
+
+def test_a_success_scorer_replaces_the_success_head_with_its_persistence_rule(prophet):
+    from lightning_prophrl.envs.world_model import classifier_scorer
+    from lightning_prophrl.models.reward import VideoSuccessClassifier
+
+    seen = []
+
+    def bright_scorer(video):  # success once the newest frame is brighter than the first one
+        seen.append(video.shape[1])
+        return (video[:, -1].mean((1, 2, 3)) > video[:, 0].mean((1, 2, 3))).float()
+
+    env = WorldModelEnv(prophet, stats(), num_prompts=2, group_size=1, max_segments=4, num_steps=1,
+                        success_threshold=0.5, success_k=2, success_scorer=bright_scorer)  # fmt: skip
+    env.reset(prompts())
+    act = np.zeros((2, 2, 14), np.float32)
+    for _ in range(4):
+        obs, done, info = env.step(act)
+    video = env.video()
+    bright = (video[:, 1:].mean((2, 3, 4)) > video[:, :1].mean((2, 3, 4))).long()  # (N, 4) per-step scores
+    expected = ((bright[:, 1:] + bright[:, :-1]) == 2).any(1)  # 2 consecutive steps above 0.5
+    assert torch.equal(info[K.SUCCESS], expected) and seen[:2] == [2, 3]
+    # a classifier scorer scores the newest frame given its temporal window
+    clf = VideoSuccessClassifier(feature_dim=8, channels=(8, 8), groups=4, temporal_kernel=2)
+    probs = classifier_scorer(clf)(video)
+    assert probs.shape == (2,) and torch.allclose(probs, clf.frame_probs(video)[:, -1], atol=1e-6)
