@@ -64,9 +64,12 @@ class ImaginationGuardCallback(L.Callback):
         n = len(self.check_seeds)
         real = MetaWorldEnv(self.task, num_prompts=n, group_size=1, exec_horizon=pl_module.policy.exec_horizon,
                             **self.env_kwargs)  # fmt: skip
+        # the same imagination as training: sampling, success rule and scorer, state rule, action-frame targets
         world = WorldModelEnv(wm.prophet, wm.stats, num_prompts=n, group_size=1, max_segments=wm.max_segments,
                               num_steps=wm.num_steps, success_threshold=wm.success_threshold, success_k=wm.success_k,
-                              state_mode=wm.state_mode)  # fmt: skip
+                              stop_at_success=wm.stop_at_success, state_mode=wm.state_mode,
+                              action_scale_to_state=wm.action_scale_to_state, poses=wm.poses,
+                              success_scorer=wm.success_scorer)  # fmt: skip
         return real, world
 
     def check(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:

@@ -206,3 +206,28 @@ def test_imagination_guard_logs_both_worlds_and_stops_on_divergence(env):
     assert updates == 2 and len(hist) == 3 and real_steps == 24
     assert {"real_success", "imagined_success", "kappa", "confusion"} <= set(hist[0])
     initial.close()
+
+
+def test_imagination_guard_imagines_like_training():
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import yaml
+
+    from lightning_prophrl.callbacks import ImaginationGuardCallback
+    from lightning_prophrl.envs.poses import CommandedPoses
+    from lightning_prophrl.envs.world_model import WorldModelEnv
+    from lightning_prophrl.models.prophet import Prophet
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs/prophet/model_tiny.yaml").read_text())
+    prophet = Prophet(**{**cfg["init_args"], "action_chunk_length": 2, "history_length": 0})
+    wm = WorldModelEnv(prophet, metaworld_stats(), num_prompts=1, group_size=2, max_segments=3, num_steps=2,
+                       success_threshold=0.9, success_k=3, poses=CommandedPoses.metaworld(TASK, 32),
+                       success_scorer=lambda video: video[:, -1].mean((1, 2, 3)))  # fmt: skip
+    guard = ImaginationGuardCallback(TASK, check_seeds=[4000], every_n_updates=1, image_size=32, max_steps=8)
+    real, world = guard._build(SimpleNamespace(env=wm, policy=SimpleNamespace(exec_horizon=4)))
+    try:
+        assert world.poses is wm.poses and world.success_scorer is wm.success_scorer
+        assert (world.num_steps, world.success_threshold, world.success_k) == (2, 0.9, 3)
+    finally:
+        real.close()
