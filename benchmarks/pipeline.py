@@ -39,7 +39,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import resource
 import shutil
 import sys
@@ -68,6 +67,7 @@ from lightning_prophrl.pipeline import (  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _envs import env_throughput, format_throughput  # noqa: E402
+from _machine import run_info  # noqa: E402
 
 
 def _rss_mb() -> float:
@@ -205,13 +205,7 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
         else:
             print(f"outputs and per-stage logs in {out}")
-    summary.update({
-        "threads": args.threads,
-        "machine": f"{platform.processor() or platform.machine()} x{os.cpu_count()}",
-        "platform": platform.platform(),
-        "load_avg_1min": round(os.getloadavg()[0], 2),
-        "wall_s": round(time.perf_counter() - t_start, 1),
-    })  # fmt: skip
+    summary.update({"threads": args.threads, **run_info(t_start)})
     print(json.dumps(summary))
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -48,6 +47,7 @@ from lightning_prophrl.models.prophet import Prophet  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _envs import env_throughput, format_throughput  # noqa: E402
+from _machine import run_info  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "prophet" / "model_tiny.yaml"
 
@@ -166,12 +166,7 @@ def main() -> None:
         print(format_throughput(envs))
         result["envs"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in envs.items()}
         result["peak_rss_mb_with_envs"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result.update({
-        "torch": torch.__version__,
-        "machine": f"{platform.processor() or platform.machine()} x{os.cpu_count()}",
-        "load_avg_1min": round(os.getloadavg()[0], 2),
-        "wall_s": time.perf_counter() - t_start,
-    })  # fmt: skip
+    result.update({"torch": torch.__version__, **run_info(t_start)})
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
 
 

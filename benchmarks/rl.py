@@ -29,12 +29,13 @@ import argparse
 import json
 import logging
 import os
-import platform
 import statistics
+import sys
 import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -46,6 +47,9 @@ import torch  # noqa: E402
 from lightning_prophrl.actions import ActionStats, metaworld_to_unified  # noqa: E402
 from lightning_prophrl.constants import INSTRUCTION, OBS_IMAGE, OBS_STATE  # noqa: E402
 from lightning_prophrl.models.policy import FlowMatchingPolicy  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import run_info  # noqa: E402
 
 TASKS = ["pick the puck and place it at the goal", "open the drawer", "push the puck to the goal"]
 
@@ -343,14 +347,7 @@ def main() -> None:
             "updates_timed": res["updates"],
             "rl_settings": res["settings"],
         })  # fmt: skip
-    summary.update({
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "machine": f"{platform.processor() or platform.machine()} x{os.cpu_count()}",
-        "platform": platform.platform(),
-        "load_avg_1min": round(os.getloadavg()[0], 2),
-        "wall_s": round(time.perf_counter() - t_start, 1),
-    })  # fmt: skip
+    summary.update({"threads": torch.get_num_threads(), "torch": torch.__version__, **run_info(t_start)})
     print(json.dumps(summary))
 
 
