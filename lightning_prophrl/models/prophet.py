@@ -18,6 +18,10 @@ How the conditioning is injected (the least fragile routes, using only public mo
   (zero for samples with ``has_camera == False``). With ``action_frame_mode`` ``"concat"`` / ``"both"`` the
   action-frame latents of the future frames are also concatenated to the DiT's input channels (pixel-aligned; zeros on
   the conditioning frames and for samples without a camera), beyond the paper.
+* Conditioning frame as channels (``cond_concat``, beyond the paper, Stable Video Diffusion style): the clean latent of
+  the current frame is also concatenated to the input channels of every frame, so each future token sees, at its own
+  position, the scene it continues from next to the commanded target drawn there. Without it the current frame
+  reaches a future token only through attention to the conditioning frame's tokens.
 * History (SPEC 2.4): :mod:`lightning_prophrl.models.history` memory tokens as extra K/V in every block's
   self-attention through a diffusers attention processor.
 * Success head: a forward hook on the last block keeps its hidden states; the mean over the future-frame tokens goes
@@ -209,6 +213,9 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         action_tokens: Also give every transformer block the actions as extra keys/values (one token per action of
             the chunk, through the memory attention path; beyond the paper). The scalar stream modulates every token
             alike (adaLN), while a token can be read by the image tokens where the motion happens (the gripper).
+        cond_concat: Also concatenate the clean conditioning latent (the newest conditioning frame) to the input
+            channels of every frame (beyond the paper; see the module docstring). Needs a backbone with those extra
+            input channels, so it is off for Cosmos checkpoints.
     """
 
     _supports_gradient_checkpointing = True
@@ -259,6 +266,7 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         cond_noise: float = 0.0,
         action_tokens: bool = False,
         target_scale: float = 1.0,
+        cond_concat: bool = False,
     ) -> None:
         super().__init__()
         if not target_scale > 0:
@@ -346,7 +354,7 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         """Build the Cosmos DiT from the config, or load it from ``path`` (config-only args then follow the file)."""
         cfg = self.config
         extra = 1 + int(cfg.padding_mask_channel)  # condition mask (+ zero padding mask)
-        frames_in = channels if self._concat_action_frames else 0  # action-frame latents as input channels
+        frames_in = channels * (int(self._concat_action_frames) + int(bool(cfg.cond_concat)))  # extra input latents
         if path is None:
             kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in _BACKBONE_KEYS}
             return CosmosTransformer3DModel(
@@ -359,8 +367,8 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         if pad not in (0, 1) or loaded_cfg["out_channels"] != channels:
             raise ValueError(
                 f"backbone at `pretrained_backbone_path`={path} has {effective} inputs / {loaded_cfg['out_channels']} "
-                f"outputs; the codec gives {channels} latent channels (+ {frames_in} action-frame channels, + condition "
-                "mask, + optional padding mask)"
+                f"outputs; the codec gives {channels} latent channels (+ {frames_in} action-frame / cond_concat "
+                "channels, + condition mask, + optional padding mask)"
             )
         model = CosmosTransformer3DModel.from_pretrained(
             path, subfolder=subfolder, concat_padding_mask=False, in_channels=effective
@@ -456,6 +464,8 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
                 keep = torch.ones(b, dtype=torch.bool, device=latents.device) if has_camera is None else has_camera
                 af[:, :, t_c:] = action_frame_latents.to(af.dtype) * keep.bool().view(b, 1, 1, 1, 1).to(af.dtype)
             channels.append(af)
+        if self.config.cond_concat:  # the current frame at every frame's position (SVD-style image conditioning)
+            channels.append(cond_latents[:, :, -1:].to(latents.dtype).expand(b, c, t_c + t_f, h, w))
         channels.append(frame_is_cond.to(latents.dtype).view(1, 1, -1, 1, 1).expand(b, 1, -1, h, w))
         if self.config.padding_mask_channel:
             channels.append(latents.new_zeros(b, 1, t_c + t_f, h, w))

@@ -562,6 +562,7 @@ class ProphetStudyConfig:
     action_tokens: bool | None = None  # None: model_tiny.yaml's value
     use_action_frames: bool | None = None  # None: model_tiny.yaml's value
     action_frame_mode: Literal["pooled", "concat", "both"] | None = None  # None: model_tiny.yaml's value
+    cond_concat: bool | None = None  # None: model_tiny.yaml's value
 
     @property
     def segments(self) -> int:
@@ -588,7 +589,7 @@ def _train_kwargs(cfg: ProphetStudyConfig, seed: int) -> dict[str, Any]:
 
 def _model_options(cfg: ProphetStudyConfig) -> dict[str, Any]:
     """The optional Prophet arguments set in ``cfg`` (None keeps ``model_tiny.yaml``'s value)."""
-    keys = ("cond_noise", "action_tokens", "use_action_frames", "action_frame_mode")
+    keys = ("cond_noise", "action_tokens", "use_action_frames", "action_frame_mode", "cond_concat")
     return {k: getattr(cfg, k) for k in keys if getattr(cfg, k) is not None}
 
 
@@ -708,6 +709,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         choices=["pooled", "concat", "both"],
         default=None,
         help="Prophet `action_frame_mode` (how action frames enter the DiT)",
+    )
+    ap.add_argument(
+        "--cond-concat",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Prophet `cond_concat` (the current frame also as input channels of every frame)",
     )
     ap.add_argument("--chunk-len", type=int, default=None, help="frames per generated segment (default 8)")
     ap.add_argument("--history-len", type=int, default=None, help="memory frames (default 8; 0 disables it)")

@@ -142,7 +142,12 @@ def test_lora_trains_only_adapters_and_round_trips_exactly(tmp_path):
     model.add_lora(rank=4)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
-    assert torch.equal(model(**latent_inputs(model)).velocity, base(**latent_inputs(base)).velocity)  # B = 0 at init
+    # B = 0 at init: the adapted model computes the base model's function (up to the last bit: CPU matmul kernels
+    # round by buffer alignment, which the adapter's extra allocations change)
+    assert all(float(p.detach().abs().max()) == 0.0 for n, p in model.named_parameters() if "lora_B" in n)
+    torch.testing.assert_close(
+        model(**latent_inputs(model)).velocity, base(**latent_inputs(base)).velocity, rtol=0, atol=1e-5
+    )
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -424,3 +429,17 @@ def test_target_scale_scales_the_flow_target_and_is_divided_out():
     assert torch.allclose(scaled._from_target(z, cond), future, atol=1e-5)
     with pytest.raises(ValueError, match="target_scale"):
         make_model(target_scale=0.0)
+
+
+def test_cond_concat_feeds_the_current_frame_to_every_frame_position():
+    model = make_model(cond_concat=True)
+    assert model.transformer.config.in_channels == 48 + 48 + 48 + 1  # latents, action frames, current frame, mask
+    seen = {}
+    handle = model.transformer.patch_embed.register_forward_pre_hook(lambda m, a: seen.update(x=a[0].detach()))
+    inputs = latent_inputs(model)
+    model(**inputs)
+    handle.remove()
+    cond = inputs["cond_latents"]  # (B, 48, 1, 8, 8): channels 96:144 hold it at the cond and every future frame
+    assert torch.equal(seen["x"][:, 96:144], cond.expand(-1, -1, 1 + L, -1, -1))
+    base = make_model(cond_concat=False)
+    assert base.transformer.config.in_channels == 48 + 48 + 1
