@@ -35,6 +35,10 @@ Decisions:
   (``action_frame_mode: both``): pooled into the timestep embedding (SPEC 2.3) and as pixel-aligned input channels.
   Earlier runs with the scalar stream only (the paper turns the action-frame stream off for online RL, SPEC 2.3)
   learned to ignore the actions: shuffled actions scored the same (docs/results.md).
+* Current frame as input channels of every frame (``cond_concat: true`` in ``model_tiny.yaml``, SVD-style): each
+  future token sees the scene it continues from at its own position, next to the target drawn there. One-seed A/B at
+  chunk 1, 1200 pretraining steps (docs/results.md): whole-episode PSNR 13.5 -> 16.2 dB, dyn PSNR 8.9 -> 10.8 (above
+  copy-last's 10.0); the actions are still not used either way.
 * Target task ``pick-place-v3`` (the project's RL testbed) held out of the pretraining tasks ``push``, ``reach``,
   ``drawer-open``, ``button-press-topdown``. Seeds: pretraining episodes ``seed + i``, target training episodes
   ``seed + 500 + i``, held-out evaluation episodes ``seed + 800 + i`` (all demo seeds < 1000).

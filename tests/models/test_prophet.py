@@ -126,7 +126,7 @@ def test_pretrained_backbone_path_loads_a_cosmos_checkpoint(tmp_path):
     )  # fmt: skip  # a Cosmos-style checkpoint: condition mask + its own padding-mask channel
     cosmos.save_pretrained(tmp_path / "transformer")
     # pooled action frames: a Cosmos checkpoint has no input channels for concatenated action frames
-    model = make_model(pretrained_backbone_path=str(tmp_path), action_frame_mode="pooled")
+    model = make_model(pretrained_backbone_path=str(tmp_path), action_frame_mode="pooled", cond_concat=False)
     assert model.config.pretrained_backbone_path is None and model.config.padding_mask_channel
     assert model.config.num_layers == 1 and len(model.transformer.transformer_blocks) == 1
     for name, value in cosmos.state_dict().items():
@@ -395,7 +395,7 @@ def test_action_tokens_reach_the_output_through_attention_and_respect_the_mask()
 
 @pytest.mark.parametrize("mode", ["pooled", "concat", "both"])
 def test_action_frame_modes_route_the_frames_where_they_say(mode):
-    model = make_model(action_frame_mode=mode)
+    model = make_model(action_frame_mode=mode, cond_concat=False)
     assert hasattr(model, "action_frame_encoder") == (mode != "concat")
     extra = 48 if mode != "pooled" else 0  # the pixel codec's 48 latent channels, concatenated
     assert model.transformer.config.in_channels == 48 + extra + 1
