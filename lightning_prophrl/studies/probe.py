@@ -60,7 +60,7 @@ def action_use_probe(
         for name, batch in variants.items():
             for t in times:
                 gen = torch.Generator().manual_seed(start)
-                loss = _loss_at(model, batch, float(t), gen)
+                loss = flow_loss_at(model, batch, float(t), gen)
                 sums.setdefault(name, {}).setdefault(float(t), 0.0)
                 sums[name][float(t)] += loss * n
     loss = {name: {t: v / clips for t, v in by_t.items()} for name, by_t in sums.items()}
@@ -68,7 +68,7 @@ def action_use_probe(
             "action_effect_t1": loss["shuffled"][1.0] - loss["real"][1.0] if 1.0 in loss["real"] else None}  # fmt: skip
 
 
-def _loss_at(model: Any, batch: dict[str, Any], t: float, generator: torch.Generator) -> float:
+def flow_loss_at(model: Any, batch: dict[str, Any], t: float, generator: torch.Generator) -> float:
     """``training_loss`` with every sample at time ``t`` (the model's own ``sample_t`` temporarily replaced)."""
     model.sample_t = lambda b, device, g=None: torch.full((b,), t, device=device)
     try:

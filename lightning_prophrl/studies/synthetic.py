@@ -67,21 +67,6 @@ def synthetic_batch(
     }
 
 
-@torch.no_grad()
-def target_loss(model: Any, batch: dict[str, torch.Tensor], t: float, seed: int = 5) -> float:
-    """Mean squared error of the predicted clean target at noise level ``t`` (fixed noise from ``seed``)."""
-    cond, future = batch[K.COND_FRAME], batch[K.FUTURE]
-    latents = model.latent_codec.encode(torch.cat([cond[:, None], future], 1))
-    cond_lat = latents[:, :, :1]
-    z0 = model._to_target(latents[:, :, 1:], cond_lat)
-    noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed))
-    n = z0.shape[0]
-    out = model((1 - t) * z0 + t * noise, torch.full((n,), t), cond_lat, batch[K.ACTIONS])
-    if model.config.parameterization == "data":
-        return float((out.prediction - z0).pow(2).mean())
-    return float((out.velocity - (noise - z0)).pow(2).mean())
-
-
 def run_synthetic(
     overrides: dict[str, Any] | None = None,
     steps: int = 1500,
@@ -99,6 +84,7 @@ def run_synthetic(
         "prediction_scale": mean |pred(a)|, "seconds", "steps", "mode", "overrides"}``.
     """
     from lightning_prophrl.models.prophet import Prophet
+    from lightning_prophrl.studies.probe import flow_loss_at
     from lightning_prophrl.studies.prophet import prophet_config
 
     if steps < 0:
@@ -114,7 +100,7 @@ def run_synthetic(
     model.train()
     for _ in range(steps):
         batch = synthetic_batch(batch_size, g, mode, size)
-        loss, _ = model.training_loss({k: v for k, v in batch.items() if k != "centre"})
+        loss, _ = model.training_loss(batch)  # the extra "centre" key is not read
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -122,9 +108,9 @@ def run_synthetic(
     model.eval()
     batch = synthetic_batch(eval_size, torch.Generator().manual_seed(seed + 1), mode, size)
     shuffled = {**batch, K.ACTIONS: batch[K.ACTIONS].roll(1, 0)}
-    losses = {name: {t: target_loss(model, b, t) for t in (0.3, 1.0)}
-              for name, b in (("real", batch), ("shuffled", shuffled))}  # fmt: skip
-    with torch.no_grad():
+    with torch.no_grad():  # the probe's fixed-time flow loss, the same noise for real and shuffled actions
+        losses = {name: {t: flow_loss_at(model, b, t, torch.Generator().manual_seed(5)) for t in (0.3, 1.0)}
+                  for name, b in (("real", batch), ("shuffled", shuffled))}  # fmt: skip
         cond_lat = model.latent_codec.encode(batch[K.COND_FRAME][:, None])
         noise = torch.randn((eval_size, cond_lat.shape[1], 1, *cond_lat.shape[-2:]), generator=g)
         ones = torch.ones(eval_size)
