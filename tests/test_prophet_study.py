@@ -16,6 +16,7 @@ from lightning_prophrl.models.prophet import Prophet
 from lightning_prophrl.studies.prophet import (
     ProphetStudyConfig,
     _success_agreement,
+    _train_kwargs,
     contact_sheet,
     generate_wm_data,
     memory_disabled,
@@ -56,6 +57,15 @@ def test_prophet_config_sizes_and_errors():
         prophet_config(image_size=30)
     with pytest.raises(KeyError, match="not_an_arg"):
         prophet_config(not_an_arg=1)
+
+
+def test_study_model_options_override_the_yaml_only_when_set():
+    default = _train_kwargs(ProphetStudyConfig(out="unused"), 0)["model_config"]
+    assert default["flow_shift"] == 24.0 and default["prev_concat"] is False  # model_tiny.yaml's values
+    cfg = ProphetStudyConfig(out="unused", flow_shift=3.0, prev_concat=True, cond_concat=False)
+    model_config = _train_kwargs(cfg, 0)["model_config"]
+    assert model_config["flow_shift"] == 3.0 and model_config["prev_concat"] is True
+    assert model_config["cond_concat"] is False
 
 
 def test_generate_wm_data_rejects_leaky_or_large_settings(tmp_path):

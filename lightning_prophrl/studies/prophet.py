@@ -567,6 +567,8 @@ class ProphetStudyConfig:
     use_action_frames: bool | None = None  # None: model_tiny.yaml's value
     action_frame_mode: Literal["pooled", "concat", "both"] | None = None  # None: model_tiny.yaml's value
     cond_concat: bool | None = None  # None: model_tiny.yaml's value
+    prev_concat: bool | None = None  # None: model_tiny.yaml's value
+    flow_shift: float | None = None  # None: model_tiny.yaml's value
 
     @property
     def segments(self) -> int:
@@ -593,7 +595,15 @@ def _train_kwargs(cfg: ProphetStudyConfig, seed: int) -> dict[str, Any]:
 
 def _model_options(cfg: ProphetStudyConfig) -> dict[str, Any]:
     """The optional Prophet arguments set in ``cfg`` (None keeps ``model_tiny.yaml``'s value)."""
-    keys = ("cond_noise", "action_tokens", "use_action_frames", "action_frame_mode", "cond_concat")
+    keys = (
+        "cond_noise",
+        "action_tokens",
+        "use_action_frames",
+        "action_frame_mode",
+        "cond_concat",
+        "prev_concat",
+        "flow_shift",
+    )
     return {k: getattr(cfg, k) for k in keys if getattr(cfg, k) is not None}
 
 
@@ -720,6 +730,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=None,
         help="Prophet `cond_concat` (the current frame also as input channels of every frame)",
     )
+    ap.add_argument(
+        "--prev-concat",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Prophet `prev_concat` (the frame before the current one also as input channels of every frame)",
+    )
+    ap.add_argument("--flow-shift", type=float, default=None, help="Prophet `flow_shift` (time shift toward noise)")
     ap.add_argument("--chunk-len", type=int, default=None, help="frames per generated segment (default 8)")
     ap.add_argument("--history-len", type=int, default=None, help="memory frames (default 8; 0 disables it)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")

@@ -443,3 +443,29 @@ def test_cond_concat_feeds_the_current_frame_to_every_frame_position():
     assert torch.equal(seen["x"][:, 96:144], cond.expand(-1, -1, 1 + L, -1, -1))
     base = make_model(cond_concat=False)
     assert base.transformer.config.in_channels == 48 + 48 + 1
+
+
+def test_prev_concat_feeds_the_previous_frame_and_falls_back_to_the_current_one():
+    model = make_model(cond_concat=True, prev_concat=True)
+    assert model.transformer.config.in_channels == 48 * 4 + 1  # latents, action frames, current, previous, mask
+    seen = {}
+    handle = model.transformer.patch_embed.register_forward_pre_hook(lambda m, a: seen.update(x=a[0].detach()))
+    inputs = latent_inputs(model)
+    inputs["history_mask"] = torch.tensor([[True] * 5, [True] * 4 + [False]])  # sample 1: newest frame missing
+    model(**inputs)
+    handle.remove()
+    prev = seen["x"][:, 144:192]  # (B, 48, 1 + L, 8, 8)
+    assert torch.equal(prev[0], inputs["history_latents"][0, :, -1:].expand(-1, 1 + L, -1, -1))
+    assert torch.equal(prev[1], inputs["cond_latents"][1].expand(-1, 1 + L, -1, -1))
+    with pytest.raises(ValueError, match="prev_concat"):
+        make_model(prev_concat=True, history_length=0)
+
+
+def test_flow_shift_moves_training_times_toward_noise():
+    base, shifted = make_model(flow_shift=1.0), make_model(flow_shift=3.0)
+    t = base.sample_t(4096, torch.device("cpu"), torch.Generator().manual_seed(0))
+    t3 = shifted.sample_t(4096, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert torch.allclose(t3, 3 * t / (1 + 2 * t), atol=1e-6)  # same draws, shifted
+    assert abs(float(t3.median()) - 0.75) < 0.02  # logit-normal(0, 1) median 0.5 -> 3 * 0.5 / (1 + 2 * 0.5)
+    with pytest.raises(ValueError, match="flow_shift"):
+        make_model(flow_shift=0.0)
