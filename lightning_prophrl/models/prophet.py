@@ -25,7 +25,8 @@ How the conditioning is injected (the least fragile routes, using only public mo
 * Previous frame as channels (``prev_concat``, beyond the paper, as in frame-stacking video predictors): the newest
   history latent is concatenated too, so each token sees the pixel-level motion of the last frame step (the pooled
   memory averages 8 x 8-pixel blocks, where a 1-pixel edge shift is invisible). A missing previous frame is filled
-  with the current one (zero motion).
+  with the current one (zero motion). Off in the tiny configs: no gain measured (the stride-4 pixel motion of the
+  Meta-World data is jitter, docs/results.md round 5).
 * History (SPEC 2.4): :mod:`lightning_prophrl.models.history` memory tokens as extra K/V in every block's
   self-attention through a diffusers attention processor.
 * Success head: a forward hook on the last block keeps its hidden states; the mean over the future-frame tokens goes
