@@ -41,6 +41,33 @@ def cohen_kappa(real: np.ndarray, imagined: np.ndarray) -> float:
 
 
 @torch.no_grad()
+def divergence_psnr(
+    real: torch.Tensor, real_len: torch.Tensor, imagined: torch.Tensor, imagined_len: torch.Tensor
+) -> list[float | None]:
+    """Where the imagined closed loop leaves the real one: PSNR (dB, frames in ``[-1, 1]``) between the two episode
+    videos at each frame index, averaged over the episodes that have that frame in both videos.
+
+    Args:
+        real: ``(N, T, 3, H, W)`` real episode videos (chunk-boundary frames); ``real_len`` ``(N,)`` valid frames.
+        imagined: ``(N, T', 3, H, W)`` imagined videos of the same episodes; ``imagined_len`` ``(N,)``.
+
+    Returns:
+        One value per frame index up to the longest common length (None where no episode has both frames).
+    """
+    if real.shape[0] != imagined.shape[0] or real.shape[2:] != imagined.shape[2:]:
+        raise ValueError(f"real {tuple(real.shape)} and imagined {tuple(imagined.shape)} videos do not match")
+    both = torch.minimum(real_len.long(), imagined_len.long())
+    out: list[float | None] = []
+    for t in range(int(both.max()) if len(both) else 0):
+        keep = both > t
+        if not bool(keep.any()):
+            out.append(None)
+            continue
+        mse = ((real[keep, t].float() - imagined[keep, t].float()) / 2).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+        out.append(float((-10 * torch.log10(mse)).mean()))
+    return out
+
+
 def closed_loop_agreement(
     policy: Any,
     real_env: Any,
@@ -58,7 +85,11 @@ def closed_loop_agreement(
     same initial sampler noise. Warns loudly when kappa is below ``kappa_threshold``.
 
     Returns:
-        ``{"kappa", "confusion", "real_success", "imagined_success", "real_env_steps", "episodes"}``.
+        ``{"kappa", "confusion", "real_success", "imagined_success", "real_env_steps", "episodes", "real_steps",
+        "imagined_steps", "psnr_by_frame"}``: per-episode outcomes are in ``confusion``; ``*_steps`` are per-episode
+        environment steps (both stop at success, so they say *when* each success came); ``psnr_by_frame`` is
+        :func:`divergence_psnr` of the two closed-loop videos (where the imagined episode leaves the real one), or
+        None when an environment keeps no video.
     """
     obs = real_env.reset(prompts)
     g = real_env.group_size
@@ -74,7 +105,12 @@ def closed_loop_agreement(
     r, i = real.success.bool().numpy(), imag.success.bool().numpy()
     kappa = cohen_kappa(r, i)
     out = {"kappa": kappa, "confusion": confusion(r, i), "real_success": float(r.mean()),
-           "imagined_success": float(i.mean()), "real_env_steps": int(real.steps.sum()), "episodes": len(r)}  # fmt: skip
+           "imagined_success": float(i.mean()), "real_env_steps": int(real.steps.sum()), "episodes": len(r),
+           "real_steps": real.steps.tolist(), "imagined_steps": imag.steps.tolist(), "psnr_by_frame": None}  # fmt: skip
+    videos = (real.videos, imag.videos)
+    if all(v is not None for v in videos) and videos[0].shape[2:] == videos[1].shape[2:]:
+        lengths = [b.info.get("video_lengths", torch.full((len(r),), b.videos.shape[1])) for b in (real, imag)]
+        out["psnr_by_frame"] = divergence_psnr(real.videos, lengths[0], imag.videos, lengths[1])
     if kappa < kappa_threshold:
         msg = (f"CLOSED-LOOP AGREEMENT GATE: kappa={kappa:.2f} < {kappa_threshold} between imagined and real outcomes "
                f"({out['confusion']}); RL inside this world model is likely to exploit it rather than improve the "
