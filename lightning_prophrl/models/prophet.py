@@ -195,6 +195,8 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             target: the stride-4 residual is sparse and smooth, so at mid times the noisy input already reveals it
             and the actions carry no gradient. The tiny configs use 24 (logit-normal median t 0.96): measured on
             Meta-World, shuffled actions scored the same as real ones at 1 and 0.3 dB worse at 24 (docs/results.md).
+        unshifted_fraction: Fraction of training samples whose time skips ``flow_shift`` (UNKNOWN; 0 = none): a
+            large shift leaves almost no training at low noise, where the detail of a sample is decided.
         t_sampling: Training time distribution: ``"logit_normal"`` (SD3) or ``"uniform"``.
         logit_mean: Mean of the logit-normal.
         logit_std: Standard deviation of the logit-normal.
@@ -269,6 +271,7 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         cond_t: float = 1e-4,
         timestep_scale: float = 1.0,
         flow_shift: float = 1.0,
+        unshifted_fraction: float = 0.0,
         t_sampling: Literal["logit_normal", "uniform"] = "logit_normal",
         logit_mean: float = 0.0,
         logit_std: float = 1.0,
@@ -286,6 +289,8 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             raise ValueError(f"`target_scale` must be > 0, got {target_scale}")
         if not flow_shift > 0:
             raise ValueError(f"`flow_shift` must be > 0, got {flow_shift}")
+        if not 0.0 <= unshifted_fraction <= 1.0:
+            raise ValueError(f"`unshifted_fraction` must lie in [0, 1], got {unshifted_fraction}")
         if cond_noise < 0:
             raise ValueError(f"`cond_noise` must be >= 0, got {cond_noise}")
         if parameterization not in ("velocity", "data"):
@@ -640,7 +645,12 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             t = torch.rand(batch_size, generator=generator, device=gen_device).to(device)
         else:
             t = torch.sigmoid(cfg.logit_mean + cfg.logit_std * _randn((batch_size,), generator, device))
-        return cfg.flow_shift * t / (1 + (cfg.flow_shift - 1) * t)
+        shifted = cfg.flow_shift * t / (1 + (cfg.flow_shift - 1) * t)
+        if cfg.unshifted_fraction <= 0:
+            return shifted
+        gen_device = generator.device if generator is not None else device
+        keep = torch.rand(batch_size, generator=generator, device=gen_device).to(device) < cfg.unshifted_fraction
+        return torch.where(keep, t, shifted)
 
     # -----------------------------------------------------------------------------------------------------------------
     # Training objective

@@ -573,6 +573,7 @@ class ProphetStudyConfig:
     cond_concat: bool | None = None  # None: model_tiny.yaml's value
     prev_concat: bool | None = None  # None: model_tiny.yaml's value
     flow_shift: float | None = None  # None: model_tiny.yaml's value
+    unshifted_fraction: float | None = None  # None: model_tiny.yaml's value
 
     @property
     def segments(self) -> int:
@@ -607,6 +608,7 @@ def _model_options(cfg: ProphetStudyConfig) -> dict[str, Any]:
         "cond_concat",
         "prev_concat",
         "flow_shift",
+        "unshifted_fraction",
     )
     return {k: getattr(cfg, k) for k in keys if getattr(cfg, k) is not None}
 
@@ -741,6 +743,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="Prophet `prev_concat` (the frame before the current one also as input channels of every frame)",
     )
     ap.add_argument("--flow-shift", type=float, default=None, help="Prophet `flow_shift` (time shift toward noise)")
+    ap.add_argument(
+        "--unshifted-fraction",
+        type=float,
+        default=None,
+        help="Prophet `unshifted_fraction` (training times kept unshifted)",
+    )
     ap.add_argument("--chunk-len", type=int, default=None, help="frames per generated segment (default 8)")
     ap.add_argument("--history-len", type=int, default=None, help="memory frames (default 8; 0 disables it)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")

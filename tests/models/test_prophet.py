@@ -469,3 +469,15 @@ def test_flow_shift_moves_training_times_toward_noise():
     assert abs(float(t3.median()) - 0.75) < 0.02  # logit-normal(0, 1) median 0.5 -> 3 * 0.5 / (1 + 2 * 0.5)
     with pytest.raises(ValueError, match="flow_shift"):
         make_model(flow_shift=0.0)
+
+
+def test_unshifted_fraction_keeps_that_share_of_training_times_unshifted():
+    base = make_model(flow_shift=1.0)
+    mixed = make_model(flow_shift=24.0, unshifted_fraction=0.25)
+    t = base.sample_t(8192, torch.device("cpu"), torch.Generator().manual_seed(0))
+    tm = mixed.sample_t(8192, torch.device("cpu"), torch.Generator().manual_seed(0))  # same first draws
+    unshifted = torch.isclose(tm, t, atol=1e-6)
+    assert torch.allclose(tm[~unshifted], (24 * t / (1 + 23 * t))[~unshifted], atol=1e-6)
+    assert abs(float(unshifted.float().mean()) - 0.25) < 0.02
+    with pytest.raises(ValueError, match="unshifted_fraction"):
+        make_model(unshifted_fraction=1.5)
