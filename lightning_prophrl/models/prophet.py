@@ -390,8 +390,8 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         if pad not in (0, 1) or loaded_cfg["out_channels"] != channels:
             raise ValueError(
                 f"backbone at `pretrained_backbone_path`={path} has {effective} inputs / {loaded_cfg['out_channels']} "
-                f"outputs; the codec gives {channels} latent channels (+ {frames_in} action-frame / cond_concat "
-                "channels, + condition mask, + optional padding mask)"
+                f"outputs; the codec gives {channels} latent channels (+ {frames_in} action-frame / cond_concat / "
+                "prev_concat channels, + condition mask, + optional padding mask)"
             )
         model = CosmosTransformer3DModel.from_pretrained(
             path, subfolder=subfolder, concat_padding_mask=False, in_channels=effective
@@ -641,15 +641,13 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         """Training times ``(B,)`` in ``(0, 1)``: logit-normal or uniform, then shifted by ``flow_shift``."""
         cfg = self.config
         if cfg.t_sampling == "uniform":
-            gen_device = generator.device if generator is not None else device
-            t = torch.rand(batch_size, generator=generator, device=gen_device).to(device)
+            t = _rand((batch_size,), generator, device)
         else:
             t = torch.sigmoid(cfg.logit_mean + cfg.logit_std * _randn((batch_size,), generator, device))
         shifted = cfg.flow_shift * t / (1 + (cfg.flow_shift - 1) * t)
         if cfg.unshifted_fraction <= 0:
             return shifted
-        gen_device = generator.device if generator is not None else device
-        keep = torch.rand(batch_size, generator=generator, device=gen_device).to(device) < cfg.unshifted_fraction
+        keep = _rand((batch_size,), generator, device) < cfg.unshifted_fraction
         return torch.where(keep, t, shifted)
 
     # -----------------------------------------------------------------------------------------------------------------
@@ -899,3 +897,9 @@ def _randn(
     """Standard normal sample drawn on the generator's device (CPU generators work for CUDA tensors)."""
     gen_device = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Uniform ``[0, 1)`` sample drawn on the generator's device, like :func:`_randn`."""
+    gen_device = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=gen_device).to(device)

@@ -702,6 +702,11 @@ def study_table(cfg: ProphetStudyConfig, reports: dict[str, list[dict[str, Any]]
     return "\n".join(lines)
 
 
+def _bool_flag(ap: argparse.ArgumentParser) -> Any:
+    """``flag(name, help)``: a ``--x/--no-x`` option whose default None keeps ``model_tiny.yaml``'s value."""
+    return lambda name, help: ap.add_argument(name, action=argparse.BooleanOptionalAction, default=None, help=help)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="python -m lightning_prophrl.studies.prophet", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -712,36 +717,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--adapt-steps", type=int, default=None)
     ap.add_argument("--adapt-mode", choices=["lora", "full"], default=None)
     ap.add_argument("--cond-noise", type=float, default=None, help="Prophet `cond_noise` (drift augmentation)")
-    ap.add_argument(
-        "--action-tokens",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="Prophet `action_tokens` (actions as extra keys/values)",
-    )
-    ap.add_argument(
-        "--use-action-frames",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="Prophet `use_action_frames` (render and feed the commanded end-effector targets)",
-    )
+    flag = _bool_flag(ap)
+    flag("--action-tokens", "Prophet `action_tokens` (actions as extra keys/values)")
+    flag("--use-action-frames", "Prophet `use_action_frames` (render and feed the commanded end-effector targets)")
     ap.add_argument(
         "--action-frame-mode",
         choices=["pooled", "concat", "both"],
         default=None,
         help="Prophet `action_frame_mode` (how action frames enter the DiT)",
     )
-    ap.add_argument(
-        "--cond-concat",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="Prophet `cond_concat` (the current frame also as input channels of every frame)",
-    )
-    ap.add_argument(
-        "--prev-concat",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="Prophet `prev_concat` (the frame before the current one also as input channels of every frame)",
-    )
+    flag("--cond-concat", "Prophet `cond_concat` (the current frame also as input channels of every frame)")
+    flag("--prev-concat", "Prophet `prev_concat` (the frame before the current one also as input channels)")
     ap.add_argument("--flow-shift", type=float, default=None, help="Prophet `flow_shift` (time shift toward noise)")
     ap.add_argument(
         "--unshifted-fraction",
