@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -45,6 +46,8 @@ VARIANTS = {
     "sim_flowgrpo": ("flow_grpo", False, "sim"),
     "wm_fagrpo": ("fa_grpo", False, "wm"),
     "wm_fagrpo_flowscale": ("fa_grpo", True, "wm"),
+    # world-model refresh before RL: Prophet fine-tuned on the SFT policy's own real rollouts (stage_rl_wm)
+    "wm_fagrpo_refresh": ("fa_grpo", False, "wm"),
 }
 POLICY_DIMS = [0, 1, 2, 6]  # Meta-World's real unified dims: dpos xyz + gripper
 
@@ -84,6 +87,13 @@ class DemoConfig:
     wm_beta_kl: float = 0.04
     wm_check_seeds: int = 30
     wm_check_every: int = 10
+    # world-model refresh (``*_refresh`` variants): real SDE rollouts of the SFT policy (seeds 6000 + 10000 * seed ..)
+    # mixed with weight ``wm_refresh_weight`` into the target data Prophet was adapted on (``wm_target_data``; the
+    # demo's own when it trains the world model) for ``wm_refresh_steps`` LoRA steps, before the gate and RL
+    wm_refresh_episodes: int = 60
+    wm_refresh_steps: int = 1000
+    wm_refresh_weight: float = 0.5
+    wm_target_data: str | None = None
     # imagined success: the domain-bridged classifier of the reward stage (3 frames > 0.9, the reward study's rule) or
     # Prophet's success head (2 segments > 0.5); measured on imagined twins: kappa 0.75 vs -0.08 (docs/results.md)
     wm_reward: str = "bridged"
@@ -111,6 +121,7 @@ class DemoConfig:
                     sft_batch=16, seeds=[0], rl_updates=2,
                     num_prompts=2, group_size=2, eval_seeds=4, eval_every=2, max_steps=40, image_size=32,
                     pretrain_tasks=["reach-v3"], wm_check_seeds=2, wm_check_every=1, wm_history_len=2,
+                    wm_refresh_episodes=2, wm_refresh_steps=2,
                     wm_episodes_per_task=2, wm_target_episodes=2, wm_eval_episodes=2, wm_pretrain_steps=4,
                     wm_adapt_steps=2, wm_batch=2, reward_train_episodes=3, reward_heldout_episodes=2,
                     reward_steps=10)  # fmt: skip
@@ -261,6 +272,57 @@ def wm_success_scoring(cfg: DemoConfig) -> dict[str, Any]:
     return {"success_scorer": classifier_scorer(load_classifier(stage)), "success_threshold": 0.9, "success_k": 3}
 
 
+def stage_refresh(cfg: DemoConfig, sft_ckpt: str, seed: int, out: Path) -> dict[str, Any]:
+    """World-model refresh on the SFT policy's own behaviour (cached under ``out``): ``wm_refresh_episodes`` real SDE
+    rollouts of the policy (seeds ``6000 + 10000 * seed`` on, disjoint from the gate's, the guard's and the evaluation's)
+    written as shards normalized with Prophet's statistics, then ``wm_refresh_steps`` LoRA steps on the mixture of
+    them (weight ``wm_refresh_weight``) and the target data Prophet was adapted on.
+
+    Returns:
+        the stage record: ``model_dir`` of the refreshed Prophet, the rollouts' ``success_rate`` and ``env_steps``
+        (real interactions), and the fine-tune's summary.
+    """
+    from lightning_prophrl.datamodules.metaworld_gen import generate_policy_rollouts
+    from lightning_prophrl.envs.rollout import ActionDecoder
+    from lightning_prophrl.models.prophet import Prophet
+    from lightning_prophrl.modules.fa_grpo import load_policy_weights
+    from lightning_prophrl.studies.prophet import adapt_prophet
+
+    if is_done(out):
+        return json.loads((out / "done.json").read_text())
+    if not cfg.wm_target_data:
+        raise ValueError("a *_refresh variant with --wm-model-dir needs --wm-target-data (the shards Prophet was "
+                         "adapted on), so that the refresh mixes old and new data")  # fmt: skip
+    if not 0.0 < cfg.wm_refresh_weight < 1.0 or cfg.wm_refresh_episodes < 1 or cfg.wm_refresh_steps < 1:
+        raise ValueError(f"`wm_refresh_weight` must lie in (0, 1) and `wm_refresh_episodes`, `wm_refresh_steps` be "
+                         f">= 1, got {cfg.wm_refresh_weight}, {cfg.wm_refresh_episodes}, {cfg.wm_refresh_steps}")  # fmt: skip
+    policy = build_policy(cfg)
+    hp = load_policy_weights(policy, sft_ckpt)
+    decoder = ActionDecoder(hp["action_stats"], hp["action_dims"], "metaworld")
+    first = 6000 + 10000 * seed
+    data = out / "rollouts"
+    shutil.rmtree(data, ignore_errors=True)  # a half-written set from an interrupted run
+    rollouts = generate_policy_rollouts(policy.eval(), decoder, cfg.target_task,
+                                        range(first, first + cfg.wm_refresh_episodes), str(data), cfg.max_queries,
+                                        size=cfg.image_size, camera=cfg.camera, max_steps=cfg.max_steps,
+                                        noise_seed=seed, stats_from=cfg.wm_model_dir)  # fmt: skip
+    config = Prophet.from_pretrained(cfg.wm_model_dir).config
+    mixture = [{"path": cfg.wm_target_data, "weight": 1.0 - cfg.wm_refresh_weight},
+               {"path": str(data), "weight": cfg.wm_refresh_weight}]  # fmt: skip
+    t0 = time.perf_counter()
+    model_dir = adapt_prophet(cfg.wm_model_dir, mixture, out / "prophet", cfg.wm_refresh_steps, "lora", seed=seed,
+                              stride=cfg.chunk_len // cfg.wm_chunk_len, chunk_len=int(config.action_chunk_length),
+                              history_len=int(config.history_length), image_size=cfg.image_size,
+                              batch_size=cfg.wm_batch, log_dir=Path(cfg.out) / "tb")  # fmt: skip
+    shutil.copy(Path(cfg.wm_model_dir) / "stats.json", Path(model_dir) / "stats.json")
+    info = {"model_dir": model_dir, "episodes": rollouts["episodes"], "success_rate": rollouts["success_rate"],
+            "env_steps": rollouts["env_steps"], "seeds": [first, first + cfg.wm_refresh_episodes],
+            "steps": cfg.wm_refresh_steps, "weight": cfg.wm_refresh_weight, "target_data": cfg.wm_target_data,
+            "seconds": time.perf_counter() - t0}  # fmt: skip
+    mark_done(out, info)
+    return info
+
+
 def stage_rl_sim(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict[str, Any]:
     """FA-GRPO variant in the real simulator for ``rl_updates`` updates; evaluates every ``eval_every`` updates."""
     import lightning as L
@@ -303,7 +365,8 @@ def stage_rl_sim(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dic
 def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict[str, Any]:
     """FA-GRPO variant inside a frozen Prophet, with the closed-loop agreement gate before RL, the imagination guard
     (imagined vs real success, early stop) during RL, a KL anchor to the SFT policy, and real-simulator evaluation.
-    Real interactions = the guard's checks + the gate (evaluation episodes are measurement only)."""
+    Real interactions = the guard's checks + the gate + the refresh rollouts of ``*_refresh`` variants (evaluation
+    episodes are measurement only)."""
     import lightning as L
 
     from lightning_prophrl.callbacks import ImaginationGuardCallback, SimEvalCallback
@@ -325,8 +388,9 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     out = Path(cfg.out) / "rl" / name / f"seed{seed}"
     if is_done(out):
         return json.loads((out / "done.json").read_text())
+    refresh = stage_refresh(cfg, sft_ckpt, seed, out / "refresh") if variant.endswith("_refresh") else None
     L.seed_everything(seed, workers=True)
-    prophet = Prophet.from_pretrained(cfg.wm_model_dir)
+    prophet = Prophet.from_pretrained(refresh["model_dir"] if refresh else cfg.wm_model_dir)
     wm_stats = load_stats(cfg.wm_stats_dir)
     reset_env = MetaWorldEnv(cfg.target_task, num_prompts=cfg.num_prompts, group_size=1, image_size=cfg.image_size,
                              max_steps=cfg.max_steps, camera=cfg.camera)  # fmt: skip
@@ -378,7 +442,8 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
         sim_eval.evaluate(trainer, module)
         rows = [json.loads(line) for line in history.read_text().splitlines()]
     info = {"variant": variant, "seed": seed, "updates": module.updates, "train_env_steps": 0, "wm_reward": cfg.wm_reward,
-            "real_interactions": gate["real_env_steps"] + guard.real_steps_total, "gate": gate,
+            "real_interactions": gate["real_env_steps"] + guard.real_steps_total + (refresh or {}).get("env_steps", 0),
+            "refresh": refresh, "gate": gate,
             "guard": guard.history, "imagined_episodes": module.episodes_total,
             "seconds": time.perf_counter() - t0, "eval": rows}  # fmt: skip
     mark_done(out, info)
@@ -467,8 +532,11 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     data = stage_data(cfg)
     wm_report = reward = None
     if any(VARIANTS[v][2] == "wm" for v in cfg.variants):
+        trains = not cfg.wm_model_dir
         model_dir, stats_dir, wm_report = stage_world_model(cfg)
         cfg = replace(cfg, wm_model_dir=model_dir, wm_stats_dir=stats_dir)
+        if trains and not cfg.wm_target_data:  # the refresh mixes in the data the demo's Prophet was adapted on
+            cfg = replace(cfg, wm_target_data=str(Path(cfg.out) / "world_model" / "data" / "target_train"))
         reward = stage_reward(cfg, model_dir, stats_dir)
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in cfg.variants}
     for seed in cfg.seeds:
@@ -517,6 +585,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--wm-stats-dir", default=None, help="dataset directory whose stats.json normalized Prophet's actions"
     )
+    ap.add_argument(
+        "--wm-target-data",
+        default=None,
+        help="the target shards Prophet was adapted on (mixed into the *_refresh variants' refresh)",
+    )
+    ap.add_argument("--wm-refresh-episodes", type=int, default=None, help="real SFT-policy rollouts per refresh")
+    ap.add_argument("--wm-refresh-steps", type=int, default=None, help="LoRA steps of the refresh")
     args = ap.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k != "quick" and v is not None}
     cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from lightning_prophrl.pipeline import DemoConfig, run, updates_to_reach
 
@@ -31,7 +32,7 @@ def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions
     from lightning_prophrl.models.prophet import Prophet
 
     out = tmp_path / "demo"
-    cfg = DemoConfig.quick(out=str(out), variants=["wm_fagrpo_flowscale"])
+    cfg = DemoConfig.quick(out=str(out), variants=["wm_fagrpo_flowscale", "wm_fagrpo_refresh"])
     run(cfg)
     # the demo pretrained and adapted its own Prophet: one frame per policy chunk, the target's action statistics
     model_dir = out / "world_model" / "adapt_lora" / "model"
@@ -49,8 +50,19 @@ def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions
     assert set(rewards["classifiers"]) == {"real-only", "bridged"}
     for by_split in rewards["classifiers"].values():
         assert set(by_split) == {"real", "imagined"} and by_split["real"]["episodes"] == cfg.reward_heldout_episodes
+    # the refresh variant fine-tuned Prophet on the SFT policy's real rollouts and counts them as real interactions
+    fresh = res["wm_fagrpo_refresh"][0]
+    refresh = fresh["refresh"]
+    assert refresh["episodes"] == cfg.wm_refresh_episodes and refresh["env_steps"] == cfg.wm_refresh_episodes * 40
+    guard_steps = sum(g["real_env_steps"] for g in fresh["guard"])
+    assert fresh["real_interactions"] == fresh["gate"]["real_env_steps"] + guard_steps + refresh["env_steps"]
+    assert refresh["target_data"] == str(out / "world_model" / "data" / "target_train")
+    before = prophet.state_dict()
+    after = Prophet.from_pretrained(refresh["model_dir"]).state_dict()
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
     table = (out / "results.md").read_text()
     assert "wm_fagrpo_flowscale" in table and "World model (held-out target episodes" in table
+    assert "wm_fagrpo_refresh" in table
     assert "Reward models vs the simulator" in table and "bridged classifier" in table
 
 

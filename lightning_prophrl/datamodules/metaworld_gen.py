@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from lightning_prophrl.actions import metaworld_to_unified
@@ -130,4 +131,93 @@ def generate_metaworld(
             summary["tasks"][task] = {"episodes": episodes, "successes": wins, "success_rate": wins / episodes}
     bar.close()
     summary["episodes"] = len(tasks) * episodes
+    return summary
+
+
+def generate_policy_rollouts(
+    policy: Any,
+    decoder: Any,
+    task: str,
+    seeds: Sequence[int],
+    out: str,
+    max_queries: int,
+    mode: str = "sde",
+    size: int = 64,
+    camera: str = "workspace",
+    max_steps: int = 150,
+    batch_size: int = 10,
+    noise_seed: int = 0,
+    stats_from: str | None = None,
+    dataset: str = "metaworld-policy",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write a policy's real closed-loop episodes as a demonstration shard dataset (world-model refresh data).
+
+    Each episode runs the full ``max_steps`` (no stop at success, like the world-model data of
+    ``lightning_prophrl.studies.prophet.generate_wm_data``) with a frame rendered after every action, and is stored in
+    the layout of ``generate_metaworld`` (``expert_to_episode``), with ``meta["source"] = "policy-<mode>"``.
+
+    Args:
+        policy: a ``FlowMatchingPolicy``.
+        decoder: maps its normalized actions to Meta-World actions (``envs.rollout.ActionDecoder``).
+        task: Meta-World v3 task.
+        seeds: initial-state seeds (on-line data: ``>= 2000``, see ``lightning_prophrl.envs.metaworld``).
+        out: output directory (must be empty or absent).
+        max_queries: policy queries per episode.
+        mode: ``"sde"`` (the policy's exploration, as during RL) or ``"ode"``.
+        size, camera, max_steps: as in ``generate_metaworld``.
+        batch_size: episodes stepped together.
+        noise_seed: seeds the sampler noise (with the batch index).
+        stats_from: a directory whose ``stats.json`` replaces the one computed from these episodes, so that the new
+            data is normalized exactly like the data the world model was trained on (its model directory).
+        dataset: dataset name.
+        progress: show a progress bar.
+
+    Returns:
+        ``{"out", "episodes", "successes", "success_rate", "env_steps", "frames"}``.
+    """
+    import shutil
+    from pathlib import Path
+
+    from lightning_prophrl.constants import STATS_FILE
+    from lightning_prophrl.envs.metaworld import MetaWorldEnv
+    from lightning_prophrl.envs.rollout import collect_rollouts
+
+    seeds = [int(s) for s in seeds]
+    if not seeds or min(seeds) < 2000:
+        raise ValueError(f"policy rollout seeds must be >= 2000 (on-line range), got {seeds[:5]}...")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
+    summary: dict[str, Any] = {"out": out, "episodes": 0, "successes": 0, "env_steps": 0, "frames": 0}
+    envs: dict[int, MetaWorldEnv] = {}
+    bar = tqdm(total=len(seeds), desc="policy rollouts", disable=not progress)
+    try:
+        with ShardWriter(out, dataset, max_count=10) as writer:
+            for b, start in enumerate(range(0, len(seeds), batch_size)):
+                chunk = seeds[start : start + batch_size]
+                if len(chunk) not in envs:
+                    envs[len(chunk)] = MetaWorldEnv(task, num_prompts=len(chunk), image_size=size, max_steps=max_steps,
+                                                    camera=camera, stop_at_success=False, record_steps=True)  # fmt: skip
+                env = envs[len(chunk)]
+                with torch.no_grad():
+                    collect_rollouts(policy, env, [{"task": task, "seed": s} for s in chunk], decoder, max_queries,
+                                     mode=mode, generator=torch.Generator().manual_seed(noise_seed * 100003 + b))  # fmt: skip
+                for record in env.episodes():
+                    ep = record.to_expert_episode(env.camera_k, env.camera_extr)
+                    episode = expert_to_episode(ep, env.fps, dataset, (size, size))
+                    episode.meta["source"] = f"policy-{mode}"
+                    writer.write(episode)
+                    summary["episodes"] += 1
+                    summary["successes"] += int(ep.episode_success)
+                    summary["env_steps"] += len(ep.actions)
+                    summary["frames"] += len(episode)
+                    bar.update(1)
+                bar.set_postfix(success=f"{summary['successes']}/{summary['episodes']}")
+    finally:
+        bar.close()
+        for env in envs.values():
+            env.close()
+    if stats_from is not None:
+        shutil.copy(Path(stats_from) / STATS_FILE, Path(out) / STATS_FILE)
+    summary["success_rate"] = summary["successes"] / summary["episodes"]
     return summary

@@ -142,6 +142,8 @@ class EpisodeRecord:
         ee_poses: ``T + 1`` hand poses ``(7,)``, before the first action and after each one.
         object_pos: ``T + 1`` object positions ``(3 k,)`` (``_get_pos_objects``), same timing.
         success: ``T`` success flags, after each action.
+        step_frames, states, target_poses: only with ``MetaWorldEnv(record_steps=True)``: ``T + 1`` frames, proprio
+            states and commanded (mocap) poses, at reset and after each action (``to_expert_episode`` needs them).
     """
 
     task: str
@@ -154,6 +156,27 @@ class EpisodeRecord:
     ee_poses: list[np.ndarray] = field(default_factory=list)
     object_pos: list[np.ndarray] = field(default_factory=list)
     success: list[bool] = field(default_factory=list)
+    step_frames: list[np.ndarray] = field(default_factory=list)
+    states: list[np.ndarray] = field(default_factory=list)
+    target_poses: list[np.ndarray] = field(default_factory=list)
+
+    def to_expert_episode(self, camera_k: np.ndarray, camera_extr: np.ndarray, sigma: float = 0.0) -> ExpertEpisode:
+        """This episode in the layout of a scripted-expert episode, so that ``expert_to_episode`` writes it as a
+        demonstration shard (e.g. a policy's real rollouts as world-model refresh data; ``sigma`` is recorded as the
+        episode's noise level)."""
+        if len(self.step_frames) != len(self.actions) + 1 or not self.actions:
+            raise ValueError(
+                f"episode {self.task} seed {self.seed}: {len(self.step_frames)} per-step frames for "
+                f"{len(self.actions)} actions; record it with MetaWorldEnv(record_steps=True) and step it at least once"
+            )
+        return ExpertEpisode(
+            task=self.task, seed=self.seed, sigma=float(sigma), instruction=self.instruction,
+            frames=np.stack(self.step_frames[:-1]), final_frame=self.step_frames[-1],
+            actions=np.stack(self.actions).astype(np.float32), states=np.stack(self.states[:-1]),
+            ee_poses=np.stack(self.ee_poses), target_poses=np.stack(self.target_poses),
+            object_pos=np.stack(self.object_pos), goal=self.goal, success=np.array(self.success, dtype=bool),
+            camera_k=camera_k, camera_extr=camera_extr,
+        )  # fmt: skip
 
 
 class _Slot:
@@ -185,6 +208,9 @@ class MetaWorldEnv(BatchedEnvBase):
         stop_at_success: end an episode at its first successful step.
         state_mode: ``OBS_STATE`` content, ``"proprio"`` (hand xyz + gripper opening, 4-D, what a real robot has) or
             ``"full"`` (Meta-World's 39-D observation with object poses and goal: privileged).
+        record_steps: also render a frame and record the proprio state and the commanded pose after *every* action
+            (one render per step instead of per chunk), so the episodes can be written as demonstration shards
+            (``EpisodeRecord.to_expert_episode``).
     """
 
     action_dim = 4
@@ -200,6 +226,7 @@ class MetaWorldEnv(BatchedEnvBase):
         camera: str | FreeCamera = "workspace",
         stop_at_success: bool = True,
         state_mode: StateMode = "proprio",
+        record_steps: bool = False,
     ) -> None:
         # 1. Validate the arguments.
         self.tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
@@ -216,6 +243,7 @@ class MetaWorldEnv(BatchedEnvBase):
         self.num_prompts, self.group_size, self.num_envs = num_prompts, group_size, num_prompts * group_size
         self.image_size, self.camera, self.max_steps = image_size, camera, max_steps
         self.exec_horizon, self.stop_at_success, self.state_mode = exec_horizon, stop_at_success, state_mode
+        self.record_steps = record_steps
         self.state_dim = 4 if state_mode == "proprio" else 39
 
         # 2. Simulator pool: num_envs instances per task, the first task built now.
@@ -225,6 +253,8 @@ class MetaWorldEnv(BatchedEnvBase):
         self._grow_pool(self.tasks[0], self.num_envs)
         first = self._pool[self.tasks[0]][0].renderer
         self.camera_k, self.camera_extr = first.intrinsics(), first.extrinsics()
+        sim = self._pool[self.tasks[0]][0].env
+        self.fps = 1.0 / (sim.model.opt.timestep * sim.frame_skip)  # simulator steps per second
 
         # 3. Episode state (filled by reset).
         self._slots: list[_Slot] = []
@@ -275,6 +305,10 @@ class MetaWorldEnv(BatchedEnvBase):
             record.frame_steps.append(0)
             record.ee_poses.append(ee_pose(slot.env))
             record.object_pos.append(np.array(slot.env._get_pos_objects(), dtype=np.float64))
+            if self.record_steps:
+                record.step_frames.append(frame)
+                record.states.append(proprio(self._obs[n], self.state_mode).astype(np.float32))
+                record.target_poses.append(mocap_pose(slot.env))
             self._slots.append(slot)
             self._episodes.append(record)
             frames.append(frame)
@@ -306,7 +340,7 @@ class MetaWorldEnv(BatchedEnvBase):
         executed = np.zeros(self.num_envs, dtype=np.int64)
         for n in np.flatnonzero(~self._done):
             executed[n] = self._run_chunk(n, a[n])
-            frame = self._slots[n].renderer.render()
+            frame = self._episodes[n].step_frames[-1] if self.record_steps else self._slots[n].renderer.render()
             self._episodes[n].frames.append(frame)
             self._episodes[n].frame_steps.append(int(self._steps[n]))
             self._image[n] = frames_to_image(frame)
@@ -332,6 +366,10 @@ class MetaWorldEnv(BatchedEnvBase):
             record.success.append(success)
             record.ee_poses.append(ee_pose(env))
             record.object_pos.append(np.array(env._get_pos_objects(), dtype=np.float64))
+            if self.record_steps:
+                record.step_frames.append(self._slots[n].renderer.render())
+                record.states.append(proprio(obs, self.state_mode).astype(np.float32))
+                record.target_poses.append(mocap_pose(env))
             if (success and self.stop_at_success) or self._steps[n] >= self.max_steps:
                 self._done[n] = True
                 return t + 1

@@ -210,9 +210,10 @@ def prophet_config(
     return cfg
 
 
-def _fit(module: Any, datasets: list[str], log_dir: str, name: str, steps: int, seed: int, stride: int, chunk_len: int,
+def _fit(module: Any, datasets: list[Any], log_dir: str, name: str, steps: int, seed: int, stride: int, chunk_len: int,
          history_len: int, image_size: int, batch_size: int, ema_decay: float | None) -> dict[str, Any]:  # fmt: skip
-    """Train ``module`` for ``steps`` optimizer steps on clips of ``datasets`` (TensorBoard: ``<log_dir>/<name>``)."""
+    """Train ``module`` for ``steps`` optimizer steps on clips of ``datasets`` (paths, or ``{"path", "weight"}``
+    dicts of a weighted mixture; TensorBoard: ``<log_dir>/<name>``)."""
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -221,7 +222,8 @@ def _fit(module: Any, datasets: list[str], log_dir: str, name: str, steps: int, 
 
     if steps < 1:
         raise ValueError(f"`steps` must be >= 1, got {steps}")
-    dm = RobotClipDataModule([{"path": d, "stride": stride} for d in datasets], history_len=history_len,
+    specs = [{"path": d, "stride": stride} if isinstance(d, str) else {"stride": stride, **d} for d in datasets]
+    dm = RobotClipDataModule(specs, history_len=history_len,
                              chunk_len=chunk_len, image_size=image_size, batch_size=batch_size,
                              samples_per_epoch=steps * batch_size, windows_per_episode=8,
                              shuffle_buffer=min(64, 4 * batch_size), seed=seed)  # fmt: skip
@@ -307,7 +309,7 @@ def merge_lora(model: Any) -> Any:
 
 def adapt_prophet(
     pretrained_dir: str | None,
-    target_dir: str,
+    target_dir: str | Sequence[Any],
     out: str | Path,
     steps: int = 1000,
     mode: Literal["lora", "full"] = "lora",
@@ -329,9 +331,10 @@ def adapt_prophet(
         pretrained_dir: ``save_pretrained`` directory of the pretrained model; None trains a freshly initialised
             network (``model_config`` / :func:`prophet_config`) with every parameter and the same budget (``mode`` is
             then ignored and recorded as ``"scratch"``).
-        target_dir: few-shot target dataset.
+        target_dir: few-shot target dataset, or a weighted mixture (paths or ``{"path", "weight"}`` dicts, as for
+            ``RobotClipDataModule``).
         out: stage directory; the model goes to ``<out>/model`` (LoRA fused in, see :func:`merge_lora`) with the
-            target's ``stats.json``.
+            (first) target dataset's ``stats.json``.
         steps: optimizer steps (the shared adaptation budget).
         mode: ``"lora"`` (rank ``lora_rank`` on the DiT attention + the conditioning modules, SPEC 2.7) or ``"full"``.
         seed, stride, chunk_len, history_len, image_size, batch_size, lr, ema_decay, log_dir: as in
@@ -360,10 +363,14 @@ def adapt_prophet(
     if int(module.model.config.action_chunk_length) != chunk_len:
         raise ValueError(f"`chunk_len`={chunk_len} differs from the model's {module.model.config.action_chunk_length}")
     trainable = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
-    info = _fit(module, [target_dir], str(log_dir or out / "tb"), f"{out.parent.name}_{out.name}", steps, seed,
+    datasets = [target_dir] if isinstance(target_dir, str) else list(target_dir)
+    if not datasets:
+        raise ValueError("`target_dir` is an empty mixture")
+    info = _fit(module, datasets, str(log_dir or out / "tb"), f"{out.parent.name}_{out.name}", steps, seed,
                 stride, chunk_len, history_len, image_size, batch_size, ema_decay)  # fmt: skip
     merge_lora(module.model).save_pretrained(str(out / "model"))
-    shutil.copy(Path(target_dir) / K.STATS_FILE, out / "model" / K.STATS_FILE)
+    first = datasets[0] if isinstance(datasets[0], str) else datasets[0]["path"]
+    shutil.copy(Path(first) / K.STATS_FILE, out / "model" / K.STATS_FILE)
     mark_done(out, {**info, "mode": mode, "pretrained": pretrained_dir, "trainable_parameters": trainable})
     return str(out / "model")
 

@@ -79,3 +79,36 @@ def test_target_poses_are_stored_strided_and_drawn(mw_shards):
     np.testing.assert_allclose(ep.target_poses[1:, 0, 7], ep.actions[:-1, 6])  # the commanded opening
     strided = stride_episode(ep, 4)
     np.testing.assert_array_equal(strided.target_poses, ep.target_poses[::4])
+
+
+def test_policy_rollouts_are_written_as_demonstrations_with_the_given_stats(tmp_path, mw_shards):
+    from pathlib import Path
+
+    import torch
+
+    from lightning_prophrl.datamodules.metaworld_gen import generate_policy_rollouts
+    from lightning_prophrl.envs.rollout import ActionDecoder
+    from lightning_prophrl.models.policy import FlowMatchingPolicy
+
+    data, _ = mw_shards
+    torch.manual_seed(0)
+    policy = FlowMatchingPolicy(action_dim=4, chunk_len=4, state_dim=4, text_encoder="none", cond_dim=32, width=32,
+                                depth=1, num_heads=2, num_steps=2)  # fmt: skip
+    decoder = ActionDecoder(load_stats(data), [0, 1, 2, 6], "metaworld")
+    out = tmp_path / "policy"
+    summary = generate_policy_rollouts(policy, decoder, "pick-place-v3", [2000, 2001, 2002], str(out), max_queries=4,
+                                       size=32, max_steps=14, batch_size=2, stats_from=data, progress=False)  # fmt: skip
+    eps = list(iter_episodes(str(out)))
+    assert [e.key for e in eps] == [f"pick-place-v3_{s:06d}" for s in (2000, 2001, 2002)]
+    assert summary["episodes"] == 3 and summary["env_steps"] == 3 * 14  # no stop at success: the full cap
+    # normalized like the data the world model saw: its stats.json, not one computed from these episodes
+    assert (out / "stats.json").read_bytes() == (Path(data) / "stats.json").read_bytes()
+    env = make_seeded_env("pick-place-v3")
+    for e in eps:
+        assert len(e.frames) == len(e.actions) == 15 and e.meta["source"] == "policy-sde" and e.frames.std() > 5
+        reset_seeded(env, e.meta["seed"])
+        flags = [bool(env.step(np.clip(a, -1, 1))[-1]["success"]) for a in unified_to_metaworld(e.actions[:-1])]
+        assert flags == e.meta["success_steps"][1:]  # the stored actions replay to the stored outcome
+        np.testing.assert_allclose(e.ee_poses[-1, 0, :3], env.data.body("hand").xpos, atol=1e-5)
+    with pytest.raises(ValueError, match=">= 2000"):
+        generate_policy_rollouts(policy, decoder, "pick-place-v3", [1000], str(tmp_path / "bad"), max_queries=1)

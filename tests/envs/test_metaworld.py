@@ -210,3 +210,37 @@ def test_exec_horizon_and_multi_task():
         assert multi.camera_k.shape == (3, 3) and multi.camera_extr.shape == (4, 4)
     finally:
         multi.close()
+
+
+# ---- per-step recording (policy rollouts as demonstration data) -----------------------------------------------------
+def test_record_steps_reproduces_the_expert_episode_and_keeps_the_chunk_frames():
+    expert = ScriptedExpert(TASK, image_size=32, max_steps=22, stop_at_success=False)
+    try:
+        ep = expert.run(seed=2001, sigma=0.3)
+    finally:
+        expert.close()
+    plain = MetaWorldEnv(TASK, image_size=32, max_steps=22, stop_at_success=False)
+    rec = MetaWorldEnv(TASK, image_size=32, max_steps=22, stop_at_success=False, record_steps=True)
+    try:
+        chunks = np.concatenate([ep.actions, np.zeros((2, 4), np.float32)]).reshape(6, 4, 4)  # 22 steps + padding
+        for e in (plain, rec):
+            e.reset([Prompt(TASK, 2001)])
+            for c in chunks:
+                e.step(c[None])
+        # the chunk-boundary video is unchanged by per-step recording
+        torch.testing.assert_close(rec.video(uint8=True), plain.video(uint8=True), rtol=0, atol=0)
+        (record,) = rec.episodes()
+        with pytest.raises(ValueError, match="record_steps=True"):
+            plain.episodes()[0].to_expert_episode(plain.camera_k, plain.camera_extr)
+        again = record.to_expert_episode(rec.camera_k, rec.camera_extr, sigma=0.3)
+    finally:
+        plain.close()
+        rec.close()
+    # replaying the expert's actions chunk by chunk gives the expert's own episode, frame for frame
+    assert record.frame_steps == [0, 4, 8, 12, 16, 20, 22]
+    for name in ("frames", "actions", "states", "success"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(ep, name), err_msg=name)
+    np.testing.assert_array_equal(again.final_frame, ep.final_frame)
+    for name in ("ee_poses", "target_poses", "object_pos"):
+        np.testing.assert_allclose(getattr(again, name), getattr(ep, name), atol=1e-12, err_msg=name)
+    assert rec.fps == pytest.approx(80.0)
