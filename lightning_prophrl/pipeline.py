@@ -94,6 +94,8 @@ class DemoConfig:
     wm_refresh_steps: int = 1000
     wm_refresh_weight: float = 0.5
     wm_target_data: str | None = None
+    # also retrain the bridged classifier with the refresh rollouts and their imagined twins (by the refreshed Prophet)
+    wm_refresh_reward: bool = True
     # imagined success: the domain-bridged classifier of the reward stage (3 frames > 0.9, the reward study's rule) or
     # Prophet's success head (2 segments > 0.5); measured on imagined twins: kappa 0.75 vs -0.08 (docs/results.md)
     wm_reward: str = "bridged"
@@ -257,8 +259,9 @@ def reward_summary(reward: dict[str, Any]) -> str:
     return "Reward models vs the simulator on held-out episodes: " + " | ".join(parts) + "."
 
 
-def wm_success_scoring(cfg: DemoConfig) -> dict[str, Any]:
-    """``WorldModelEnv`` success arguments for ``cfg.wm_reward`` (the bridged classifier comes from the reward stage)."""
+def wm_success_scoring(cfg: DemoConfig, classifier_dir: str | Path | None = None) -> dict[str, Any]:
+    """``WorldModelEnv`` success arguments for ``cfg.wm_reward`` (the bridged classifier comes from the reward stage,
+    or from ``classifier_dir``, e.g. a refresh's)."""
     if cfg.wm_reward == "success_head":
         return {"success_threshold": 0.5, "success_k": 2}
     if cfg.wm_reward != "bridged":
@@ -266,7 +269,7 @@ def wm_success_scoring(cfg: DemoConfig) -> dict[str, Any]:
     from lightning_prophrl.envs.world_model import classifier_scorer
     from lightning_prophrl.studies.reward import load_classifier
 
-    stage = Path(cfg.out) / "reward" / "classifier" / "bridged"
+    stage = Path(classifier_dir) if classifier_dir else Path(cfg.out) / "reward" / "classifier" / "bridged"
     if not is_done(stage):
         raise FileNotFoundError(f"--wm-reward bridged needs the reward stage's classifier at {stage} (run the demo)")
     return {"success_scorer": classifier_scorer(load_classifier(stage)), "success_threshold": 0.9, "success_k": 3}
@@ -278,9 +281,13 @@ def stage_refresh(cfg: DemoConfig, sft_ckpt: str, seed: int, out: Path) -> dict[
     written as shards normalized with Prophet's statistics, then ``wm_refresh_steps`` LoRA steps on the mixture of
     them (weight ``wm_refresh_weight``) and the target data Prophet was adapted on.
 
+    With ``wm_refresh_reward`` (and the bridged reward), the bridged classifier is retrained on the reward stage's data
+    plus the rollouts and their imagined twins by the refreshed Prophet, all labelled by the simulator: a classifier
+    that only saw noisy-expert episodes may take the policy's own failures for successes.
+
     Returns:
-        the stage record: ``model_dir`` of the refreshed Prophet, the rollouts' ``success_rate`` and ``env_steps``
-        (real interactions), and the fine-tune's summary.
+        the stage record: ``model_dir`` of the refreshed Prophet, ``classifier_dir`` (None when not retrained), the
+        rollouts' ``success_rate`` and ``env_steps`` (real interactions), and the fine-tune's summary.
     """
     from lightning_prophrl.datamodules.metaworld_gen import generate_policy_rollouts
     from lightning_prophrl.envs.rollout import ActionDecoder
@@ -301,11 +308,14 @@ def stage_refresh(cfg: DemoConfig, sft_ckpt: str, seed: int, out: Path) -> dict[
     decoder = ActionDecoder(hp["action_stats"], hp["action_dims"], "metaworld")
     first = 6000 + 10000 * seed
     data = out / "rollouts"
-    shutil.rmtree(data, ignore_errors=True)  # a half-written set from an interrupted run
-    rollouts = generate_policy_rollouts(policy.eval(), decoder, cfg.target_task,
-                                        range(first, first + cfg.wm_refresh_episodes), str(data), cfg.max_queries,
-                                        size=cfg.image_size, camera=cfg.camera, max_steps=cfg.max_steps,
-                                        noise_seed=seed, stats_from=cfg.wm_model_dir)  # fmt: skip
+    if not is_done(data):
+        shutil.rmtree(data, ignore_errors=True)  # a half-written set from an interrupted run
+        summary = generate_policy_rollouts(policy.eval(), decoder, cfg.target_task,
+                                           range(first, first + cfg.wm_refresh_episodes), str(data), cfg.max_queries,
+                                           size=cfg.image_size, camera=cfg.camera, max_steps=cfg.max_steps,
+                                           noise_seed=seed, stats_from=cfg.wm_model_dir)  # fmt: skip
+        mark_done(data, summary)
+    rollouts = json.loads((data / "done.json").read_text())
     config = Prophet.from_pretrained(cfg.wm_model_dir).config
     mixture = [{"path": cfg.wm_target_data, "weight": 1.0 - cfg.wm_refresh_weight},
                {"path": str(data), "weight": cfg.wm_refresh_weight}]  # fmt: skip
@@ -315,12 +325,36 @@ def stage_refresh(cfg: DemoConfig, sft_ckpt: str, seed: int, out: Path) -> dict[
                               history_len=int(config.history_length), image_size=cfg.image_size,
                               batch_size=cfg.wm_batch, log_dir=Path(cfg.out) / "tb")  # fmt: skip
     shutil.copy(Path(cfg.wm_model_dir) / "stats.json", Path(model_dir) / "stats.json")
-    info = {"model_dir": model_dir, "episodes": rollouts["episodes"], "success_rate": rollouts["success_rate"],
+    classifier_dir = None
+    if cfg.wm_refresh_reward and cfg.wm_reward == "bridged":
+        classifier_dir = refresh_classifier(cfg, model_dir, data, out)
+    info = {"model_dir": model_dir, "classifier_dir": classifier_dir, "episodes": rollouts["episodes"],
+            "success_rate": rollouts["success_rate"],
             "env_steps": rollouts["env_steps"], "seeds": [first, first + cfg.wm_refresh_episodes],
             "steps": cfg.wm_refresh_steps, "weight": cfg.wm_refresh_weight, "target_data": cfg.wm_target_data,
             "seconds": time.perf_counter() - t0}  # fmt: skip
     mark_done(out, info)
     return info
+
+
+def refresh_classifier(cfg: DemoConfig, model_dir: str, rollouts: Path, out: Path) -> str:
+    """The bridged classifier retrained (same steps and batch) on the reward stage's real and imagined training
+    episodes plus the refresh ``rollouts`` and their imagined twins by the refreshed Prophet ``model_dir``."""
+    from lightning_prophrl.models.prophet import Prophet
+    from lightning_prophrl.studies.reward import imagine_dataset, stride_dataset, train_classifier
+
+    stride = cfg.chunk_len // cfg.wm_chunk_len
+    chunk = int(Prophet.load_config(model_dir)["action_chunk_length"])
+    reward_data = Path(cfg.out) / "reward" / "data"
+    old = [reward_data / "real_train_strided", reward_data / "imagined_train"]
+    if not all(is_done(d) for d in old):
+        raise FileNotFoundError(f"the classifier refresh needs the reward stage's training data {old} (run the demo)")
+    stride_dataset(rollouts, out / "rollouts_strided", stride, chunk)
+    imagine_dataset(model_dir, rollouts, out / "rollouts_imagined", stride, cfg.wm_num_steps, stats_from=model_dir)
+    datasets = [*map(str, old), str(out / "rollouts_strided"), str(out / "rollouts_imagined")]
+    train_classifier(datasets, out / "classifier", [1.0] * 4, cfg.reward_steps, 0,
+                     min(64, 16 * cfg.reward_train_episodes), cfg.image_size, Path(cfg.out) / "tb")  # fmt: skip
+    return str(out / "classifier")
 
 
 def stage_rl_sim(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict[str, Any]:
@@ -400,7 +434,7 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
         if prophet.config.use_action_frames
         else None
     )
-    scoring = wm_success_scoring(cfg)
+    scoring = wm_success_scoring(cfg, (refresh or {}).get("classifier_dir"))
     env = WorldModelEnv(prophet, wm_stats, num_prompts=cfg.num_prompts, group_size=cfg.group_size,
                         max_segments=cfg.max_queries, num_steps=cfg.wm_num_steps, seed=seed, initial_env=reset_env,
                         poses=poses, **scoring)  # fmt: skip
@@ -409,14 +443,17 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
                           beta_kl=cfg.wm_beta_kl, seed=seed, optimizer=lambda p: torch.optim.Adam(p, lr=cfg.lr))  # fmt: skip
     # 1. closed-loop agreement gate of the SFT policy (before RL)
     n_gate = cfg.wm_check_seeds
+    # the real gate episodes run to the cap so that the reward model's persistence rule can also judge them
     gate_real = MetaWorldEnv(cfg.target_task, num_prompts=n_gate, group_size=1, image_size=cfg.image_size,
-                             max_steps=cfg.max_steps, camera=cfg.camera)  # fmt: skip
+                             max_steps=cfg.max_steps, camera=cfg.camera, stop_at_success=False)  # fmt: skip
     gate_wm = WorldModelEnv(prophet, wm_stats, num_prompts=n_gate, group_size=1, max_segments=cfg.max_queries,
                             num_steps=cfg.wm_num_steps, poses=poses, **scoring)  # fmt: skip
     dec = module.decoder
     gate = closed_loop_agreement(module.policy, gate_real, gate_wm,
                                  [{"task": cfg.target_task, "seed": s} for s in range(5000, 5000 + n_gate)],
-                                 ActionDecoder(dec.stats, dec.action_dims, "metaworld"), dec, cfg.max_queries)  # fmt: skip
+                                 ActionDecoder(dec.stats, dec.action_dims, "metaworld"), dec, cfg.max_queries,
+                                 reward_scorer=scoring.get("success_scorer"),
+                                 reward_threshold=scoring["success_threshold"], reward_k=scoring["success_k"])  # fmt: skip
     gate_real.close()
     # 2. RL inside the world model with the guard, evaluated in the real simulator
     prompts = PromptDataModule(tasks=[cfg.target_task], train_seeds=(2000 + 10000 * seed, 12000 + 10000 * seed),
@@ -488,6 +525,28 @@ def results_table(cfg: DemoConfig, results: dict[str, list[dict[str, Any]]]) -> 
     return "\n".join(lines)
 
 
+def gate_summary(results: dict[str, list[dict[str, Any]]]) -> str:
+    """One line per world-model variant: the closed-loop agreement gate of each seed (imagined vs real outcomes of the
+    SFT policy, kappa) and, where recorded, the reward model judging the real gate episodes."""
+    lines = []
+    for variant, rs in results.items():
+        cells = []
+        for r in rs:
+            g = r.get("gate")
+            if not g:
+                continue
+            n = g["episodes"]
+            cell = (f"seed {r['seed']}: imagined {round(g['imagined_success'] * n)}/{n} vs real "
+                    f"{round(g['real_success'] * n)}/{n}, kappa {g['kappa']:.2f}")  # fmt: skip
+            rew = g.get("reward_on_real")
+            if rew:
+                cell += f"; reward model on the real episodes: kappa {rew['kappa']:.2f}, predicted {rew['predicted_rate']:.2f}"
+            cells.append(cell)
+        if cells:
+            lines.append(f"Closed-loop gate, {variant} (SFT policy): " + " | ".join(cells) + ".")
+    return "\n\n".join(lines)
+
+
 def world_model_summary(report: dict[str, Any]) -> str:
     """One-paragraph open-loop summary of the demo's Prophet on held-out target episodes."""
     line = (f"World model (held-out target episodes, open loop under recorded actions, {report['episodes']} episodes x "
@@ -545,6 +604,9 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
             stage = stage_rl_sim if VARIANTS[variant][2] == "sim" else stage_rl_wm
             results[variant].append(stage(cfg, ckpt, seed, variant))
     table = results_table(cfg, results)
+    gates = gate_summary(results)
+    if gates:
+        table += "\n\n" + gates
     if wm_report is not None:
         table += "\n\n" + world_model_summary(wm_report)
     if reward is not None:

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,12 +58,16 @@ def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions
     guard_steps = sum(g["real_env_steps"] for g in fresh["guard"])
     assert fresh["real_interactions"] == fresh["gate"]["real_env_steps"] + guard_steps + refresh["env_steps"]
     assert refresh["target_data"] == str(out / "world_model" / "data" / "target_train")
+    # ... and retrained the bridged classifier on them and their imagined twins (the reward of that variant)
+    classifier = json.loads((Path(refresh["classifier_dir"]) / "done.json").read_text())
+    assert len(classifier["args"]["datasets"]) == 4 and classifier["args"]["datasets"][-1].endswith("rollouts_imagined")
     before = prophet.state_dict()
     after = Prophet.from_pretrained(refresh["model_dir"]).state_dict()
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
     table = (out / "results.md").read_text()
     assert "wm_fagrpo_flowscale" in table and "World model (held-out target episodes" in table
-    assert "wm_fagrpo_refresh" in table
+    assert "wm_fagrpo_refresh" in table and "Closed-loop gate, wm_fagrpo_refresh" in table
+    assert {"precision", "recall", "kappa"} <= set(wm["gate"]["reward_on_real"])  # the bridged reward on real episodes
     assert "Reward models vs the simulator" in table and "bridged classifier" in table
 
 

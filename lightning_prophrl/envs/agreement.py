@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,38 @@ def cohen_kappa(real: np.ndarray, imagined: np.ndarray) -> float:
     p_r, p_i = (c["both"] + c["real_only"]) / n, (c["both"] + c["imagined_only"]) / n
     p_e = p_r * p_i + (1 - p_r) * (1 - p_i)
     return 1.0 if p_e == 1.0 else float((p_o - p_e) / (1 - p_e))
+
+
+def persistent_success(probs: torch.Tensor, lengths: torch.Tensor, threshold: float, k: int) -> np.ndarray:
+    """Episode outcomes of the persistence rule of ``WorldModelEnv``: success once ``k`` consecutive valid frames score
+    above ``threshold``. ``probs`` ``(N, T)`` per-frame probabilities, ``lengths`` ``(N,)`` valid frames."""
+    if k < 1:
+        raise ValueError(f"the persistence k must be >= 1, got {k}")
+    above = (probs > threshold).cpu().numpy()
+    out = np.zeros(len(above), dtype=bool)
+    for n, (row, length) in enumerate(zip(above, lengths.tolist(), strict=True)):
+        streak = 0
+        for hit in row[: int(length)]:
+            streak = streak + 1 if hit else 0
+            if streak >= k:
+                out[n] = True
+                break
+    return out
+
+
+@torch.no_grad()
+def score_video(scorer: Callable[[torch.Tensor], torch.Tensor], video: torch.Tensor) -> torch.Tensor:
+    """``(N, T - 1)`` success probabilities of every frame after the first, scored as ``WorldModelEnv`` scores its
+    newest frame (``scorer`` sees the video up to that frame)."""
+    return torch.stack([scorer(video[:, : t + 1]).float().cpu() for t in range(1, video.shape[1])], 1)
+
+
+def reward_agreement(real: np.ndarray, judged: np.ndarray) -> dict[str, Any]:
+    """Precision, recall and kappa of a reward model's episode judgements ``judged`` against the simulator ``real``."""
+    c = confusion(real, judged)
+    tp, fp, fn = c["both"], c["imagined_only"], c["real_only"]
+    return {"precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None,
+            "kappa": cohen_kappa(real, judged), "predicted_rate": float(np.mean(judged)), "confusion": c}  # fmt: skip
 
 
 @torch.no_grad()
@@ -78,16 +111,26 @@ def closed_loop_agreement(
     max_queries: int,
     noise_seed: int = 0,
     kappa_threshold: float = 0.5,
+    reward_scorer: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    reward_threshold: float = 0.9,
+    reward_k: int = 3,
 ) -> dict[str, Any]:
     """Run the ODE policy from the same initial states in both environments and compare outcomes episode by episode.
 
     The world model starts from the real environment's first rendered frame and proprioception; both runs use the
     same initial sampler noise. Warns loudly when kappa is below ``kappa_threshold``.
 
+    With ``reward_scorer`` (the world model's success scorer, e.g. ``classifier_scorer``), the *real* closed-loop
+    videos are also judged by it with the same persistence rule (``reward_threshold`` for ``reward_k`` frames):
+    ``reward_on_real`` says whether the reward model can judge this policy's episodes at all, apart from any drift of
+    the world model (run ``real_env`` with ``stop_at_success=False``, so the rule sees frames after a success).
+
     Returns:
         ``{"kappa", "confusion", "real_success", "imagined_success", "real_env_steps", "episodes", "real_steps",
-        "imagined_steps", "psnr_by_frame"}``: per-episode outcomes are in ``confusion``; ``*_steps`` are per-episode
-        environment steps (both stop at success, so they say *when* each success came); ``psnr_by_frame`` is
+        "imagined_steps", "psnr_by_frame", "reward_on_real"}``: per-episode outcomes are in ``confusion``;
+        ``reward_on_real`` is :func:`reward_agreement` (None without ``reward_scorer``); ``*_steps`` are per-episode
+        environment steps (``real_success_steps``: the step of each real first success, None for failures);
+        ``psnr_by_frame`` is
         :func:`divergence_psnr` of the two closed-loop videos (where the imagined episode leaves the real one), or
         None when an environment keeps no video.
     """
@@ -106,7 +149,15 @@ def closed_loop_agreement(
     kappa = cohen_kappa(r, i)
     out = {"kappa": kappa, "confusion": confusion(r, i), "real_success": float(r.mean()),
            "imagined_success": float(i.mean()), "real_env_steps": int(real.steps.sum()), "episodes": len(r),
-           "real_steps": real.steps.tolist(), "imagined_steps": imag.steps.tolist(), "psnr_by_frame": None}  # fmt: skip
+           "real_steps": real.steps.tolist(), "imagined_steps": imag.steps.tolist(), "psnr_by_frame": None,
+           "reward_on_real": None}  # fmt: skip
+    if reward_scorer is not None and real.videos is not None:
+        lengths = real.info.get("video_lengths", torch.full((len(r),), real.videos.shape[1])) - 1
+        judged = persistent_success(score_video(reward_scorer, real.videos), lengths, reward_threshold, reward_k)
+        out["reward_on_real"] = reward_agreement(r, judged)
+    if hasattr(real_env, "episodes"):  # when the real successes came (also when the real env runs past them)
+        out["real_success_steps"] = [next((t + 1 for t, hit in enumerate(e.success) if hit), None)
+                                     for e in real_env.episodes()]  # fmt: skip
     videos = (real.videos, imag.videos)
     if all(v is not None for v in videos) and videos[0].shape[2:] == videos[1].shape[2:]:
         lengths = [b.info.get("video_lengths", torch.full((len(r),), b.videos.shape[1])) for b in (real, imag)]

@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_prophrl.envs.agreement import cohen_kappa, confusion, divergence_psnr
+from lightning_prophrl.envs.agreement import (
+    cohen_kappa,
+    confusion,
+    divergence_psnr,
+    persistent_success,
+    reward_agreement,
+    score_video,
+)
 
 
 def test_confusion_and_kappa_on_hand_counts():
@@ -34,3 +41,33 @@ def test_divergence_psnr_averages_the_episodes_alive_in_both_videos():
     assert psnr == pytest.approx([30.0, 20.0, 20.0])  # frame 0: both episodes; frames 1-2: episode 0 only
     with pytest.raises(ValueError, match="do not match"):
         divergence_psnr(real, torch.tensor([1, 1]), imagined[:1], torch.tensor([1]))
+
+
+def test_persistence_rule_needs_k_consecutive_valid_frames():
+    probs = torch.tensor([[0.95, 0.95, 0.2, 0.95, 0.95, 0.95],
+                          [0.95, 0.95, 0.95, 0.1, 0.1, 0.1],
+                          [0.2, 0.95, 0.95, 0.95, 0.95, 0.95],
+                          [0.9, 0.9, 0.9, 0.9, 0.9, 0.9]])  # fmt: skip
+    lengths = torch.tensor([6, 6, 3, 6])  # episode 2 ends before its streak (padding is never scored)
+    assert persistent_success(probs, lengths, 0.9, 3).tolist() == [True, True, False, False]  # 0.9 is not > 0.9
+    assert persistent_success(probs, lengths, 0.9, 4).tolist() == [False, False, False, False]
+    with pytest.raises(ValueError, match="k must be"):
+        persistent_success(probs, lengths, 0.9, 0)
+
+
+def test_reward_agreement_and_video_scoring():
+    real = np.array([1, 1, 0, 0, 0])
+    judged = np.array([1, 0, 1, 1, 0])
+    out = reward_agreement(real, judged)
+    assert out["precision"] == pytest.approx(1 / 3) and out["recall"] == pytest.approx(0.5)
+    assert out["predicted_rate"] == pytest.approx(0.6) and out["kappa"] == pytest.approx(cohen_kappa(real, judged))
+    assert reward_agreement(np.zeros(3), np.zeros(3))["precision"] is None
+    video = torch.arange(2 * 4, dtype=torch.float32).view(2, 4, 1, 1, 1).expand(2, 4, 3, 2, 2)
+    seen = []
+
+    def scorer(v):  # the newest frame's value, recording how much of the video it was shown
+        seen.append(v.shape[1])
+        return v[:, -1, 0, 0, 0]
+
+    torch.testing.assert_close(score_video(scorer, video), torch.tensor([[1.0, 2.0, 3.0], [5.0, 6.0, 7.0]]))
+    assert seen == [2, 3, 4]

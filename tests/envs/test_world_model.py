@@ -99,10 +99,14 @@ def test_closed_loop_agreement_gate_runs_both_worlds_and_warns(prophet):
     with pytest.warns(UserWarning, match="CLOSED-LOOP AGREEMENT GATE"):
         out = closed_loop_agreement(policy, real, world, prompts, ActionDecoder(st, [0, 1, 2, 6], "metaworld"),
                                     ActionDecoder(st, [0, 1, 2, 6], "unified"), max_queries=2,
-                                    kappa_threshold=1.1)  # fmt: skip
+                                    kappa_threshold=1.1, reward_scorer=lambda v: torch.ones(len(v)),
+                                    reward_threshold=0.5, reward_k=2)  # fmt: skip
     first_real = real.video()[:, 0]
     real.close()
     assert out["episodes"] == 2 and sum(out["confusion"].values()) == 2 and out["real_env_steps"] == 16
+    # a reward model that calls everything a success, judging the 8-step real episodes (2 scored frames each)
+    assert out["real_success"] == 0.0 and out["real_success_steps"] == [None, None]
+    assert out["reward_on_real"]["predicted_rate"] == 1.0 and out["reward_on_real"]["precision"] == 0.0
     assert torch.allclose(world.video()[:, 0], first_real)  # imagination started from the rendered real frames
 
 
