@@ -94,8 +94,10 @@ class DemoConfig:
     wm_refresh_steps: int = 1000
     wm_refresh_weight: float = 0.5
     wm_target_data: str | None = None
-    # also retrain the bridged classifier with the refresh rollouts and their imagined twins (by the refreshed Prophet)
+    # also retrain the bridged classifier with the refresh rollouts and their imagined twins (by the refreshed Prophet),
+    # for more steps than the reward stage's: 500 steps could not tell the policy's own successes from failures
     wm_refresh_reward: bool = True
+    wm_refresh_reward_steps: int = 2000
     # imagined success: the domain-bridged classifier of the reward stage (3 frames > 0.9, the reward study's rule) or
     # Prophet's success head (2 segments > 0.5); measured on imagined twins: kappa 0.75 vs -0.08 (docs/results.md)
     wm_reward: str = "bridged"
@@ -123,7 +125,7 @@ class DemoConfig:
                     sft_batch=16, seeds=[0], rl_updates=2,
                     num_prompts=2, group_size=2, eval_seeds=4, eval_every=2, max_steps=40, image_size=32,
                     pretrain_tasks=["reach-v3"], wm_check_seeds=2, wm_check_every=1, wm_history_len=2,
-                    wm_refresh_episodes=2, wm_refresh_steps=2,
+                    wm_refresh_episodes=2, wm_refresh_steps=2, wm_refresh_reward_steps=10,
                     wm_episodes_per_task=2, wm_target_episodes=2, wm_eval_episodes=2, wm_pretrain_steps=4,
                     wm_adapt_steps=2, wm_batch=2, reward_train_episodes=3, reward_heldout_episodes=2,
                     reward_steps=10)  # fmt: skip
@@ -338,8 +340,9 @@ def stage_refresh(cfg: DemoConfig, sft_ckpt: str, seed: int, out: Path) -> dict[
 
 
 def refresh_classifier(cfg: DemoConfig, model_dir: str, rollouts: Path, out: Path) -> str:
-    """The bridged classifier retrained (same steps and batch) on the reward stage's real and imagined training
-    episodes plus the refresh ``rollouts`` and their imagined twins by the refreshed Prophet ``model_dir``."""
+    """The bridged classifier retrained (``wm_refresh_reward_steps``, the reward stage's batch) on the reward stage's
+    real and imagined training episodes plus the refresh ``rollouts`` and their imagined twins by the refreshed
+    Prophet ``model_dir``, equal weights."""
     from lightning_prophrl.models.prophet import Prophet
     from lightning_prophrl.studies.reward import imagine_dataset, stride_dataset, train_classifier
 
@@ -352,7 +355,7 @@ def refresh_classifier(cfg: DemoConfig, model_dir: str, rollouts: Path, out: Pat
     stride_dataset(rollouts, out / "rollouts_strided", stride, chunk)
     imagine_dataset(model_dir, rollouts, out / "rollouts_imagined", stride, cfg.wm_num_steps, stats_from=model_dir)
     datasets = [*map(str, old), str(out / "rollouts_strided"), str(out / "rollouts_imagined")]
-    train_classifier(datasets, out / "classifier", [1.0] * 4, cfg.reward_steps, 0,
+    train_classifier(datasets, out / "classifier", [1.0] * 4, cfg.wm_refresh_reward_steps, 0,
                      min(64, 16 * cfg.reward_train_episodes), cfg.image_size, Path(cfg.out) / "tb")  # fmt: skip
     return str(out / "classifier")
 
@@ -654,6 +657,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--wm-refresh-episodes", type=int, default=None, help="real SFT-policy rollouts per refresh")
     ap.add_argument("--wm-refresh-steps", type=int, default=None, help="LoRA steps of the refresh")
+    ap.add_argument("--wm-refresh-reward-steps", type=int, default=None, help="classifier steps of the refresh")
     args = ap.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k != "quick" and v is not None}
     cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)

@@ -156,3 +156,13 @@ def test_quick_study_writes_the_table_and_is_cached(tmp_path, model_dir):
     weights = root / "classifier" / "bridged" / "classifier.pt"
     stamp = weights.stat().st_mtime_ns
     assert reward_study(cfg)["table"] == out["table"] and weights.stat().st_mtime_ns == stamp
+
+
+def test_classifier_stage_with_the_default_log_dir_is_published_and_cached(tmp_path, real_dir):
+    from lightning_prophrl.studies.reward import load_classifier, train_classifier
+
+    out = tmp_path / "clf"
+    first = train_classifier([real_dir], out, steps=2, batch_size=4, image_size=SIZE)
+    assert (out / "classifier.pt").exists() and (out / "tb").is_dir() and not out.with_name("clf.partial").exists()
+    assert train_classifier([real_dir], out, steps=2, batch_size=4, image_size=SIZE) == first  # cached
+    assert load_classifier(out) is not None

@@ -323,8 +323,8 @@ def train_classifier(
     args = {"datasets": [str(Path(d).resolve()) for d in datasets], "weights": weights, "steps": steps, "seed": seed,
             "batch_size": batch_size, "image_size": image_size}  # fmt: skip
     name = Path(out_dir).name
-    return run_stage(Path(out_dir), args, lambda tmp: _fit_classifier(tmp, name, log_dir or Path(out_dir) / "tb",
-                                                                        **args))  # fmt: skip
+    # the default TensorBoard directory lives in the stage's partial directory and is published with it
+    return run_stage(Path(out_dir), args, lambda tmp: _fit_classifier(tmp, name, log_dir or tmp / "tb", **args))
 
 
 def _fit_classifier(tmp: Path, name: str, log_dir, datasets, weights, steps, seed, batch_size, image_size):
