@@ -302,9 +302,10 @@ def stage_refresh(cfg: DemoConfig, sft_ckpt: str, seed: int, out: Path) -> dict[
     if not cfg.wm_target_data:
         raise ValueError("a *_refresh variant with --wm-model-dir needs --wm-target-data (the shards Prophet was "
                          "adapted on), so that the refresh mixes old and new data")  # fmt: skip
-    if not 0.0 < cfg.wm_refresh_weight < 1.0 or cfg.wm_refresh_episodes < 1 or cfg.wm_refresh_steps < 1:
-        raise ValueError(f"`wm_refresh_weight` must lie in (0, 1) and `wm_refresh_episodes`, `wm_refresh_steps` be "
-                         f">= 1, got {cfg.wm_refresh_weight}, {cfg.wm_refresh_episodes}, {cfg.wm_refresh_steps}")  # fmt: skip
+    counts = {k: getattr(cfg, k) for k in ("wm_refresh_episodes", "wm_refresh_steps", "wm_refresh_reward_steps")}
+    if not 0.0 < cfg.wm_refresh_weight < 1.0 or min(counts.values()) < 1:
+        raise ValueError(f"`wm_refresh_weight` must lie in (0, 1) and {list(counts)} be >= 1, got "
+                         f"{cfg.wm_refresh_weight}, {list(counts.values())}")  # fmt: skip
     policy = build_policy(cfg)
     hp = load_policy_weights(policy, sft_ckpt)
     decoder = ActionDecoder(hp["action_stats"], hp["action_dims"], "metaworld")

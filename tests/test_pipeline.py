@@ -83,3 +83,15 @@ def test_results_table_compares_runs_at_the_configured_budget():
     table = results_table(DemoConfig(rl_updates=40), {"sim_fagrpo": [long_run]})
     row = next(line for line in table.splitlines() if line.startswith("| sim_fagrpo"))
     assert "0.400" in row and "| 40 |" in row and "400" in row and "0.900" not in row
+
+
+def test_refresh_refuses_bad_settings_before_any_rollout(tmp_path):
+    from lightning_prophrl.pipeline import stage_refresh
+
+    cfg = DemoConfig.quick(out=str(tmp_path), wm_model_dir=str(tmp_path / "m"))
+    with pytest.raises(ValueError, match="--wm-target-data"):
+        stage_refresh(cfg, "unused.ckpt", 0, tmp_path / "refresh")
+    bad = DemoConfig.quick(out=str(tmp_path), wm_model_dir="m", wm_target_data="d", wm_refresh_reward_steps=0)
+    with pytest.raises(ValueError, match="wm_refresh_reward_steps"):
+        stage_refresh(bad, "unused.ckpt", 0, tmp_path / "refresh")
+    assert not (tmp_path / "refresh").exists()
