@@ -319,14 +319,15 @@ def stage_refresh(cfg: DemoConfig, sft_ckpt: str, seed: int, out: Path) -> dict[
                                            noise_seed=seed, stats_from=cfg.wm_model_dir)  # fmt: skip
         mark_done(data, summary)
     rollouts = json.loads((data / "done.json").read_text())
-    config = Prophet.from_pretrained(cfg.wm_model_dir).config
+    config = Prophet.load_config(cfg.wm_model_dir)  # the refresh keeps the model's segment and memory lengths
     mixture = [{"path": cfg.wm_target_data, "weight": 1.0 - cfg.wm_refresh_weight},
                {"path": str(data), "weight": cfg.wm_refresh_weight}]  # fmt: skip
     t0 = time.perf_counter()
     model_dir = adapt_prophet(cfg.wm_model_dir, mixture, out / "prophet", cfg.wm_refresh_steps, "lora", seed=seed,
-                              stride=cfg.chunk_len // cfg.wm_chunk_len, chunk_len=int(config.action_chunk_length),
-                              history_len=int(config.history_length), image_size=cfg.image_size,
+                              stride=cfg.chunk_len // cfg.wm_chunk_len, chunk_len=int(config["action_chunk_length"]),
+                              history_len=int(config["history_length"]), image_size=cfg.image_size,
                               batch_size=cfg.wm_batch, log_dir=Path(cfg.out) / "tb")  # fmt: skip
+    # keep the model's own action statistics (adapt_prophet copied the mixture's first dataset's)
     shutil.copy(Path(cfg.wm_model_dir) / "stats.json", Path(model_dir) / "stats.json")
     classifier_dir = None
     if cfg.wm_refresh_reward and cfg.wm_reward == "bridged":

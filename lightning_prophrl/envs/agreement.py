@@ -16,6 +16,7 @@ import torch
 from lightning_prophrl import constants as K
 from lightning_prophrl.envs.base import Prompt
 from lightning_prophrl.envs.rollout import collect_rollouts
+from lightning_prophrl.models.reward import PersistenceRule
 
 log = logging.getLogger(__name__)
 
@@ -39,23 +40,6 @@ def cohen_kappa(real: np.ndarray, imagined: np.ndarray) -> float:
     p_r, p_i = (c["both"] + c["real_only"]) / n, (c["both"] + c["imagined_only"]) / n
     p_e = p_r * p_i + (1 - p_r) * (1 - p_i)
     return 1.0 if p_e == 1.0 else float((p_o - p_e) / (1 - p_e))
-
-
-def persistent_success(probs: torch.Tensor, lengths: torch.Tensor, threshold: float, k: int) -> np.ndarray:
-    """Episode outcomes of the persistence rule of ``WorldModelEnv``: success once ``k`` consecutive valid frames score
-    above ``threshold``. ``probs`` ``(N, T)`` per-frame probabilities, ``lengths`` ``(N,)`` valid frames."""
-    if k < 1:
-        raise ValueError(f"the persistence k must be >= 1, got {k}")
-    above = (probs > threshold).cpu().numpy()
-    out = np.zeros(len(above), dtype=bool)
-    for n, (row, length) in enumerate(zip(above, lengths.tolist(), strict=True)):
-        streak = 0
-        for hit in row[: int(length)]:
-            streak = streak + 1 if hit else 0
-            if streak >= k:
-                out[n] = True
-                break
-    return out
 
 
 @torch.no_grad()
@@ -153,7 +137,8 @@ def closed_loop_agreement(
            "reward_on_real": None}  # fmt: skip
     if reward_scorer is not None and real.videos is not None:
         lengths = real.info.get("video_lengths", torch.full((len(r),), real.videos.shape[1])) - 1
-        judged = persistent_success(score_video(reward_scorer, real.videos), lengths, reward_threshold, reward_k)
+        rule = PersistenceRule(reward_threshold, reward_k)  # the world model's rule, on the real videos
+        judged = rule(score_video(reward_scorer, real.videos), lengths).numpy()
         out["reward_on_real"] = reward_agreement(r, judged)
     if hasattr(real_env, "episodes"):  # when the real successes came (also when the real env runs past them)
         out["real_success_steps"] = [next((t + 1 for t, hit in enumerate(e.success) if hit), None)

@@ -6,10 +6,10 @@ from lightning_prophrl.envs.agreement import (
     cohen_kappa,
     confusion,
     divergence_psnr,
-    persistent_success,
     reward_agreement,
     score_video,
 )
+from lightning_prophrl.models.reward import PersistenceRule
 
 
 def test_confusion_and_kappa_on_hand_counts():
@@ -43,16 +43,16 @@ def test_divergence_psnr_averages_the_episodes_alive_in_both_videos():
         divergence_psnr(real, torch.tensor([1, 1]), imagined[:1], torch.tensor([1]))
 
 
-def test_persistence_rule_needs_k_consecutive_valid_frames():
+def test_the_gates_persistence_rule_needs_k_consecutive_valid_frames():
     probs = torch.tensor([[0.95, 0.95, 0.2, 0.95, 0.95, 0.95],
                           [0.95, 0.95, 0.95, 0.1, 0.1, 0.1],
                           [0.2, 0.95, 0.95, 0.95, 0.95, 0.95],
                           [0.9, 0.9, 0.9, 0.9, 0.9, 0.9]])  # fmt: skip
     lengths = torch.tensor([6, 6, 3, 6])  # episode 2 ends before its streak (padding is never scored)
-    assert persistent_success(probs, lengths, 0.9, 3).tolist() == [True, True, False, False]  # 0.9 is not > 0.9
-    assert persistent_success(probs, lengths, 0.9, 4).tolist() == [False, False, False, False]
+    assert PersistenceRule(0.9, 3)(probs, lengths).tolist() == [True, True, False, False]  # 0.9 is not > 0.9
+    assert PersistenceRule(0.9, 4)(probs, lengths).tolist() == [False, False, False, False]
     with pytest.raises(ValueError, match="k must be"):
-        persistent_success(probs, lengths, 0.9, 0)
+        PersistenceRule(0.9, 0)
 
 
 def test_reward_agreement_and_video_scoring():
