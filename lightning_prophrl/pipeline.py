@@ -635,6 +635,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--quick", action="store_true", help="tiny settings that prove the plumbing (minutes)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--target-task", default=None, help="held-out Meta-World target task (default pick-place-v3)")
+    ap.add_argument("--pretrain-tasks", nargs="+", default=None, help="Prophet's pretraining tasks")
+    ap.add_argument("--sft-demos", type=int, default=None, help="expert demos the weak SFT policy is cloned from")
     ap.add_argument("--seeds", type=int, nargs="+", default=None)
     ap.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=None)
     ap.add_argument("--rl-updates", type=int, default=None)
@@ -663,6 +666,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k != "quick" and v is not None}
     cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+    if cfg.target_task in cfg.pretrain_tasks:
+        ap.error(f"--target-task {cfg.target_task} is also a pretraining task; the target must be held out")
+    if cfg.sft_demos < 1:
+        ap.error(f"--sft-demos must be >= 1, got {cfg.sft_demos}")
     run(cfg)
 
 

@@ -95,3 +95,15 @@ def test_refresh_refuses_bad_settings_before_any_rollout(tmp_path):
     with pytest.raises(ValueError, match="wm_refresh_reward_steps"):
         stage_refresh(bad, "unused.ckpt", 0, tmp_path / "refresh")
     assert not (tmp_path / "refresh").exists()
+
+
+def test_demo_cli_refuses_a_target_task_that_is_also_pretrained_on(tmp_path, capsys):
+    from lightning_prophrl.pipeline import main
+
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--target-task", "reach-v3", "--pretrain-tasks", "reach-v3", "push-v3"])
+    assert "--target-task reach-v3" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--sft-demos", "0"])
+    assert "--sft-demos" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before anything was written
