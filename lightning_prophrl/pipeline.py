@@ -115,6 +115,13 @@ class DemoConfig:
     reward_heldout_episodes: int = 40
     reward_steps: int = 500
 
+    def __post_init__(self) -> None:
+        if self.target_task in self.pretrain_tasks:
+            raise ValueError(f"--target-task {self.target_task} (`target_task`) is also a pretraining task; the "
+                             "target must be held out")  # fmt: skip
+        if self.sft_demos < 1:
+            raise ValueError(f"--sft-demos (`sft_demos`) must be >= 1, got {self.sft_demos}")
+
     @property
     def max_queries(self) -> int:
         return -(-self.max_steps // self.chunk_len)
@@ -665,11 +672,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--wm-refresh-reward-steps", type=int, default=None, help="classifier steps of the refresh")
     args = ap.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k != "quick" and v is not None}
-    cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
-    if cfg.target_task in cfg.pretrain_tasks:
-        ap.error(f"--target-task {cfg.target_task} is also a pretraining task; the target must be held out")
-    if cfg.sft_demos < 1:
-        ap.error(f"--sft-demos must be >= 1, got {cfg.sft_demos}")
+    try:
+        cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+    except ValueError as e:
+        ap.error(str(e))
     run(cfg)
 
 
