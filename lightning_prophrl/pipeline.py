@@ -48,7 +48,10 @@ VARIANTS = {
     "wm_fagrpo_flowscale": ("fa_grpo", True, "wm"),
     # world-model refresh before RL: Prophet fine-tuned on the SFT policy's own real rollouts (stage_rl_wm)
     "wm_fagrpo_refresh": ("fa_grpo", False, "wm"),
+    # refresh, then short imagined branches from the refresh rollouts' real states (MBPO style, stage_rl_wm)
+    "wm_fagrpo_branch": ("fa_grpo", False, "wm"),
 }
+REFRESHED = ("wm_fagrpo_refresh", "wm_fagrpo_branch")
 POLICY_DIMS = [0, 1, 2, 6]  # Meta-World's real unified dims: dpos xyz + gripper
 
 
@@ -98,6 +101,11 @@ class DemoConfig:
     # for more steps than the reward stage's: 500 steps could not tell the policy's own successes from failures
     wm_refresh_reward: bool = True
     wm_refresh_reward_steps: int = 2000
+    # branches (``wm_fagrpo_branch``): imagined rollouts of ``wm_branch_segments`` policy chunks started at every
+    # ``wm_branch_every``-th chunk boundary of the refresh rollouts before their first success, with the recorded
+    # memory; the reward is imagined success within the branch (CALIBRATION.md part 3: drift grows with the horizon)
+    wm_branch_segments: int = 10
+    wm_branch_every: int = 1
     # imagined success: the domain-bridged classifier of the reward stage (3 frames > 0.9, the reward study's rule) or
     # Prophet's success head (2 segments > 0.5); measured on imagined twins: kappa 0.75 vs -0.08 (docs/results.md)
     wm_reward: str = "bridged"
@@ -121,6 +129,9 @@ class DemoConfig:
                              "target must be held out")  # fmt: skip
         if self.sft_demos < 1:
             raise ValueError(f"--sft-demos (`sft_demos`) must be >= 1, got {self.sft_demos}")
+        if self.wm_branch_segments < 1 or self.wm_branch_every < 1:
+            raise ValueError(f"--wm-branch-segments (`wm_branch_segments`) and `wm_branch_every` must be >= 1, got "
+                             f"{self.wm_branch_segments} and {self.wm_branch_every}")  # fmt: skip
 
     @property
     def max_queries(self) -> int:
@@ -132,7 +143,7 @@ class DemoConfig:
                     sft_batch=16, seeds=[0], rl_updates=2,
                     num_prompts=2, group_size=2, eval_seeds=4, eval_every=2, max_steps=40, image_size=32,
                     pretrain_tasks=["reach-v3"], wm_check_seeds=2, wm_check_every=1, wm_history_len=2,
-                    wm_refresh_episodes=2, wm_refresh_steps=2, wm_refresh_reward_steps=10,
+                    wm_refresh_episodes=2, wm_refresh_steps=2, wm_refresh_reward_steps=10, wm_branch_segments=3,
                     wm_episodes_per_task=2, wm_target_episodes=2, wm_eval_episodes=2, wm_pretrain_steps=4,
                     wm_adapt_steps=2, wm_batch=2, reward_train_episodes=3, reward_heldout_episodes=2,
                     reward_steps=10)  # fmt: skip
@@ -307,7 +318,7 @@ def stage_refresh(cfg: DemoConfig, sft_ckpt: str, seed: int, out: Path) -> dict[
     if is_done(out):
         return json.loads((out / "done.json").read_text())
     if not cfg.wm_target_data:
-        raise ValueError("a *_refresh variant with --wm-model-dir needs --wm-target-data (the shards Prophet was "
+        raise ValueError(f"variant {REFRESHED} with --wm-model-dir needs --wm-target-data (the shards Prophet was "
                          "adapted on), so that the refresh mixes old and new data")  # fmt: skip
     counts = {k: getattr(cfg, k) for k in ("wm_refresh_episodes", "wm_refresh_steps", "wm_refresh_reward_steps")}
     if not 0.0 < cfg.wm_refresh_weight < 1.0 or min(counts.values()) < 1:
@@ -418,7 +429,7 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     from lightning_prophrl.callbacks import ImaginationGuardCallback, SimEvalCallback
     from lightning_prophrl.datamodules.prompts import PromptDataModule
     from lightning_prophrl.datamodules.shards import load_stats
-    from lightning_prophrl.envs.agreement import closed_loop_agreement
+    from lightning_prophrl.envs.agreement import branch_agreement, closed_loop_agreement
     from lightning_prophrl.envs.metaworld import MetaWorldEnv
     from lightning_prophrl.envs.poses import CommandedPoses
     from lightning_prophrl.envs.rollout import ActionDecoder
@@ -434,7 +445,8 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     out = Path(cfg.out) / "rl" / name / f"seed{seed}"
     if is_done(out):
         return json.loads((out / "done.json").read_text())
-    refresh = stage_refresh(cfg, sft_ckpt, seed, out / "refresh") if variant.endswith("_refresh") else None
+    refresh = stage_refresh(cfg, sft_ckpt, seed, out / "refresh") if variant in REFRESHED else None
+    branch = variant == "wm_fagrpo_branch"
     L.seed_everything(seed, workers=True)
     prophet = Prophet.from_pretrained(refresh["model_dir"] if refresh else cfg.wm_model_dir)
     wm_stats = load_stats(cfg.wm_stats_dir)
@@ -448,7 +460,7 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     )
     scoring = wm_success_scoring(cfg, (refresh or {}).get("classifier_dir"))
     env = WorldModelEnv(prophet, wm_stats, num_prompts=cfg.num_prompts, group_size=cfg.group_size,
-                        max_segments=cfg.max_queries, num_steps=cfg.wm_num_steps, seed=seed, initial_env=reset_env,
+                        max_segments=cfg.wm_branch_segments if branch else cfg.max_queries, num_steps=cfg.wm_num_steps, seed=seed, initial_env=reset_env,
                         poses=poses, **scoring)  # fmt: skip
     module = FAGRPOModule(build_policy(cfg), env, group_size=cfg.group_size, max_queries=cfg.max_queries,
                           sft_checkpoint=sft_ckpt, action_target="unified", loss=loss, flowscale=flowscale,
@@ -468,9 +480,26 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
                                  reward_threshold=scoring["success_threshold"], reward_k=scoring["success_k"])  # fmt: skip
     gate_real.close()
     # 2. RL inside the world model with the guard, evaluated in the real simulator
-    prompts = PromptDataModule(tasks=[cfg.target_task], train_seeds=(2000 + 10000 * seed, 12000 + 10000 * seed),
-                               eval_seeds=(1000, 1000 + cfg.eval_seeds), num_prompts=cfg.num_prompts,
-                               updates_per_epoch=cfg.rl_updates, seed=seed)  # fmt: skip
+    if branch:  # every prompt is a real state of the refresh rollouts (the real eval seeds are the callback's)
+        stride = cfg.chunk_len // cfg.wm_chunk_len
+        prompts = PromptDataModule(datasets=[str(out / "refresh" / "rollouts")], eval_fraction=0.0,
+                                   num_prompts=cfg.num_prompts, image_size=cfg.image_size,
+                                   updates_per_epoch=cfg.rl_updates, seed=seed,
+                                   branch_every=cfg.wm_branch_every * cfg.chunk_len,
+                                   branch_margin=cfg.wm_branch_segments * cfg.chunk_len,
+                                   history_len=int(prophet.config.history_length), history_stride=stride)  # fmt: skip
+    else:
+        prompts = PromptDataModule(tasks=[cfg.target_task], train_seeds=(2000 + 10000 * seed, 12000 + 10000 * seed),
+                                   eval_seeds=(1000, 1000 + cfg.eval_seeds), num_prompts=cfg.num_prompts,
+                                   updates_per_epoch=cfg.rl_updates, seed=seed)  # fmt: skip
+    branch_gate = None
+    if branch:  # can branches be trusted? replay the recorded actions from real states, and the policy's branches
+        prompts.setup()
+        branch_wm = WorldModelEnv(prophet, wm_stats, num_prompts=n_gate, group_size=1,
+                                  max_segments=cfg.wm_branch_segments, num_steps=cfg.wm_num_steps, poses=poses,
+                                  **scoring)  # fmt: skip
+        branch_gate = branch_agreement(branch_wm, prompts, cfg.chunk_len, max_starts=2 * n_gate,
+                                       policy=module.policy, decoder=dec, noise_seed=seed)  # fmt: skip
     history = out / "eval.jsonl"
     history.unlink(missing_ok=True)
     (out / "guard.jsonl").unlink(missing_ok=True)
@@ -480,7 +509,7 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     guard = ImaginationGuardCallback(cfg.target_task, check_seeds=list(range(4000, 4000 + cfg.wm_check_seeds)),
                                      every_n_updates=cfg.wm_check_every, image_size=cfg.image_size,
                                      camera=cfg.camera, max_steps=cfg.max_steps,
-                                     history_path=str(out / "guard.jsonl"))  # fmt: skip
+                                     history_path=str(out / "guard.jsonl"), max_segments=cfg.max_queries)  # fmt: skip
     trainer = _trainer(cfg.out, f"{name}_seed{seed}", max_epochs=1, callbacks=[sim_eval, guard], log_every_n_steps=1)
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=prompts)
@@ -493,6 +522,8 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     info = {"variant": variant, "seed": seed, "updates": module.updates, "train_env_steps": 0, "wm_reward": cfg.wm_reward,
             "real_interactions": gate["real_env_steps"] + guard.real_steps_total + (refresh or {}).get("env_steps", 0),
             "refresh": refresh, "gate": gate,
+            "branch": {"starts": len(prompts.train_prompts), "segments": cfg.wm_branch_segments,
+                       "agreement": branch_gate} if branch else None,
             "guard": guard.history, "imagined_episodes": module.episodes_total,
             "seconds": time.perf_counter() - t0, "eval": rows}  # fmt: skip
     mark_done(out, info)
@@ -670,6 +701,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--wm-refresh-episodes", type=int, default=None, help="real SFT-policy rollouts per refresh")
     ap.add_argument("--wm-refresh-steps", type=int, default=None, help="LoRA steps of the refresh")
     ap.add_argument("--wm-refresh-reward-steps", type=int, default=None, help="classifier steps of the refresh")
+    ap.add_argument("--wm-branch-segments", type=int, default=None, help="policy chunks per imagined branch")
     args = ap.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k != "quick" and v is not None}
     try:

@@ -33,7 +33,7 @@ def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions
     from lightning_prophrl.models.prophet import Prophet
 
     out = tmp_path / "demo"
-    cfg = DemoConfig.quick(out=str(out), variants=["wm_fagrpo_flowscale", "wm_fagrpo_refresh"])
+    cfg = DemoConfig.quick(out=str(out), variants=["wm_fagrpo_flowscale", "wm_fagrpo_refresh", "wm_fagrpo_branch"])
     run(cfg)
     # the demo pretrained and adapted its own Prophet: one frame per policy chunk, the target's action statistics
     model_dir = out / "world_model" / "adapt_lora" / "model"
@@ -64,6 +64,14 @@ def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions
     before = prophet.state_dict()
     after = Prophet.from_pretrained(refresh["model_dir"]).state_dict()
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    # the branch variant started short imagined rollouts at the chunk boundaries of its refresh rollouts
+    br = res["wm_fagrpo_branch"][0]
+    assert br["branch"]["segments"] == 3 and br["refresh"]["episodes"] == cfg.wm_refresh_episodes
+    assert 1 <= br["branch"]["starts"] <= cfg.wm_refresh_episodes * (40 - 3 * cfg.chunk_len) // cfg.chunk_len + 2
+    assert br["updates"] == cfg.rl_updates and br["real_interactions"] > br["refresh"]["env_steps"]
+    agree = br["branch"]["agreement"]
+    assert agree["segments"] == 3 and agree["starts"] == min(2 * cfg.wm_check_seeds, br["branch"]["starts"])
+    assert {"kappa", "precision", "recall", "real_rate"} <= set(agree["replay"]) and agree["policy"] is not None
     table = (out / "results.md").read_text()
     assert "wm_fagrpo_flowscale" in table and "World model (held-out target episodes" in table
     assert "wm_fagrpo_refresh" in table and "Closed-loop gate, wm_fagrpo_refresh" in table

@@ -32,6 +32,8 @@ class ImaginationGuardCallback(L.Callback):
         patience: consecutive divergent checks before stopping.
         image_size, camera, max_steps: the real check environment (as ``MetaWorldEnv``).
         history_path: JSON-lines file of the checks.
+        max_segments: horizon of the imagined check episodes (None: the training environment's); training on short
+            branches (``PromptDataModule(branch_every=...)``) still checks whole episodes against the simulator.
     """
 
     def __init__(
@@ -45,8 +47,10 @@ class ImaginationGuardCallback(L.Callback):
         camera: str = "workspace",
         max_steps: int = 150,
         history_path: str | None = None,
+        max_segments: int | None = None,
     ):
         super().__init__()
+        self.max_segments = max_segments
         self.task = task
         self.check_seeds = list(check_seeds) if check_seeds is not None else list(range(4000, 4030))
         self.every_n_updates, self.max_gap, self.patience = every_n_updates, max_gap, patience
@@ -65,7 +69,8 @@ class ImaginationGuardCallback(L.Callback):
         real = MetaWorldEnv(self.task, num_prompts=n, group_size=1, exec_horizon=pl_module.policy.exec_horizon,
                             **self.env_kwargs)  # fmt: skip
         # the same imagination as training: sampling, success rule and scorer, state rule, action-frame targets
-        world = WorldModelEnv(wm.prophet, wm.stats, num_prompts=n, group_size=1, max_segments=wm.max_segments,
+        world = WorldModelEnv(wm.prophet, wm.stats, num_prompts=n, group_size=1,
+                              max_segments=self.max_segments or wm.max_segments,
                               num_steps=wm.num_steps, success_threshold=wm.success_threshold, success_k=wm.success_k,
                               stop_at_success=wm.stop_at_success, state_mode=wm.state_mode,
                               action_scale_to_state=wm.action_scale_to_state, poses=wm.poses,

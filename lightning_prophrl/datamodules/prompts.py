@@ -24,16 +24,67 @@ def is_heldout(key: str, eval_fraction: float, salt: str = "prophrl-prompts") ->
 
 
 class PromptDataset(Dataset):
-    """A list of prompt dicts with keys ``COND_FRAME`` (optional), ``INSTRUCTION``, ``TASK_ID``, ``SEED``."""
+    """A list of prompt dicts with keys ``COND_FRAME`` (optional), ``INSTRUCTION``, ``TASK_ID``, ``SEED``; branch
+    prompts (see ``PromptDataModule``) are stored as ``(episode, frame)`` references and materialized on access."""
 
-    def __init__(self, prompts: list[dict[str, Any]]):
-        self.prompts = prompts
+    def __init__(self, prompts: list[dict[str, Any]], branches: BranchStarts | None = None):
+        self.prompts, self.branches = prompts, branches
 
     def __len__(self) -> int:
         return len(self.prompts)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.prompts[i]
+        p = self.prompts[i]
+        return self.branches.materialize(p) if self.branches is not None and BRANCH in p else p
+
+
+BRANCH = "branch"  # (episode index, frame index) of a branch prompt, resolved by BranchStarts
+
+
+class BranchStarts:
+    """Branch starts inside recorded episodes (short imagined rollouts from real states, MBPO style).
+
+    A start at frame ``t`` of an episode gives the prompt ``COND_FRAME = frames[t]``, ``OBS_STATE = state[t]``,
+    ``COND_TARGET`` (the commanded end-effector target at ``t``, when the episode has ``target_poses.npy``) and
+    ``HISTORY`` / ``HISTORY_MASK``: the ``history_len`` frames ``t - history_stride * j`` (``j = history_len .. 1``, oldest
+    first, masked where ``< 0``), i.e. the memory a world model would have built had it imagined the episode up to
+    ``t`` at ``history_stride`` steps per frame. Starts are every ``every`` frames, up to the episode's first success
+    (``meta["success_steps"]``; a state after success has nothing left to learn) and at least ``margin`` actions before
+    its end, so that a branch of ``margin`` actions stays within the real step budget.
+    """
+
+    def __init__(self, every: int, margin: int, history_len: int, history_stride: int, image_size: int):
+        if every < 1 or margin < 0 or history_len < 0 or history_stride < 1:
+            raise ValueError(f"branch_every={every} and history_stride={history_stride} must be >= 1, branch_margin="
+                             f"{margin} and history_len={history_len} >= 0")  # fmt: skip
+        self.every, self.margin, self.history_len, self.history_stride = every, margin, history_len, history_stride
+        self.image_size = image_size
+        self.episodes: list[Any] = []
+
+    def add(self, ep: Any, base: dict[str, Any]) -> list[dict[str, Any]]:
+        """Register an episode; returns its branch prompts (``base`` plus the ``BRANCH`` reference)."""
+        steps = ep.meta.get("success_steps")
+        n_actions = len(ep) - 1 if steps is not None and len(steps) == len(ep) else len(ep)
+        first = next((t for t, s in enumerate(steps) if s), len(ep)) if steps is not None else len(ep)
+        last = min(first, n_actions - self.margin)
+        idx = len(self.episodes)
+        self.episodes.append(ep)
+        return [{**base, BRANCH: (idx, t)} for t in range(0, last + 1, self.every)]
+
+    def materialize(self, prompt: dict[str, Any]) -> dict[str, Any]:
+        idx, t = prompt[BRANCH]
+        ep = self.episodes[idx]
+        hist = [t - self.history_stride * j for j in range(self.history_len, 0, -1)]
+        frames = to_float_video(ep.frames[[max(h, 0) for h in hist] + [t]], self.image_size)
+        out = {k: v for k, v in prompt.items() if k != BRANCH}
+        out[K.COND_FRAME], out[K.FRAME_INDEX] = frames[-1], t
+        out[K.HISTORY] = frames[:-1]
+        out[K.HISTORY_MASK] = torch.tensor([h >= 0 for h in hist], dtype=torch.bool)
+        if ep.state is not None:
+            out[K.OBS_STATE] = torch.from_numpy(ep.state[t].astype(np.float32))
+        if ep.target_poses is not None:
+            out[K.COND_TARGET] = torch.from_numpy(ep.target_poses[t, 0, :3].astype(np.float32))
+        return out
 
 
 class PromptDataModule(L.LightningDataModule):
@@ -55,6 +106,11 @@ class PromptDataModule(L.LightningDataModule):
         image_size: frame size of shard prompts.
         updates_per_epoch: batches per training epoch.
         seed: seeds the prompt sampling.
+        branch_every: 0: one prompt per shard episode, its first frame; ``k > 0``: a prompt every ``k`` frames of every
+            shard episode, with its recorded memory (``BranchStarts``), for short imagined branches from real states.
+        branch_margin: actions a branch start keeps before its episode's end.
+        history_len: past frames of a branch prompt (the world model's memory length).
+        history_stride: environment steps between a branch prompt's past frames (one world-model frame).
     """
 
     def __init__(
@@ -69,6 +125,10 @@ class PromptDataModule(L.LightningDataModule):
         image_size: int = 64,
         updates_per_epoch: int = 10,
         seed: int = 0,
+        branch_every: int = 0,
+        branch_margin: int = 0,
+        history_len: int = 0,
+        history_stride: int = 1,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -82,6 +142,11 @@ class PromptDataModule(L.LightningDataModule):
         self.task_names: list[str] = list(tasks or [])
         self.train_prompts: list[dict[str, Any]] = []
         self.eval_prompts: list[dict[str, Any]] = []
+        self.branches = (
+            BranchStarts(branch_every, branch_margin, history_len, history_stride, image_size)
+            if branch_every > 0
+            else None
+        )
 
     def task_id(self, task: str) -> int:
         if task not in self.task_names:
@@ -104,18 +169,21 @@ class PromptDataModule(L.LightningDataModule):
                     dest.append({K.INSTRUCTION: instr[task], K.TASK_ID: self.task_id(task), K.SEED: s, K.TASK: task})
         for d in h.datasets or []:
             for ep in iter_episodes(d):
-                frame = to_float_video(ep.frames[:1], h.image_size)[0]
                 task = str(ep.meta.get("task", ep.meta["dataset"]))
                 p = {
-                    K.COND_FRAME: frame,
                     K.INSTRUCTION: str(ep.meta["instruction"]),
                     K.TASK_ID: self.task_id(task),
                     K.SEED: int(ep.meta.get("seed", -1)),
                     K.TASK: task,
                 }
+                dest = self.eval_prompts if is_heldout(ep.key, h.eval_fraction) else self.train_prompts
+                if self.branches is not None:
+                    dest.extend(self.branches.add(ep, p))
+                    continue
+                p[K.COND_FRAME] = to_float_video(ep.frames[:1], h.image_size)[0]
                 if ep.state is not None:
                     p[K.OBS_STATE] = torch.from_numpy(ep.state[0].astype(np.float32))
-                (self.eval_prompts if is_heldout(ep.key, h.eval_fraction) else self.train_prompts).append(p)
+                dest.append(p)
         if not self.train_prompts:
             raise ValueError("no training prompts: check `datasets`, `tasks` and `train_seeds`")
 
@@ -125,12 +193,12 @@ class PromptDataModule(L.LightningDataModule):
         sampler = torch.utils.data.RandomSampler(
             self.train_prompts, replacement=True, num_samples=h.num_prompts * h.updates_per_epoch, generator=gen
         )
-        return DataLoader(PromptDataset(self.train_prompts), batch_size=h.num_prompts, sampler=sampler,
+        return DataLoader(PromptDataset(self.train_prompts, self.branches), batch_size=h.num_prompts, sampler=sampler,
                           collate_fn=collate_clips)  # fmt: skip
 
     def eval_dataloader(self, batch_size: int | None = None) -> DataLoader:
         """The held-out prompts in a fixed order."""
-        return DataLoader(PromptDataset(self.eval_prompts), batch_size=batch_size or self.hparams.num_prompts,
+        return DataLoader(PromptDataset(self.eval_prompts, self.branches), batch_size=batch_size or self.hparams.num_prompts,
                           shuffle=False, collate_fn=collate_clips)  # fmt: skip
 
     @staticmethod

@@ -154,3 +154,69 @@ def closed_loop_agreement(
         warnings.warn(msg, stacklevel=2)
         log.warning(msg)
     return out
+
+
+@torch.no_grad()
+def branch_agreement(
+    world_env: Any,
+    prompts: Any,
+    actions_per_segment: int,
+    max_starts: int = 60,
+    policy: Any = None,
+    decoder: Any = None,
+    noise_seed: int = 0,
+) -> dict[str, Any]:
+    """How far imagined *branches* from real states can be trusted (the agreement gate of short-branch RL).
+
+    ``prompts`` is a ``PromptDataModule`` with ``branch_every > 0`` (set up); up to ``max_starts`` of its training
+    starts, evenly spaced, are imagined for ``world_env.max_segments`` segments (``world_env`` has ``group_size=1``):
+
+    * **replay**: with the episode's own recorded actions, ``actions_per_segment`` per segment, so the real outcome is
+      known exactly: success within the branch's window in the recorded episode (``success_steps`` of frames
+      ``t + 1 .. t + segments * actions_per_segment``). This measures the world model and its success scorer over
+      the branch horizon, with the recorded memory, without any real interaction;
+    * **policy** (with ``policy`` and ``decoder``): the policy's own SDE branches from the same starts; their imagined
+      success rate is compared with the recorded window success rate (the same policy's real outcome, one sample).
+
+    Returns:
+        ``{"starts", "segments", "replay": reward_agreement(real, imagined) + rates, "policy": rates or None}``.
+    """
+    from lightning_prophrl.datamodules.prompts import BRANCH
+
+    if world_env.group_size != 1:
+        raise ValueError(f"branch_agreement needs a world env with group_size=1, got {world_env.group_size}")
+    starts = prompts.train_prompts
+    if not starts or BRANCH not in starts[0]:
+        raise ValueError("branch_agreement needs branch prompts (PromptDataModule(branch_every > 0))")
+    pick = np.unique(np.linspace(0, len(starts) - 1, min(max_starts, len(starts))).round().astype(int))
+    dataset, n, seg = prompts.train_dataloader().dataset, world_env.num_prompts, world_env.max_segments
+    h = actions_per_segment
+    real, replay, policy_success = [], [], []
+    for b in range(0, len(pick), n):
+        idx = list(pick[b : b + n])
+        idx += [idx[-1]] * (n - len(idx))  # pad the last batch; the padding is dropped below
+        keep = len(pick[b : b + n])
+        refs = [starts[i][BRANCH] for i in idx]
+        batch = [dataset[i] for i in idx]
+        world_env.reset(batch)
+        for k in range(seg):
+            chunk = np.zeros((n, h, K.ACTION_DIM), np.float32)
+            for j, (e, t) in enumerate(refs):
+                acts = prompts.branches.episodes[e].actions[t + k * h : t + (k + 1) * h]
+                chunk[j, : len(acts)] = acts
+            world_env.step(chunk)
+        replay += world_env.success[:keep].tolist()
+        for e, t in refs[:keep]:
+            steps = prompts.branches.episodes[e].meta.get("success_steps") or []
+            real.append(any(steps[t + 1 : t + seg * h + 1]))
+        if policy is not None:
+            res = collect_rollouts(policy, world_env, batch, decoder, seg, mode="sde",
+                                   generator=torch.Generator().manual_seed(noise_seed + b))  # fmt: skip
+            policy_success += res.success.bool()[:keep].tolist()
+    r, i = np.asarray(real), np.asarray(replay)
+    out = {"starts": len(r), "segments": seg,
+           "replay": {**reward_agreement(r, i), "real_rate": float(r.mean()), "imagined_rate": float(i.mean())},
+           "policy": None}  # fmt: skip
+    if policy is not None:
+        out["policy"] = {"real_rate": float(r.mean()), "imagined_rate": float(np.mean(policy_success))}
+    return out

@@ -31,7 +31,17 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from lightning_prophrl.constants import COND_FRAME, INSTRUCTION, OBS_STATE, SEED, SUCCESS, TASK_ID
+from lightning_prophrl.constants import (
+    COND_FRAME,
+    COND_TARGET,
+    HISTORY,
+    HISTORY_MASK,
+    INSTRUCTION,
+    OBS_STATE,
+    SEED,
+    SUCCESS,
+    TASK_ID,
+)
 
 INFO_SUCCESS = SUCCESS  # (N,) bool, success reached at some step of the episode so far
 INFO_STEPS = "steps"  # (N,) long, environment steps executed since reset
@@ -52,6 +62,11 @@ class Prompt:
         initial_frame: ``(3, H, W)`` float in ``[-1, 1]``, the first frame for environments that cannot render one
             (a world model); simulators ignore it and render their own.
         initial_state: ``(S,)`` proprioception matching ``initial_frame``, for the same environments.
+        history_frames: ``(T_h, 3, H, W)`` past frames before ``initial_frame`` (oldest first), for a world model
+            started in the middle of a recorded episode (a branch); simulators ignore it.
+        history_mask: ``(T_h,)`` bool, False where ``history_frames`` is padding (the episode had no such frame).
+        initial_target: ``(3,)`` commanded end-effector target at ``initial_frame`` (a branch's action-frame stream
+            continues from it instead of from the reset rule).
     """
 
     task: str
@@ -59,6 +74,9 @@ class Prompt:
     instruction: str | None = None
     initial_frame: torch.Tensor | None = None
     initial_state: torch.Tensor | None = None
+    history_frames: torch.Tensor | None = None
+    history_mask: torch.Tensor | None = None
+    initial_target: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str) or not self.task:
@@ -66,6 +84,12 @@ class Prompt:
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < -1:
             raise ValueError(f"Prompt.seed must be an int >= -1, got {self.seed!r}")
         self.seed = int(self.seed)
+        if self.history_frames is not None:
+            n = self.history_frames.shape[0]
+            if self.history_frames.ndim != 4 or (self.history_mask is not None and self.history_mask.shape != (n,)):
+                raise ValueError(f"Prompt.history_frames must be (T_h, 3, H, W) with history_mask (T_h,), got "
+                                 f"{tuple(self.history_frames.shape)} and "
+                                 f"{None if self.history_mask is None else tuple(self.history_mask.shape)}")  # fmt: skip
 
 
 @runtime_checkable
@@ -109,7 +133,8 @@ class BatchedEnvBase:
 
 def as_prompt(prompt: Prompt | Mapping[str, Any], tasks: Sequence[str] = ()) -> Prompt:
     """A ``Prompt`` from a ``Prompt`` or from one prompt dict of ``PromptDataModule`` (keys ``SEED``, ``INSTRUCTION``,
-    optional ``COND_FRAME``, and ``"task"`` or ``TASK_ID``, an index into ``tasks``)."""
+    optional ``COND_FRAME``, ``OBS_STATE``, ``HISTORY`` / ``HISTORY_MASK`` and ``COND_TARGET``, and ``"task"`` or
+    ``TASK_ID``, an index into ``tasks``)."""
     if isinstance(prompt, Prompt):
         return prompt
     if not isinstance(prompt, Mapping):
@@ -124,7 +149,8 @@ def as_prompt(prompt: Prompt | Mapping[str, Any], tasks: Sequence[str] = ()) -> 
         raise KeyError(f"prompt dict needs 'task' or {TASK_ID!r} in [0, {len(tasks)}) (index into {list(tasks)})")
     instruction = prompt.get(INSTRUCTION)
     return Prompt(task, int(prompt[SEED]), None if instruction is None else str(instruction), prompt.get(COND_FRAME),
-                  prompt.get(OBS_STATE))  # fmt: skip
+                  prompt.get(OBS_STATE), prompt.get(HISTORY), prompt.get(HISTORY_MASK),
+                  prompt.get(COND_TARGET))  # fmt: skip
 
 
 def check_prompts(

@@ -143,10 +143,15 @@ class WorldModelEnv(BatchedEnvBase):
         states = [p.initial_state if p.initial_state is not None else torch.zeros(4) for p in ps]
         self.state = torch.stack([torch.as_tensor(s, dtype=torch.float32)[:4] for s in states]).repeat_interleave(g, 0)
         self.target = None if self.poses is None else self.poses.start(self.state[:, :3].double()).float()
+        if self.target is not None:  # branches continue the recorded commanded target
+            for i, p in enumerate(ps):
+                if p.initial_target is not None:
+                    self.target[i * g : (i + 1) * g] = torch.as_tensor(p.initial_target, dtype=torch.float32)[:3]
         self.instructions = [p.instruction or p.task for p in ps for _ in range(g)]
         self.history = HistoryBuffer(
             int(self.prophet.config.history_length) if hasattr(self.prophet, "history_encoder") else 0
         )
+        self._push_prompt_history(ps)
         self.video_frames = [self.frame.clone()]
         self.lengths = torch.ones(self.num_envs, dtype=torch.long)
         self.done = torch.zeros(self.num_envs, dtype=torch.bool)
@@ -156,6 +161,28 @@ class WorldModelEnv(BatchedEnvBase):
         self.segments = 0
         self.success_prob: list[torch.Tensor] = []
         return self._obs()
+
+    def _push_prompt_history(self, ps: Sequence[Prompt]) -> None:
+        """Seed the memory with the prompts' recorded past frames (branches from the middle of real episodes): the
+        newest ``capacity`` of them, left-padded and masked where a prompt has fewer (or none)."""
+        cap = self.history.capacity
+        if cap == 0 or all(p.history_frames is None or len(p.history_frames) == 0 for p in ps):
+            return
+        frames = torch.zeros(len(ps), cap, *self.frame.shape[1:])
+        mask = torch.zeros(len(ps), cap, dtype=torch.bool)
+        for i, p in enumerate(ps):
+            if p.history_frames is None or len(p.history_frames) == 0:
+                continue
+            h = torch.as_tensor(p.history_frames, dtype=torch.float32)[-cap:]
+            if h.shape[1:] != self.frame.shape[1:]:
+                raise ValueError(f"prompts[{i}].history_frames are {tuple(h.shape[1:])}, not the initial frame's "
+                                 f"{tuple(self.frame.shape[1:])}")  # fmt: skip
+            m = torch.ones(len(h), dtype=torch.bool) if p.history_mask is None else torch.as_tensor(p.history_mask)
+            frames[i, cap - len(h) :], mask[i, cap - len(h) :] = h, m[-cap:].bool()
+        g = self.group_size
+        with torch.no_grad():
+            latents = self.prophet.latent_codec.encode_frames(frames).transpose(1, 2)  # (P, cap, C, h, w)
+        self.history.push(latents.repeat_interleave(g, 0), mask.repeat_interleave(g, 0))
 
     # 2. step -------------------------------------------------------------------------------------------------------
     @torch.no_grad()

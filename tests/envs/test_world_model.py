@@ -166,3 +166,65 @@ def test_a_success_scorer_replaces_the_success_head_with_its_persistence_rule(pr
     clf = VideoSuccessClassifier(feature_dim=8, channels=(8, 8), groups=4, temporal_kernel=2)
     probs = classifier_scorer(clf)(video)
     assert probs.shape == (2,) and torch.allclose(probs, clf.frame_probs(video)[:, -1], atol=1e-6)
+
+
+def test_branch_prompts_seed_the_memory_and_the_commanded_target(prophet):
+    from lightning_prophrl.envs.poses import CommandedPoses
+
+    g = torch.Generator().manual_seed(5)
+    past = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+
+    def first_frames(history, target=None):
+        ps = prompts(2)
+        ps[0].history_frames, ps[0].history_mask = history, torch.tensor([False, True])
+        ps[0].initial_target = target
+        env = WorldModelEnv(prophet, stats(), num_prompts=2, group_size=2, max_segments=1, num_steps=1, seed=0,
+                            stop_at_success=False, poses=CommandedPoses.metaworld("pick-place-v3", 32))  # fmt: skip
+        env.reset(ps)
+        mask = None if env.history.mask is None else env.history.mask.clone()
+        return env, mask, env.step(np.zeros((4, 2, 14), np.float32))[0][K.OBS_IMAGE]
+
+    env, mask, with_memory = first_frames(past)
+    # the given frames fill the newest slots of the 4-frame memory; padding, the masked frame and prompt 1 are off
+    assert mask.tolist() == [[False, False, False, True]] * 2 + [[False] * 4] * 2
+    encoded = prophet.latent_codec.encode_frames(past[None]).transpose(1, 2)[0]
+    torch.testing.assert_close(env.history.items[0, :2], encoded)  # one step later they are the two oldest items
+    _, none, without_memory = first_frames(None)
+    assert none is None
+    assert not torch.allclose(with_memory[:2], without_memory[:2], atol=1e-5)  # the memory is read
+    torch.testing.assert_close(with_memory[2:], without_memory[2:])  # prompt 1 had no memory either way
+    env, _, _ = first_frames(past, torch.tensor([0.1, 0.7, 0.25]))
+    # the branch's state continues from the recorded commanded target (minus the reset offset), not the reset rule
+    offset = torch.as_tensor(env.poses.reset_offset).float()
+    torch.testing.assert_close(env.target[:2], torch.tensor([[0.1, 0.7, 0.25]] * 2))
+    torch.testing.assert_close(env.state[:2, :3], torch.tensor([[0.1, 0.7, 0.25]] * 2) - offset)
+
+
+def test_branch_agreement_replays_recorded_actions_and_reads_the_real_window(prophet, tmp_path):
+    from lightning_prophrl.datamodules.prompts import PromptDataModule
+    from lightning_prophrl.envs.agreement import branch_agreement
+    from tests.conftest import write_coded_dataset
+
+    path = write_coded_dataset(tmp_path / "coded", "coded", episodes=4, length=30, size=32)
+    dm = PromptDataModule(datasets=[path], eval_fraction=0.0, num_prompts=2, image_size=32, branch_every=4,
+                          branch_margin=4, history_len=4, history_stride=2)  # fmt: skip
+    dm.setup()
+
+    def scorer(video):  # "success" on every imagined frame: the real window alone decides the confusion
+        return torch.ones(video.shape[0])
+
+    env = WorldModelEnv(prophet, stats(), num_prompts=3, group_size=1, max_segments=2, num_steps=1,
+                        success_scorer=scorer, success_threshold=0.5, success_k=1)  # fmt: skip
+    res = branch_agreement(env, dm, actions_per_segment=2, max_starts=5)
+    # real outcome: a success flag in frames t+1 .. t+4 of the recorded episode (odd episodes succeed in their last 3)
+    starts = dm.train_prompts
+    pick = np.unique(np.linspace(0, len(starts) - 1, 5).round().astype(int))
+    real = []
+    for i in pick:
+        e, t = starts[i]["branch"]
+        real.append(any(dm.branches.episodes[e].meta["success_steps"][t + 1 : t + 5]))
+    assert res["starts"] == 5 and res["segments"] == 2 and 0 < sum(real) < 5
+    assert res["replay"]["real_rate"] == pytest.approx(np.mean(real)) and res["replay"]["imagined_rate"] == 1.0
+    assert res["replay"]["confusion"]["both"] == sum(real) and res["policy"] is None
+    with pytest.raises(ValueError, match="group_size=1"):
+        branch_agreement(WorldModelEnv(prophet, stats(), group_size=2), dm, 2)
