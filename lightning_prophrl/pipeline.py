@@ -109,6 +109,9 @@ class DemoConfig:
     # imagined success: the domain-bridged classifier of the reward stage (3 frames > 0.9, the reward study's rule) or
     # Prophet's success head (2 segments > 0.5); measured on imagined twins: kappa 0.75 vs -0.08 (docs/results.md)
     wm_reward: str = "bridged"
+    # the RL reward inside Prophet: "success" (0/1 imagined success) or "graded" (the scorer's best probability held
+    # for k segments, ``envs.world_model.graded_reward``: imagined frames compress the probabilities, round v8)
+    wm_reward_signal: str = "success"
     # the world model the demo trains when no wm_model_dir is given (one Prophet, seed 0, shared by all RL seeds)
     wm_chunk_len: int = 1  # Prophet frames per segment; one frame = chunk_len / wm_chunk_len simulator steps
     wm_history_len: int = 8
@@ -129,6 +132,9 @@ class DemoConfig:
                              "target must be held out")  # fmt: skip
         if self.sft_demos < 1:
             raise ValueError(f"--sft-demos (`sft_demos`) must be >= 1, got {self.sft_demos}")
+        if self.wm_reward_signal not in ("success", "graded"):
+            raise ValueError(f"--wm-reward-signal (`wm_reward_signal`) must be 'success' or 'graded', got "
+                             f"{self.wm_reward_signal!r}")  # fmt: skip
         if self.wm_branch_segments < 1 or self.wm_branch_every < 1:
             raise ValueError(f"--wm-branch-segments (`wm_branch_segments`) and `wm_branch_every` must be >= 1, got "
                              f"{self.wm_branch_segments} and {self.wm_branch_every}")  # fmt: skip
@@ -419,6 +425,15 @@ def stage_rl_sim(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dic
     return info
 
 
+def run_name(cfg: DemoConfig, variant: str) -> str:
+    """A run's directory and table row: world-model runs with a non-default reward say so (they live beside the
+    default ones)."""
+    if VARIANTS[variant][2] != "wm":
+        return variant
+    name = variant if cfg.wm_reward == "bridged" else f"{variant}-{cfg.wm_reward}"
+    return name + ("-graded" if cfg.wm_reward_signal == "graded" else "")
+
+
 def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict[str, Any]:
     """FA-GRPO variant inside a frozen Prophet, with the closed-loop agreement gate before RL, the imagination guard
     (imagined vs real success, early stop) during RL, a KL anchor to the SFT policy, and real-simulator evaluation.
@@ -433,7 +448,7 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     from lightning_prophrl.envs.metaworld import MetaWorldEnv
     from lightning_prophrl.envs.poses import CommandedPoses
     from lightning_prophrl.envs.rollout import ActionDecoder
-    from lightning_prophrl.envs.world_model import WorldModelEnv
+    from lightning_prophrl.envs.world_model import WorldModelEnv, graded_reward
     from lightning_prophrl.models.prophet import Prophet
     from lightning_prophrl.modules import FAGRPOModule
 
@@ -441,11 +456,13 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
         raise ValueError(f"variant {variant!r} needs --wm-model-dir and --wm-stats-dir (a saved Prophet and its data)")
     loss, flowscale, _ = VARIANTS[variant]
     # runs with the success-head reward live beside the default (bridged) ones
-    name = variant if cfg.wm_reward == "bridged" else f"{variant}-{cfg.wm_reward}"
+    name = run_name(cfg, variant)
     out = Path(cfg.out) / "rl" / name / f"seed{seed}"
     if is_done(out):
         return json.loads((out / "done.json").read_text())
-    refresh = stage_refresh(cfg, sft_ckpt, seed, out / "refresh") if variant in REFRESHED else None
+    # the refresh does not depend on the reward signal: runs that differ only in it share one
+    refresh_dir = Path(cfg.out) / "rl" / variant / f"seed{seed}" / "refresh"
+    refresh = stage_refresh(cfg, sft_ckpt, seed, refresh_dir) if variant in REFRESHED else None
     branch = variant == "wm_fagrpo_branch"
     L.seed_everything(seed, workers=True)
     prophet = Prophet.from_pretrained(refresh["model_dir"] if refresh else cfg.wm_model_dir)
@@ -464,7 +481,8 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
                         poses=poses, **scoring)  # fmt: skip
     module = FAGRPOModule(build_policy(cfg), env, group_size=cfg.group_size, max_queries=cfg.max_queries,
                           sft_checkpoint=sft_ckpt, action_target="unified", loss=loss, flowscale=flowscale,
-                          beta_kl=cfg.wm_beta_kl, seed=seed, optimizer=lambda p: torch.optim.Adam(p, lr=cfg.lr))  # fmt: skip
+                          beta_kl=cfg.wm_beta_kl, seed=seed, optimizer=lambda p: torch.optim.Adam(p, lr=cfg.lr),
+                          reward_model=graded_reward if cfg.wm_reward_signal == "graded" else None)  # fmt: skip
     # 1. closed-loop agreement gate of the SFT policy (before RL)
     n_gate = cfg.wm_check_seeds
     # the real gate episodes run to the cap so that the reward model's persistence rule can also judge them
@@ -482,7 +500,7 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     # 2. RL inside the world model with the guard, evaluated in the real simulator
     if branch:  # every prompt is a real state of the refresh rollouts (the real eval seeds are the callback's)
         stride = cfg.chunk_len // cfg.wm_chunk_len
-        prompts = PromptDataModule(datasets=[str(out / "refresh" / "rollouts")], eval_fraction=0.0,
+        prompts = PromptDataModule(datasets=[str(refresh_dir / "rollouts")], eval_fraction=0.0,
                                    num_prompts=cfg.num_prompts, image_size=cfg.image_size,
                                    updates_per_epoch=cfg.rl_updates, seed=seed,
                                    branch_every=cfg.wm_branch_every * cfg.chunk_len,
@@ -520,6 +538,7 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
         sim_eval.evaluate(trainer, module)
         rows = [json.loads(line) for line in history.read_text().splitlines()]
     info = {"variant": variant, "seed": seed, "updates": module.updates, "train_env_steps": 0, "wm_reward": cfg.wm_reward,
+            "wm_reward_signal": cfg.wm_reward_signal,
             "real_interactions": gate["real_env_steps"] + guard.real_steps_total + (refresh or {}).get("env_steps", 0),
             "refresh": refresh, "gate": gate,
             "branch": {"starts": len(prompts.train_prompts), "segments": cfg.wm_branch_segments,
@@ -587,6 +606,16 @@ def gate_summary(results: dict[str, list[dict[str, Any]]]) -> str:
             cells.append(cell)
         if cells:
             lines.append(f"Closed-loop gate, {variant} (SFT policy): " + " | ".join(cells) + ".")
+        cells = []
+        for r in rs:
+            a = ((r.get("branch") or {}).get("agreement")) or {}
+            if a:
+                rep, pol = a["replay"], a.get("policy") or {}
+                cells.append(f"seed {r['seed']}: replay imagined {rep['imagined_rate']:.2f} vs real {rep['real_rate']:.2f}"
+                             f", kappa {rep['kappa']:.2f}; policy branches imagined {pol.get('imagined_rate', 0):.2f}")  # fmt: skip
+        if cells:
+            lines.append(f"Branch agreement, {variant} ({a['starts']} real starts x {a['segments']} chunks, success "
+                         "within the branch): " + " | ".join(cells) + ".")  # fmt: skip
     return "\n\n".join(lines)
 
 
@@ -640,12 +669,12 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         if trains and not cfg.wm_target_data:  # the refresh mixes in the data the demo's Prophet was adapted on
             cfg = replace(cfg, wm_target_data=str(Path(cfg.out) / "world_model" / "data" / "target_train"))
         reward = stage_reward(cfg, model_dir, stats_dir)
-    results: dict[str, list[dict[str, Any]]] = {v: [] for v in cfg.variants}
+    results: dict[str, list[dict[str, Any]]] = {run_name(cfg, v): [] for v in cfg.variants}
     for seed in cfg.seeds:
         ckpt = stage_sft(cfg, data, seed)
         for variant in cfg.variants:
             stage = stage_rl_sim if VARIANTS[variant][2] == "sim" else stage_rl_wm
-            results[variant].append(stage(cfg, ckpt, seed, variant))
+            results[run_name(cfg, variant)].append(stage(cfg, ckpt, seed, variant))
     table = results_table(cfg, results)
     gates = gate_summary(results)
     if gates:
@@ -701,6 +730,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--wm-refresh-episodes", type=int, default=None, help="real SFT-policy rollouts per refresh")
     ap.add_argument("--wm-refresh-steps", type=int, default=None, help="LoRA steps of the refresh")
     ap.add_argument("--wm-refresh-reward-steps", type=int, default=None, help="classifier steps of the refresh")
+    ap.add_argument(
+        "--wm-reward-signal",
+        choices=["success", "graded"],
+        default=None,
+        help="RL reward inside Prophet: 0/1 imagined success (default) or the graded scorer probability",
+    )
     ap.add_argument("--wm-branch-segments", type=int, default=None, help="policy chunks per imagined branch")
     args = ap.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k != "quick" and v is not None}

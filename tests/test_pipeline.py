@@ -72,6 +72,9 @@ def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions
     agree = br["branch"]["agreement"]
     assert agree["segments"] == 3 and agree["starts"] == min(2 * cfg.wm_check_seeds, br["branch"]["starts"])
     assert {"kappa", "precision", "recall", "real_rate"} <= set(agree["replay"]) and agree["policy"] is not None
+    assert (
+        br["wm_reward_signal"] == "success" and "Branch agreement, wm_fagrpo_branch" in (out / "results.md").read_text()
+    )
     table = (out / "results.md").read_text()
     assert "wm_fagrpo_flowscale" in table and "World model (held-out target episodes" in table
     assert "wm_fagrpo_refresh" in table and "Closed-loop gate, wm_fagrpo_refresh" in table
@@ -115,3 +118,17 @@ def test_demo_cli_refuses_a_target_task_that_is_also_pretrained_on(tmp_path, cap
         main(["--out", str(tmp_path), "--sft-demos", "0"])
     assert "--sft-demos" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_reward_signal_and_branch_settings_are_checked_and_name_the_run(tmp_path, capsys):
+    from lightning_prophrl.pipeline import main, run_name
+
+    for flag, value in (("--wm-reward-signal", "dense"), ("--wm-branch-segments", "0")):
+        with pytest.raises(SystemExit):
+            main(["--out", str(tmp_path), flag, value])
+        assert flag in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+    graded = DemoConfig(wm_reward_signal="graded")
+    assert run_name(graded, "wm_fagrpo_branch") == "wm_fagrpo_branch-graded"
+    assert run_name(graded, "sim_fagrpo") == "sim_fagrpo"  # the simulator's reward is its own success
+    assert run_name(DemoConfig(wm_reward="success_head"), "wm_fagrpo") == "wm_fagrpo-success_head"

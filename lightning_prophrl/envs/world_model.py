@@ -10,7 +10,8 @@ its last frame becomes the next observation and the segment's frames enter the b
 Imagined success comes from Prophet's success head (or from ``success_scorer``, e.g. a domain-bridged frame
 classifier: :func:`classifier_scorer`) with a persistence rule (``success_threshold`` for ``success_k``
 consecutive segments, CALIBRATION.md part 3), after which the imagined episode stops like stop-at-success in a
-simulator. Proprioception is not imagined by Prophet: ``state_mode="integrate"`` dead-reckons the hand position from
+simulator. ``info["success_score"]`` grades the outcome (the best probability held for ``success_k`` consecutive
+segments; :func:`graded_reward` makes it the RL reward). Proprioception is not imagined by Prophet: ``state_mode="integrate"`` dead-reckons the hand position from
 the commanded deltas (an approximation, documented as such), ``"zeros"`` gives zeros (for image-only policies).
 
 With ``poses`` (a :class:`~lightning_prophrl.envs.poses.CommandedPoses`), the commanded end-effector target of every
@@ -55,6 +56,21 @@ def classifier_scorer(classifier: Any) -> Callable[[torch.Tensor], torch.Tensor]
         return classifier.frame_probs(video[:, -k:])[:, -1]
 
     return score
+
+
+INFO_SCORE = "success_score"  # (N,) float, best success probability held for success_k consecutive segments
+
+
+def graded_reward(batch: Any) -> torch.Tensor:
+    """FA-GRPO reward from a ``WorldModelEnv`` rollout: its graded outcome ``INFO_SCORE`` instead of the 0/1 success.
+
+    Group normalization only needs the rewards to *rank* a group's rollouts; where imagined frames are blurrier than
+    real ones the scorer's probabilities are compressed below its success threshold and a 0/1 reward is almost always
+    0 (docs/results.md, round v8), while the probability still ranks successes above failures."""
+    score = batch.info.get(INFO_SCORE)
+    if score is None:
+        raise KeyError(f"graded_reward needs the world model's {INFO_SCORE!r} in the rollout info (a WorldModelEnv)")
+    return torch.as_tensor(score, dtype=torch.float32)
 
 
 class WorldModelEnv(BatchedEnvBase):
@@ -160,6 +176,7 @@ class WorldModelEnv(BatchedEnvBase):
         self.steps = torch.zeros(self.num_envs, dtype=torch.long)
         self.segments = 0
         self.success_prob: list[torch.Tensor] = []
+        self.score = torch.zeros(self.num_envs)
         return self._obs()
 
     def _push_prompt_history(self, ps: Sequence[Prompt]) -> None:
@@ -234,10 +251,15 @@ class WorldModelEnv(BatchedEnvBase):
             alive & (prob > self.success_threshold), self.streak + 1, torch.zeros_like(self.streak)
         )
         self.success |= self.streak >= self.success_k
+        # graded outcome: the best probability held for success_k consecutive segments (the persistence rule's margin)
+        if len(self.success_prob) >= self.success_k:
+            window = torch.stack(self.success_prob[-self.success_k :]).min(0).values
+            self.score = torch.where(alive, torch.maximum(self.score, window), self.score)
         stop = self.success if self.stop_at_success else torch.zeros_like(self.success)
         self.done |= stop | (self.segments >= self.max_segments)
         self.video_frames.append(self.frame.clone())
-        info = {INFO_SUCCESS: self.success.clone(), INFO_STEPS: self.steps.clone(), "success_prob": prob}
+        info = {INFO_SUCCESS: self.success.clone(), INFO_STEPS: self.steps.clone(), "success_prob": prob,
+                INFO_SCORE: self.score.clone()}  # fmt: skip
         return self._obs(), self.done.clone(), info
 
     def _obs(self) -> dict[str, Any]:

@@ -228,3 +228,29 @@ def test_branch_agreement_replays_recorded_actions_and_reads_the_real_window(pro
     assert res["replay"]["confusion"]["both"] == sum(real) and res["policy"] is None
     with pytest.raises(ValueError, match="group_size=1"):
         branch_agreement(WorldModelEnv(prophet, stats(), group_size=2), dm, 2)
+
+
+def test_graded_outcome_is_the_best_probability_held_for_k_segments(prophet):
+    from lightning_prophrl.envs.rollout import RolloutBatch
+    from lightning_prophrl.envs.world_model import INFO_SCORE, graded_reward
+
+    schedule = iter([[0.2, 0.9], [0.8, 0.1], [0.7, 0.95], [0.1, 0.3]])
+
+    def scripted(video):  # per-segment probabilities of the two rollouts
+        return torch.tensor(next(schedule))
+
+    env = WorldModelEnv(prophet, stats(), num_prompts=2, group_size=1, max_segments=4, num_steps=1,
+                        success_threshold=0.9, success_k=2, success_scorer=scripted)  # fmt: skip
+    env.reset(prompts())
+    for _ in range(4):
+        _, _, info = env.step(np.zeros((2, 2, 14), np.float32))
+    # windows of 2: rollout 0 min(0.2,.8)=.2, min(.8,.7)=.7, min(.7,.1)=.1 -> .7; rollout 1 .1, .1, .3 -> .3
+    torch.testing.assert_close(info[INFO_SCORE], torch.tensor([0.7, 0.3]))
+    assert not info[K.SUCCESS].any()  # neither held 0.9 for 2 segments: the 0/1 reward would be all zeros
+    batch = RolloutBatch(obs=[], x_steps=torch.zeros(0), log_probs=torch.zeros(0), alive=torch.zeros(0),
+                         rewards=torch.zeros(2), success=torch.zeros(2), steps=torch.zeros(2), videos=None,
+                         info={INFO_SCORE: info[INFO_SCORE]})  # fmt: skip
+    torch.testing.assert_close(graded_reward(batch), torch.tensor([0.7, 0.3]))
+    batch.info = {}
+    with pytest.raises(KeyError, match="success_score"):
+        graded_reward(batch)
