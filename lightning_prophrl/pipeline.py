@@ -29,6 +29,7 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,8 @@ class DemoConfig:
     # the RL reward inside Prophet: "success" (0/1 imagined success) or "graded" (the scorer's best probability held
     # for k segments, ``envs.world_model.graded_reward``: imagined frames compress the probabilities, round v8)
     wm_reward_signal: str = "success"
+    # graded scores below this count as 0 (noise among failures; 0.3 was the best 0/1 threshold on branch replays)
+    wm_graded_floor: float = 0.2
     # the world model the demo trains when no wm_model_dir is given (one Prophet, seed 0, shared by all RL seeds)
     wm_chunk_len: int = 1  # Prophet frames per segment; one frame = chunk_len / wm_chunk_len simulator steps
     wm_history_len: int = 8
@@ -135,6 +138,8 @@ class DemoConfig:
         if self.wm_reward_signal not in ("success", "graded"):
             raise ValueError(f"--wm-reward-signal (`wm_reward_signal`) must be 'success' or 'graded', got "
                              f"{self.wm_reward_signal!r}")  # fmt: skip
+        if not 0.0 <= self.wm_graded_floor < 1.0:
+            raise ValueError(f"`wm_graded_floor` must lie in [0, 1), got {self.wm_graded_floor}")
         if self.wm_branch_segments < 1 or self.wm_branch_every < 1:
             raise ValueError(f"--wm-branch-segments (`wm_branch_segments`) and `wm_branch_every` must be >= 1, got "
                              f"{self.wm_branch_segments} and {self.wm_branch_every}")  # fmt: skip
@@ -482,7 +487,8 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     module = FAGRPOModule(build_policy(cfg), env, group_size=cfg.group_size, max_queries=cfg.max_queries,
                           sft_checkpoint=sft_ckpt, action_target="unified", loss=loss, flowscale=flowscale,
                           beta_kl=cfg.wm_beta_kl, seed=seed, optimizer=lambda p: torch.optim.Adam(p, lr=cfg.lr),
-                          reward_model=graded_reward if cfg.wm_reward_signal == "graded" else None)  # fmt: skip
+                          reward_model=(partial(graded_reward, floor=cfg.wm_graded_floor)
+                                        if cfg.wm_reward_signal == "graded" else None))  # fmt: skip
     # 1. closed-loop agreement gate of the SFT policy (before RL)
     n_gate = cfg.wm_check_seeds
     # the real gate episodes run to the cap so that the reward model's persistence rule can also judge them
@@ -538,7 +544,7 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
         sim_eval.evaluate(trainer, module)
         rows = [json.loads(line) for line in history.read_text().splitlines()]
     info = {"variant": variant, "seed": seed, "updates": module.updates, "train_env_steps": 0, "wm_reward": cfg.wm_reward,
-            "wm_reward_signal": cfg.wm_reward_signal,
+            "wm_reward_signal": cfg.wm_reward_signal, "wm_graded_floor": cfg.wm_graded_floor,
             "real_interactions": gate["real_env_steps"] + guard.real_steps_total + (refresh or {}).get("env_steps", 0),
             "refresh": refresh, "gate": gate,
             "branch": {"starts": len(prompts.train_prompts), "segments": cfg.wm_branch_segments,

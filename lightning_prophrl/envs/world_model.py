@@ -61,16 +61,19 @@ def classifier_scorer(classifier: Any) -> Callable[[torch.Tensor], torch.Tensor]
 INFO_SCORE = "success_score"  # (N,) float, best success probability held for success_k consecutive segments
 
 
-def graded_reward(batch: Any) -> torch.Tensor:
+def graded_reward(batch: Any, floor: float = 0.0) -> torch.Tensor:
     """FA-GRPO reward from a ``WorldModelEnv`` rollout: its graded outcome ``INFO_SCORE`` instead of the 0/1 success.
 
     Group normalization only needs the rewards to *rank* a group's rollouts; where imagined frames are blurrier than
     real ones the scorer's probabilities are compressed below its success threshold and a 0/1 reward is almost always
-    0 (docs/results.md, round v8), while the probability still ranks successes above failures."""
+    0 (docs/results.md, round v8), while the probability still ranks successes above failures. Scores below ``floor``
+    count as 0: among clear failures the differences are the scorer's noise, which the group's std normalization
+    would blow up to unit advantages."""
     score = batch.info.get(INFO_SCORE)
     if score is None:
         raise KeyError(f"graded_reward needs the world model's {INFO_SCORE!r} in the rollout info (a WorldModelEnv)")
-    return torch.as_tensor(score, dtype=torch.float32)
+    score = torch.as_tensor(score, dtype=torch.float32)
+    return torch.where(score >= floor, score, torch.zeros_like(score))
 
 
 class WorldModelEnv(BatchedEnvBase):

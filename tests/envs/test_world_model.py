@@ -251,6 +251,7 @@ def test_graded_outcome_is_the_best_probability_held_for_k_segments(prophet):
                          rewards=torch.zeros(2), success=torch.zeros(2), steps=torch.zeros(2), videos=None,
                          info={INFO_SCORE: info[INFO_SCORE]})  # fmt: skip
     torch.testing.assert_close(graded_reward(batch), torch.tensor([0.7, 0.3]))
+    torch.testing.assert_close(graded_reward(batch, floor=0.5), torch.tensor([0.7, 0.0]))  # noise floor
     batch.info = {}
     with pytest.raises(KeyError, match="success_score"):
         graded_reward(batch)
