@@ -618,11 +618,16 @@ def gate_summary(results: dict[str, list[dict[str, Any]]]) -> str:
             if a:
                 rep, pol = a["replay"], a.get("policy") or {}
                 cells.append(f"seed {r['seed']}: replay imagined {rep['imagined_rate']:.2f} vs real {rep['real_rate']:.2f}"
-                             f", kappa {rep['kappa']:.2f}; policy branches imagined {pol.get('imagined_rate', 0):.2f}")  # fmt: skip
+                             f", kappa {rep['kappa']:.2f}, graded-score AUC {_fmt(rep.get('score_auc'))}; policy branches "
+                             f"imagined {pol.get('imagined_rate', 0):.2f}")  # fmt: skip
         if cells:
             lines.append(f"Branch agreement, {variant} ({a['starts']} real starts x {a['segments']} chunks, success "
                          "within the branch): " + " | ".join(cells) + ".")  # fmt: skip
     return "\n\n".join(lines)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
 
 
 def world_model_summary(report: dict[str, Any]) -> str:

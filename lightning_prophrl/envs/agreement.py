@@ -156,6 +156,15 @@ def closed_loop_agreement(
     return out
 
 
+def rank_auc(score: np.ndarray, label: np.ndarray) -> float | None:
+    """Probability that a positive outranks a negative (ties count half); None without both classes."""
+    s, y = np.asarray(score, dtype=float), np.asarray(label, dtype=bool)
+    pos, neg = s[y], s[~y]
+    if not len(pos) or not len(neg):
+        return None
+    return float((pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean())
+
+
 @torch.no_grad()
 def branch_agreement(
     world_env: Any,
@@ -178,9 +187,17 @@ def branch_agreement(
     * **policy** (with ``policy`` and ``decoder``): the policy's own SDE branches from the same starts; their imagined
       success rate is compared with the recorded window success rate (the same policy's real outcome, one sample).
 
+    The replay also reports how well the graded outcome (``WorldModelEnv``'s ``success_score``) *ranks* the real
+    outcomes (``score_auc``; what a group-normalized graded reward needs) beside the 0/1 rule's agreement, the PSNR
+    of the imagined frames against the recorded ones per segment (where the imagination leaves reality) and, with a
+    ``success_scorer``, the same ranking by the scorer's best probability on the *recorded* frames
+    (``scorer_on_real_auc``: the scorer itself, apart from the world model).
+
     Returns:
-        ``{"starts", "segments", "replay": reward_agreement(real, imagined) + rates, "policy": rates or None}``.
+        ``{"starts", "segments", "replay": reward_agreement(real, imagined) + rates + score_auc / score means, "policy":
+        rates or None}``.
     """
+    from lightning_prophrl.datamodules.clips import to_float_video
     from lightning_prophrl.datamodules.prompts import BRANCH
 
     if world_env.group_size != 1:
@@ -191,7 +208,7 @@ def branch_agreement(
     pick = np.unique(np.linspace(0, len(starts) - 1, min(max_starts, len(starts))).round().astype(int))
     dataset, n, seg = prompts.train_dataloader().dataset, world_env.num_prompts, world_env.max_segments
     h = actions_per_segment
-    real, replay, policy_success = [], [], []
+    real, replay, scores, policy_success, psnr, real_scores = [], [], [], [], [], []
     for b in range(0, len(pick), n):
         idx = list(pick[b : b + n])
         idx += [idx[-1]] * (n - len(idx))  # pad the last batch; the padding is dropped below
@@ -206,6 +223,14 @@ def branch_agreement(
                 chunk[j, : len(acts)] = acts
             world_env.step(chunk)
         replay += world_env.success[:keep].tolist()
+        scores += world_env.score[:keep].tolist()
+        # the recorded frames of the same window: where the imagination leaves them, and the scorer on them
+        real_video = torch.stack([to_float_video(prompts.branches.episodes[e].frames[t : t + seg * h + 1 : h],
+                                                 prompts.branches.image_size) for e, t in refs[:keep]])  # fmt: skip
+        err = (world_env.video()[:keep] - real_video).pow(2).mean((2, 3, 4)).clamp_min(1e-10)
+        psnr.append(10 * torch.log10(4.0 / err))  # images in [-1, 1]: peak-to-peak 2
+        if world_env.success_scorer is not None:
+            real_scores.append(score_video(world_env.success_scorer, real_video).max(1).values)
         for e, t in refs[:keep]:
             steps = prompts.branches.episodes[e].meta.get("success_steps") or []
             real.append(any(steps[t + 1 : t + seg * h + 1]))
@@ -213,9 +238,14 @@ def branch_agreement(
             res = collect_rollouts(policy, world_env, batch, decoder, seg, mode="sde",
                                    generator=torch.Generator().manual_seed(noise_seed + b))  # fmt: skip
             policy_success += res.success.bool()[:keep].tolist()
-    r, i = np.asarray(real), np.asarray(replay)
+    r, i, sc = np.asarray(real, dtype=bool), np.asarray(replay), np.asarray(scores)
     out = {"starts": len(r), "segments": seg,
-           "replay": {**reward_agreement(r, i), "real_rate": float(r.mean()), "imagined_rate": float(i.mean())},
+           "replay": {**reward_agreement(r, i), "real_rate": float(r.mean()), "imagined_rate": float(i.mean()),
+                      "score_auc": rank_auc(sc, r),
+                      "score_mean_real_success": float(sc[r].mean()) if r.any() else None,
+                      "score_mean_real_failure": float(sc[~r].mean()) if (~r).any() else None,
+                      "psnr_by_segment": [round(float(v), 2) for v in torch.cat(psnr)[:, 1:].mean(0)],
+                      "scorer_on_real_auc": rank_auc(torch.cat(real_scores).numpy(), r) if real_scores else None},
            "policy": None}  # fmt: skip
     if policy is not None:
         out["policy"] = {"real_rate": float(r.mean()), "imagined_rate": float(np.mean(policy_success))}

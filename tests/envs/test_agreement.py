@@ -71,3 +71,11 @@ def test_reward_agreement_and_video_scoring():
 
     torch.testing.assert_close(score_video(scorer, video), torch.tensor([[1.0, 2.0, 3.0], [5.0, 6.0, 7.0]]))
     assert seen == [2, 3, 4]
+
+
+def test_rank_auc_counts_pairs_and_ties():
+    from lightning_prophrl.envs.agreement import rank_auc
+
+    assert rank_auc([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0]) == 1.0
+    assert rank_auc([0.1, 0.5, 0.5, 0.9], [1, 1, 0, 0]) == pytest.approx((0 + 0 + 0.5 + 0) / 4)
+    assert rank_auc([0.3, 0.4], [1, 1]) is None

@@ -226,6 +226,8 @@ def test_branch_agreement_replays_recorded_actions_and_reads_the_real_window(pro
     assert res["starts"] == 5 and res["segments"] == 2 and 0 < sum(real) < 5
     assert res["replay"]["real_rate"] == pytest.approx(np.mean(real)) and res["replay"]["imagined_rate"] == 1.0
     assert res["replay"]["confusion"]["both"] == sum(real) and res["policy"] is None
+    assert res["replay"]["score_auc"] == 0.5  # a constant score cannot rank the outcomes
+    assert res["replay"]["scorer_on_real_auc"] == 0.5 and len(res["replay"]["psnr_by_segment"]) == 2
     with pytest.raises(ValueError, match="group_size=1"):
         branch_agreement(WorldModelEnv(prophet, stats(), group_size=2), dm, 2)
 
