@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,14 @@ def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions
     assert "wm_fagrpo_refresh" in table and "Closed-loop gate, wm_fagrpo_refresh" in table
     assert {"precision", "recall", "kappa"} <= set(wm["gate"]["reward_on_real"])  # the bridged reward on real episodes
     assert "Reward models vs the simulator" in table and "bridged classifier" in table
+    # the branch-replay classifier is added to the cached refresh: trained on the rollouts and their branch replays
+    res2 = run(replace(cfg, variants=["wm_fagrpo_branch"], wm_refresh_reward_data="branches"))["results"]
+    br2 = res2["wm_fagrpo_branch-brclf"][0]
+    assert br2["refresh"]["model_dir"] == br["refresh"]["model_dir"]  # the same refresh, not a second one
+    clf = json.loads((Path(br2["refresh"]["classifier_dir"]) / "done.json").read_text())
+    assert clf["args"]["datasets"][-1].endswith("rollouts_branches")
+    branches = json.loads((Path(clf["args"]["datasets"][-1]) / "done.json").read_text())
+    assert branches["episodes"] >= cfg.wm_refresh_episodes and branches["args"]["segments"] == cfg.wm_branch_segments
 
 
 def test_results_table_compares_runs_at_the_configured_budget():

@@ -166,6 +166,36 @@ def rank_auc(score: np.ndarray, label: np.ndarray) -> float | None:
 
 
 @torch.no_grad()
+def replay_branches(world_env: Any, prompts: Any, indices: Any, actions_per_segment: int):
+    """Drive ``world_env`` (``group_size=1``) from branch prompts ``prompts.train_prompts[indices]`` with each
+    episode's recorded actions for ``world_env.max_segments`` segments, ``num_prompts`` starts at a time.
+
+    Yields:
+        ``(refs, prompts, keep)`` after each batch: the ``(episode, frame)`` references, the materialized prompts and
+        how many of them are real (the last batch is padded by repeating its last start); the imagined videos are
+        ``world_env.video()[:keep]``.
+    """
+    from lightning_prophrl.datamodules.prompts import BRANCH
+
+    starts, dataset = prompts.train_prompts, prompts.train_dataloader().dataset
+    n, h, indices = world_env.num_prompts, actions_per_segment, list(indices)
+    for b in range(0, len(indices), n):
+        idx = indices[b : b + n]
+        keep = len(idx)
+        idx += [idx[-1]] * (n - keep)
+        refs = [starts[i][BRANCH] for i in idx]
+        batch = [dataset[i] for i in idx]
+        world_env.reset(batch)
+        for k in range(world_env.max_segments):
+            chunk = np.zeros((n, h, K.ACTION_DIM), np.float32)
+            for j, (e, t) in enumerate(refs):
+                acts = prompts.branches.episodes[e].actions[t + k * h : t + (k + 1) * h]
+                chunk[j, : len(acts)] = acts
+            world_env.step(chunk)
+        yield refs, batch, keep
+
+
+@torch.no_grad()
 def branch_agreement(
     world_env: Any,
     prompts: Any,
@@ -206,22 +236,10 @@ def branch_agreement(
     if not starts or BRANCH not in starts[0]:
         raise ValueError("branch_agreement needs branch prompts (PromptDataModule(branch_every > 0))")
     pick = np.unique(np.linspace(0, len(starts) - 1, min(max_starts, len(starts))).round().astype(int))
-    dataset, n, seg = prompts.train_dataloader().dataset, world_env.num_prompts, world_env.max_segments
-    h = actions_per_segment
+    n, seg, h = world_env.num_prompts, world_env.max_segments, actions_per_segment
     real, replay, scores, policy_success, psnr, real_scores = [], [], [], [], [], []
-    for b in range(0, len(pick), n):
-        idx = list(pick[b : b + n])
-        idx += [idx[-1]] * (n - len(idx))  # pad the last batch; the padding is dropped below
-        keep = len(pick[b : b + n])
-        refs = [starts[i][BRANCH] for i in idx]
-        batch = [dataset[i] for i in idx]
-        world_env.reset(batch)
-        for k in range(seg):
-            chunk = np.zeros((n, h, K.ACTION_DIM), np.float32)
-            for j, (e, t) in enumerate(refs):
-                acts = prompts.branches.episodes[e].actions[t + k * h : t + (k + 1) * h]
-                chunk[j, : len(acts)] = acts
-            world_env.step(chunk)
+    for b, (refs, batch, keep) in enumerate(replay_branches(world_env, prompts, pick, h)):
+        b *= n
         replay += world_env.success[:keep].tolist()
         scores += world_env.score[:keep].tolist()
         # the recorded frames of the same window: where the imagination leaves them, and the scorer on them

@@ -630,3 +630,75 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     main()
+
+
+def imagine_branch_dataset(
+    model_dir: str | Path,
+    source_dir: str | Path,
+    out_dir: str | Path,
+    task: str,
+    segments: int,
+    actions_per_segment: int,
+    every: int,
+    image_size: int = 64,
+    camera: str = "workspace",
+    num_steps: int = 1,
+    seed: int = 0,
+    batch_size: int = 30,
+) -> dict[str, Any]:
+    """Imagined *branch replays* of real episodes, labelled with the recorded frames' success (cached).
+
+    From every ``every``-th frame of each episode of ``source_dir`` before its first success (``BranchStarts``, with
+    the recorded memory and commanded target), Prophet replays the recorded actions for ``segments`` segments of
+    ``actions_per_segment`` actions (``envs.agreement.replay_branches``). Each branch becomes one episode of
+    ``segments + 1`` imagined frames whose ``success_steps`` are the simulator's flags of the recorded frames they
+    stand for. These are the frames RL on branches shows its reward model, from real states; the bridged classifier's
+    imagined twins are whole-episode open-loop replays from the first frame (docs/results.md, round v8).
+
+    Returns:
+        ``done.json``: ``episodes``, ``positives`` (branches whose window succeeds), ``seconds`` and the arguments.
+    """
+    if min(segments, actions_per_segment, every, num_steps, batch_size) < 1:
+        raise ValueError(f"segments, actions_per_segment, every, num_steps and batch_size must be >= 1, got "
+                         f"{segments}, {actions_per_segment}, {every}, {num_steps}, {batch_size}")  # fmt: skip
+    args = {"model_dir": str(model_dir), "source_dir": str(source_dir), "task": task, "segments": segments,
+            "actions_per_segment": actions_per_segment, "every": every, "image_size": image_size, "camera": camera,
+            "num_steps": num_steps, "seed": seed, "batch_size": batch_size}  # fmt: skip
+    return run_stage(Path(out_dir), args, lambda tmp: _imagine_branches(tmp, **args))
+
+
+def _imagine_branches(tmp: Path, model_dir, source_dir, task, segments, actions_per_segment, every, image_size, camera,
+                      num_steps, seed, batch_size) -> dict[str, Any]:  # fmt: skip
+    from lightning_prophrl.datamodules.prompts import PromptDataModule
+    from lightning_prophrl.datamodules.shards import load_stats
+    from lightning_prophrl.envs.agreement import replay_branches
+    from lightning_prophrl.envs.poses import CommandedPoses
+    from lightning_prophrl.envs.world_model import WorldModelEnv
+    from lightning_prophrl.metrics import video_to_uint8
+    from lightning_prophrl.models.prophet import Prophet
+
+    t0 = time.perf_counter()
+    model = Prophet.from_pretrained(model_dir).eval()
+    stride = actions_per_segment // int(model.config.action_chunk_length)
+    prompts = PromptDataModule(datasets=[str(source_dir)], eval_fraction=0.0, num_prompts=batch_size,
+                               image_size=image_size, branch_every=every, branch_margin=segments * actions_per_segment,
+                               history_len=int(model.config.history_length), history_stride=stride)  # fmt: skip
+    prompts.setup()
+    poses = CommandedPoses.metaworld(task, image_size, camera) if model.config.use_action_frames else None
+    env = WorldModelEnv(model, load_stats(model_dir), num_prompts=batch_size, group_size=1, max_segments=segments,
+                        num_steps=num_steps, seed=seed, poses=poses, stop_at_success=False,
+                        success_scorer=lambda v: torch.zeros(v.shape[0]))  # fmt: skip
+    n = positives = 0
+    h = actions_per_segment
+    with ShardWriter(tmp, f"{Path(source_dir).name}_branches", max_count=50) as writer:
+        for refs, _, keep in replay_branches(env, prompts, range(len(prompts.train_prompts)), h):
+            frames = video_to_uint8(env.video()[:keep]).numpy()
+            for j, (e, t) in enumerate(refs[:keep]):
+                ep = prompts.branches.episodes[e]
+                labels = [bool(ep.meta["success_steps"][t + k * h]) for k in range(segments + 1)]
+                meta = {k: ep.meta[k] for k in ("dataset", "embodiment", "instruction", "fps")}
+                meta.update(success=any(labels), success_steps=labels, branch_of=ep.key, branch_frame=t)
+                actions = np.zeros((segments + 1, K.ACTION_DIM), np.float32)  # the classifier reads frames only
+                writer.write(Episode(f"{ep.key}_b{t:04d}", frames[j], actions, ep.action_mask, meta))
+                n, positives = n + 1, positives + int(any(labels))
+    return {"episodes": n, "positives": positives, "seconds": time.perf_counter() - t0}
