@@ -517,8 +517,8 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     )
     scoring = wm_success_scoring(cfg, (refresh or {}).get("classifier_dir"))
     env = WorldModelEnv(prophet, wm_stats, num_prompts=cfg.num_prompts, group_size=cfg.group_size,
-                        max_segments=cfg.wm_branch_segments if branch else cfg.max_queries, num_steps=cfg.wm_num_steps, seed=seed, initial_env=reset_env,
-                        poses=poses, **scoring)  # fmt: skip
+                        max_segments=cfg.wm_branch_segments if branch else cfg.max_queries, num_steps=cfg.wm_num_steps,
+                        seed=seed, initial_env=reset_env, poses=poses, **scoring)  # fmt: skip
     module = FAGRPOModule(build_policy(cfg), env, group_size=cfg.group_size, max_queries=cfg.max_queries,
                           sft_checkpoint=sft_ckpt, action_target="unified", loss=loss, flowscale=flowscale,
                           beta_kl=cfg.wm_beta_kl, seed=seed, optimizer=lambda p: torch.optim.Adam(p, lr=cfg.lr),
@@ -547,18 +547,18 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
                                    branch_every=cfg.wm_branch_every * cfg.chunk_len,
                                    branch_margin=cfg.wm_branch_segments * cfg.chunk_len,
                                    history_len=int(prophet.config.history_length), history_stride=stride)  # fmt: skip
-    else:
-        prompts = PromptDataModule(tasks=[cfg.target_task], train_seeds=(2000 + 10000 * seed, 12000 + 10000 * seed),
-                                   eval_seeds=(1000, 1000 + cfg.eval_seeds), num_prompts=cfg.num_prompts,
-                                   updates_per_epoch=cfg.rl_updates, seed=seed)  # fmt: skip
-    branch_gate = None
-    if branch:  # can branches be trusted? replay the recorded actions from real states, and the policy's branches
+        # can branches be trusted? replay the recorded actions from real states, and the policy's branches
         prompts.setup()
         branch_wm = WorldModelEnv(prophet, wm_stats, num_prompts=n_gate, group_size=1,
                                   max_segments=cfg.wm_branch_segments, num_steps=cfg.wm_num_steps, poses=poses,
                                   **scoring)  # fmt: skip
         branch_gate = branch_agreement(branch_wm, prompts, cfg.chunk_len, max_starts=2 * n_gate,
                                        policy=module.policy, decoder=dec, noise_seed=seed)  # fmt: skip
+    else:
+        prompts = PromptDataModule(tasks=[cfg.target_task], train_seeds=(2000 + 10000 * seed, 12000 + 10000 * seed),
+                                   eval_seeds=(1000, 1000 + cfg.eval_seeds), num_prompts=cfg.num_prompts,
+                                   updates_per_epoch=cfg.rl_updates, seed=seed)  # fmt: skip
+        branch_gate = None
     history = out / "eval.jsonl"
     history.unlink(missing_ok=True)
     (out / "guard.jsonl").unlink(missing_ok=True)
@@ -652,9 +652,10 @@ def gate_summary(results: dict[str, list[dict[str, Any]]]) -> str:
             a = ((r.get("branch") or {}).get("agreement")) or {}
             if a:
                 rep, pol = a["replay"], a.get("policy") or {}
-                cells.append(f"seed {r['seed']}: replay imagined {rep['imagined_rate']:.2f} vs real {rep['real_rate']:.2f}"
-                             f", kappa {rep['kappa']:.2f}, graded-score AUC {_fmt(rep.get('score_auc'))}; policy branches "
-                             f"imagined {pol.get('imagined_rate', 0):.2f}")  # fmt: skip
+                cells.append(f"seed {r['seed']}: replay imagined {rep['imagined_rate']:.2f} vs real "
+                             f"{rep['real_rate']:.2f}, kappa {rep['kappa']:.2f}, graded-score AUC "
+                             f"{_fmt(rep.get('score_auc'))}; policy branches imagined "
+                             f"{pol.get('imagined_rate', 0):.2f}")  # fmt: skip
         if cells:
             lines.append(f"Branch agreement, {variant} ({a['starts']} real starts x {a['segments']} chunks, success "
                          "within the branch): " + " | ".join(cells) + ".")  # fmt: skip

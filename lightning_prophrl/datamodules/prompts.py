@@ -46,8 +46,8 @@ class BranchStarts:
 
     A start at frame ``t`` of an episode gives the prompt ``COND_FRAME = frames[t]``, ``OBS_STATE = state[t]``,
     ``COND_TARGET`` (the commanded end-effector target at ``t``, when the episode has ``target_poses.npy``) and
-    ``HISTORY`` / ``HISTORY_MASK``: the ``history_len`` frames ``t - history_stride * j`` (``j = history_len .. 1``, oldest
-    first, masked where ``< 0``), i.e. the memory a world model would have built had it imagined the episode up to
+    ``HISTORY`` / ``HISTORY_MASK``: the ``history_len`` frames ``t - history_stride * j`` (``j = history_len .. 1``,
+    oldest first, masked where ``< 0``), i.e. the memory a world model would have built had it imagined the episode up to
     ``t`` at ``history_stride`` steps per frame. Starts are every ``every`` frames, up to the episode's first success
     (``meta["success_steps"]``; a state after success has nothing left to learn) and at least ``margin`` actions before
     its end, so that a branch of ``margin`` actions stays within the real step budget.
@@ -198,8 +198,9 @@ class PromptDataModule(L.LightningDataModule):
 
     def eval_dataloader(self, batch_size: int | None = None) -> DataLoader:
         """The held-out prompts in a fixed order."""
-        return DataLoader(PromptDataset(self.eval_prompts, self.branches), batch_size=batch_size or self.hparams.num_prompts,
-                          shuffle=False, collate_fn=collate_clips)  # fmt: skip
+        return DataLoader(PromptDataset(self.eval_prompts, self.branches),
+                          batch_size=batch_size or self.hparams.num_prompts, shuffle=False,
+                          collate_fn=collate_clips)  # fmt: skip
 
     @staticmethod
     def seeds(batch: dict[str, Any]) -> np.ndarray:

@@ -239,7 +239,6 @@ def branch_agreement(
     n, seg, h = world_env.num_prompts, world_env.max_segments, actions_per_segment
     real, replay, scores, policy_success, psnr, real_scores = [], [], [], [], [], []
     for b, (refs, batch, keep) in enumerate(replay_branches(world_env, prompts, pick, h)):
-        b *= n
         replay += world_env.success[:keep].tolist()
         scores += world_env.score[:keep].tolist()
         # the recorded frames of the same window: where the imagination leaves them, and the scorer on them
@@ -254,7 +253,7 @@ def branch_agreement(
             real.append(any(steps[t + 1 : t + seg * h + 1]))
         if policy is not None:
             res = collect_rollouts(policy, world_env, batch, decoder, seg, mode="sde",
-                                   generator=torch.Generator().manual_seed(noise_seed + b))  # fmt: skip
+                                   generator=torch.Generator().manual_seed(noise_seed + b * n))  # fmt: skip
             policy_success += res.success.bool()[:keep].tolist()
     r, i, sc = np.asarray(real, dtype=bool), np.asarray(replay), np.asarray(scores)
     out = {"starts": len(r), "segments": seg,

@@ -87,9 +87,9 @@ class Prompt:
         if self.history_frames is not None:
             n = self.history_frames.shape[0]
             if self.history_frames.ndim != 4 or (self.history_mask is not None and self.history_mask.shape != (n,)):
+                mask = None if self.history_mask is None else tuple(self.history_mask.shape)
                 raise ValueError(f"Prompt.history_frames must be (T_h, 3, H, W) with history_mask (T_h,), got "
-                                 f"{tuple(self.history_frames.shape)} and "
-                                 f"{None if self.history_mask is None else tuple(self.history_mask.shape)}")  # fmt: skip
+                                 f"{tuple(self.history_frames.shape)} and {mask}")  # fmt: skip
 
 
 @runtime_checkable

@@ -11,8 +11,9 @@ Imagined success comes from Prophet's success head (or from ``success_scorer``, 
 classifier: :func:`classifier_scorer`) with a persistence rule (``success_threshold`` for ``success_k``
 consecutive segments, CALIBRATION.md part 3), after which the imagined episode stops like stop-at-success in a
 simulator. ``info["success_score"]`` grades the outcome (the best probability held for ``success_k`` consecutive
-segments; :func:`graded_reward` makes it the RL reward). Proprioception is not imagined by Prophet: ``state_mode="integrate"`` dead-reckons the hand position from
-the commanded deltas (an approximation, documented as such), ``"zeros"`` gives zeros (for image-only policies).
+segments; :func:`graded_reward` makes it the RL reward). Proprioception is not imagined by Prophet:
+``state_mode="integrate"`` dead-reckons the hand position from the commanded deltas (an approximation, documented as
+such), ``"zeros"`` gives zeros (for image-only policies).
 
 With ``poses`` (a :class:`~lightning_prophrl.envs.poses.CommandedPoses`), the commanded end-effector target of every
 generated frame is integrated from the actions (exactly the rule of the training data's ``target_poses.npy``) and fed
