@@ -40,5 +40,6 @@ CLIP_SUCCESS = "clip_success"  # (B,) float in {0, 1}, success reached by the en
 EPISODE_KEY = "episode_key"  # list[str]
 FRAME_INDEX = "frame_index"  # (B,) long, index of the conditioning frame in its episode
 SEED = "seed"  # (B,) long, simulator seed of the initial state (prompts)
+PREFIX_ACTIONS = "prefix_actions"  # (T, 14) float, unified actions before a branch start (simulators replay them)
 COND_TARGET = "cond_target"  # (B, 3) float, commanded end-effector target xyz at the conditioning frame (prompts)
 VIDEO = "video"  # (B, T, 3, H, W) float in [-1, 1]

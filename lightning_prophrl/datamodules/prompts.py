@@ -50,7 +50,9 @@ class BranchStarts:
     oldest first, masked where ``< 0``), i.e. the memory a world model would have built had it imagined the episode up to
     ``t`` at ``history_stride`` steps per frame. Starts are every ``every`` frames, up to the episode's first success
     (``meta["success_steps"]``; a state after success has nothing left to learn) and at least ``margin`` actions before
-    its end, so that a branch of ``margin`` actions stays within the real step budget.
+    its end, so that a branch of ``margin`` actions stays within the real step budget. ``PREFIX_ACTIONS`` (the
+    recorded actions ``0 .. t - 1``) let a simulator replay its way to the same state (``MetaWorldEnv.reset``), so the
+    same start can be branched for real as well as in imagination (``envs.agreement.within_start_outcomes``).
     """
 
     def __init__(self, every: int, margin: int, history_len: int, history_stride: int, image_size: int):
@@ -82,6 +84,7 @@ class BranchStarts:
         out[K.HISTORY_MASK] = torch.tensor([h >= 0 for h in hist], dtype=torch.bool)
         if ep.state is not None:
             out[K.OBS_STATE] = torch.from_numpy(ep.state[t].astype(np.float32))
+        out[K.PREFIX_ACTIONS] = torch.from_numpy(np.asarray(ep.actions[:t], dtype=np.float32))
         if ep.target_poses is not None:
             out[K.COND_TARGET] = torch.from_numpy(ep.target_poses[t, 0, :3].astype(np.float32))
         return out

@@ -177,12 +177,13 @@ def collate_policy(samples: list[dict[str, Any]], action_dims: list[int]) -> dic
 
 
 def collate_clips(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors, keep strings as lists, turn Python numbers into tensors."""
+    """Stack tensors (ragged ones, such as branch prompts' ``PREFIX_ACTIONS``, stay a list), keep strings as lists,
+    turn Python numbers into tensors."""
     out: dict[str, Any] = {}
     for key in samples[0]:
         vals = [s[key] for s in samples]
         if isinstance(vals[0], torch.Tensor):
-            out[key] = torch.stack(vals)
+            out[key] = torch.stack(vals) if all(v.shape == vals[0].shape for v in vals) else vals
         elif isinstance(vals[0], str):
             out[key] = vals
         elif isinstance(vals[0], bool | int):

@@ -267,3 +267,95 @@ def branch_agreement(
     if policy is not None:
         out["policy"] = {"real_rate": float(r.mean()), "imagined_rate": float(np.mean(policy_success))}
     return out
+
+
+def _pair_auc(real: np.ndarray, imagined: np.ndarray) -> tuple[float, int]:
+    """Over the pairs of one group whose real outcomes differ: how often the imagined rewards order them the same
+    way (ties count half); returns ``(sum of pair scores, pairs)``."""
+    d_real = real[:, None] - real[None]
+    d_imag = imagined[:, None] - imagined[None]
+    pairs = d_real > 0
+    return float((d_imag[pairs] > 0).sum() + 0.5 * (d_imag[pairs] == 0).sum()), int(pairs.sum())
+
+
+@torch.no_grad()
+def within_start_outcomes(
+    policy: Any,
+    real_env: Any,
+    world_env: Any,
+    prompts: Any,
+    real_decoder: Any,
+    world_decoder: Any,
+    max_starts: int = 40,
+    max_start_step: int | None = None,
+    noise_seed: int = 0,
+    noise_level: float | None = None,
+    world_reward_fn: Callable[[Any], torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Does the world model see what group-relative RL needs: which of G branches *from one start* succeed?
+
+    ``prompts`` is a set-up ``PromptDataModule`` with branch prompts; up to ``max_starts`` of its training starts
+    (evenly spaced, only those at frame ``<= max_start_step`` when given) are branched ``G`` times with the policy's
+    SDE sampler, for ``world_env.max_segments`` chunks, **both** in ``real_env`` (a ``MetaWorldEnv``, which replays the
+    start's ``PREFIX_ACTIONS`` to reach the recorded state exactly) and in ``world_env``, with the same sampler seed per
+    start so that branch ``j`` draws the same noise in both. Both envs have ``group_size = G`` and the same
+    ``num_prompts``; the real branch runs until its first success (``stop_at_success``) or the chunk budget.
+
+    Reports, per start, the real and imagined success rates; how many starts have a mixed outcome (the only groups
+    with a non-zero GRPO advantage) in each; ``pair_auc``: over the branch pairs of one start whose real outcomes
+    differ, how often the imagined reward orders them the same way (0.5 is chance; what a group-normalized reward from
+    the world model needs); ``advantage_corr``: the correlation of the group-normalized real and imagined rewards over
+    all branches; and the real environment steps this measurement used (``real_env_steps``, with the replayed
+    prefixes, and ``real_branch_steps``, the branches alone).
+    """
+    from lightning_prophrl.datamodules.prompts import BRANCH
+    from lightning_prophrl.rl.advantages import group_advantages
+
+    g, n = world_env.group_size, world_env.num_prompts
+    if real_env.group_size != g or real_env.num_prompts != n:
+        raise ValueError(f"real_env ({real_env.num_prompts} x {real_env.group_size}) and world_env ({n} x {g}) must "
+                         "have the same num_prompts x group_size")  # fmt: skip
+    starts = prompts.train_prompts
+    if not starts or BRANCH not in starts[0]:
+        raise ValueError("within_start_outcomes needs branch prompts (PromptDataModule(branch_every > 0))")
+    eligible = [i for i, p in enumerate(starts) if max_start_step is None or p[BRANCH][1] <= max_start_step]
+    if not eligible:
+        raise ValueError(f"no branch start at frame <= max_start_step={max_start_step}")
+    pick = [eligible[j] for j in np.unique(np.linspace(0, len(eligible) - 1, min(max_starts, len(eligible))).round()
+                                           .astype(int))]  # fmt: skip
+    dataset, seg = prompts.train_dataloader().dataset, world_env.max_segments
+    real_r, imag_r, refs, real_steps, branch_steps = [], [], [], 0, 0
+    for b in range(0, len(pick), n):
+        idx = pick[b : b + n]
+        keep = len(idx)
+        batch = [dataset[i] for i in idx + [idx[-1]] * (n - keep)]
+        runs = []
+        for env, dec, fn in ((real_env, real_decoder, None), (world_env, world_decoder, world_reward_fn)):
+            res = collect_rollouts(policy, env, batch, dec, seg, mode="sde", noise_level=noise_level,
+                                   generator=torch.Generator().manual_seed(noise_seed + b), reward_fn=fn)  # fmt: skip
+            runs.append(res)
+        start_steps = torch.tensor([int(len(p[K.PREFIX_ACTIONS])) for p in batch]).repeat_interleave(g)
+        real_steps += int(runs[0].steps[: keep * g].sum())  # the replayed prefix is real interaction too
+        branch_steps += int((runs[0].steps - start_steps)[: keep * g].sum())
+        real_r.append(runs[0].rewards.view(n, g)[:keep])
+        imag_r.append(runs[1].rewards.view(n, g)[:keep])
+        refs += [starts[i][BRANCH] for i in idx]
+    r, m = torch.cat(real_r).numpy(), torch.cat(imag_r).numpy()
+    pair_sum, pair_n = 0.0, 0
+    for row_r, row_m in zip(r, m, strict=True):
+        s, k = _pair_auc(row_r, row_m)
+        pair_sum, pair_n = pair_sum + s, pair_n + k
+    adv_r = group_advantages(torch.from_numpy(r).flatten(), g).numpy()
+    adv_m = group_advantages(torch.from_numpy(m).flatten(), g).numpy()
+    rate_r, rate_m = r.mean(1), m.mean(1)
+
+    def corr(a: np.ndarray, b: np.ndarray) -> float | None:
+        return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else None
+
+    return {"starts": len(r), "group_size": g, "segments": seg, "max_start_step": max_start_step,
+            "start_frames": [int(t) for _, t in refs], "real_rate": float(r.mean()), "imagined_rate": float(m.mean()),
+            "real_rate_per_start": rate_r.round(3).tolist(), "imagined_rate_per_start": rate_m.round(3).tolist(),
+            "real_mixed_starts": int(((r.min(1) < r.max(1))).sum()),
+            "imagined_mixed_starts": int(((m.min(1) < m.max(1))).sum()),
+            "rate_corr": corr(rate_r, rate_m), "pair_auc": pair_sum / pair_n if pair_n else None, "pairs": pair_n,
+            "advantage_corr": corr(adv_r, adv_m), "real_env_steps": real_steps, "real_branch_steps": branch_steps}  # fmt: skip

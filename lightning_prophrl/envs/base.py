@@ -32,12 +32,14 @@ import numpy as np
 import torch
 
 from lightning_prophrl.constants import (
+    ACTION_DIM,
     COND_FRAME,
     COND_TARGET,
     HISTORY,
     HISTORY_MASK,
     INSTRUCTION,
     OBS_STATE,
+    PREFIX_ACTIONS,
     SEED,
     SUCCESS,
     TASK_ID,
@@ -67,6 +69,9 @@ class Prompt:
         history_mask: ``(T_h,)`` bool, False where ``history_frames`` is padding (the episode had no such frame).
         initial_target: ``(3,)`` commanded end-effector target at ``initial_frame`` (a branch's action-frame stream
             continues from it instead of from the reset rule).
+        prefix_actions: ``(T, 14)`` unified actions recorded from the seeded initial state up to ``initial_frame``;
+            a deterministic simulator replays them after its seeded reset, so a real rollout starts at the same
+            mid-episode state as an imagined branch (world models ignore them: they start from the frame).
     """
 
     task: str
@@ -77,6 +82,7 @@ class Prompt:
     history_frames: torch.Tensor | None = None
     history_mask: torch.Tensor | None = None
     initial_target: torch.Tensor | None = None
+    prefix_actions: torch.Tensor | np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str) or not self.task:
@@ -90,6 +96,10 @@ class Prompt:
                 mask = None if self.history_mask is None else tuple(self.history_mask.shape)
                 raise ValueError(f"Prompt.history_frames must be (T_h, 3, H, W) with history_mask (T_h,), got "
                                  f"{tuple(self.history_frames.shape)} and {mask}")  # fmt: skip
+        if self.prefix_actions is not None and (np.ndim(self.prefix_actions) != 2 or np.shape(self.prefix_actions)[1]
+                                                != ACTION_DIM):  # fmt: skip
+            raise ValueError(f"Prompt.prefix_actions must be (T, {ACTION_DIM}) unified actions, got "
+                             f"{tuple(np.shape(self.prefix_actions))}")  # fmt: skip
 
 
 @runtime_checkable
@@ -133,7 +143,7 @@ class BatchedEnvBase:
 
 def as_prompt(prompt: Prompt | Mapping[str, Any], tasks: Sequence[str] = ()) -> Prompt:
     """A ``Prompt`` from a ``Prompt`` or from one prompt dict of ``PromptDataModule`` (keys ``SEED``, ``INSTRUCTION``,
-    optional ``COND_FRAME``, ``OBS_STATE``, ``HISTORY`` / ``HISTORY_MASK`` and ``COND_TARGET``, and ``"task"`` or
+    optional ``COND_FRAME``, ``OBS_STATE``, ``HISTORY`` / ``HISTORY_MASK``, ``COND_TARGET`` and ``PREFIX_ACTIONS``, and ``"task"`` or
     ``TASK_ID``, an index into ``tasks``)."""
     if isinstance(prompt, Prompt):
         return prompt
@@ -150,7 +160,7 @@ def as_prompt(prompt: Prompt | Mapping[str, Any], tasks: Sequence[str] = ()) -> 
     instruction = prompt.get(INSTRUCTION)
     return Prompt(task, int(prompt[SEED]), None if instruction is None else str(instruction), prompt.get(COND_FRAME),
                   prompt.get(OBS_STATE), prompt.get(HISTORY), prompt.get(HISTORY_MASK),
-                  prompt.get(COND_TARGET))  # fmt: skip
+                  prompt.get(COND_TARGET), prompt.get(PREFIX_ACTIONS))  # fmt: skip
 
 
 def check_prompts(

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from lightning_prophrl.actions import unified_to_metaworld
 from lightning_prophrl.constants import INSTRUCTION, OBS_IMAGE, OBS_STATE
 from lightning_prophrl.envs.base import (
     INFO_EE_POSE,
@@ -278,7 +279,10 @@ class MetaWorldEnv(BatchedEnvBase):
         Args:
             prompts: ``num_prompts`` ``Prompt``s, or prompt dicts of ``PromptDataModule`` whose ``TASK_ID`` indexes
                 ``tasks``; instruction ``None`` uses ``instruction_for(task)``; ``initial_frame``/``initial_state``
-                are ignored (the simulator renders its own).
+                are ignored (the simulator renders its own). A prompt's ``prefix_actions`` (unified, as recorded
+                in the shards) are replayed after the seeded reset: the simulator is deterministic, so the episode
+                then starts at the recorded mid-episode state of a branch prompt; the replayed steps count towards
+                ``max_steps`` and ``INFO_STEPS`` but are not in the video or the episode record.
 
         Returns:
             The observation dict: ``OBS_IMAGE`` ``(N, 3, H, W)``, ``OBS_STATE`` ``(N, S)``, ``INSTRUCTION``.
@@ -297,6 +301,7 @@ class MetaWorldEnv(BatchedEnvBase):
             slot = self._grow_pool(p.task, used.get(p.task, 0) + 1)[used.get(p.task, 0)]
             used[p.task] = used.get(p.task, 0) + 1
             self._obs[n] = reset_seeded(slot.env, p.seed)
+            prefix_steps, prefix_success = self._replay_prefix(n, slot.env, p)
             frame = slot.renderer.render()
             record = EpisodeRecord(
                 p.task, p.seed, p.instruction or instruction_for(p.task), slot.env._target_pos.copy()
@@ -312,9 +317,26 @@ class MetaWorldEnv(BatchedEnvBase):
             self._slots.append(slot)
             self._episodes.append(record)
             frames.append(frame)
+            self._steps[n], self._success[n] = prefix_steps, prefix_success
+            self._success_now[n] = False
+            self._done[n] = prefix_steps >= self.max_steps or (prefix_success and self.stop_at_success)
         self._image = frames_to_image(np.stack(frames))
-        self._done[:], self._success[:], self._success_now[:], self._steps[:] = False, False, False, 0
         return self._observation()
+
+    def _replay_prefix(self, n: int, env: Any, prompt: Prompt) -> tuple[int, bool]:
+        """Replay ``prompt.prefix_actions`` in ``env`` (just reset); returns ``(steps, success reached)``."""
+        if prompt.prefix_actions is None or len(prompt.prefix_actions) == 0:
+            return 0, False
+        prefix = prompt.prefix_actions
+        prefix = prefix.detach().cpu().numpy() if isinstance(prefix, torch.Tensor) else np.asarray(prefix)
+        if len(prefix) > self.max_steps:
+            raise ValueError(f"prompt {prompt.task!r} seed {prompt.seed}: {len(prefix)} prefix_actions exceed "
+                             f"max_steps={self.max_steps}")  # fmt: skip
+        success = False
+        for action in np.clip(unified_to_metaworld(prefix).astype(np.float64), -1.0, 1.0):
+            self._obs[n], _, _, _, step_info = env.step(action)
+            success |= bool(step_info["success"])
+        return len(prefix), success
 
     def step(self, actions: torch.Tensor | np.ndarray) -> tuple[dict[str, Any], torch.Tensor, dict[str, Any]]:
         """Execute one chunk of Meta-World actions for every environment that is not done.

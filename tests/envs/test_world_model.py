@@ -257,3 +257,66 @@ def test_graded_outcome_is_the_best_probability_held_for_k_segments(prophet):
     batch.info = {}
     with pytest.raises(KeyError, match="success_score"):
         graded_reward(batch)
+
+
+def test_pair_auc_counts_how_imagined_rewards_order_branches_whose_real_outcomes_differ():
+    from lightning_prophrl.envs.agreement import _pair_auc
+
+    real = np.array([1.0, 0.0, 0.0, 1.0])
+    assert _pair_auc(real, real) == (4.0, 4)  # 2 successes x 2 failures, all ordered the same way
+    assert _pair_auc(real, 1 - real) == (0.0, 4)
+    assert _pair_auc(real, np.zeros(4)) == (2.0, 4)  # ties count half: chance
+    assert _pair_auc(np.zeros(4), real) == (0.0, 0)  # a uniform real group has no pair to order
+
+
+def test_prefix_actions_replay_the_recorded_state_and_within_start_branches_both_worlds(prophet, tmp_path):
+    from lightning_prophrl.datamodules.metaworld_gen import generate_policy_rollouts
+    from lightning_prophrl.datamodules.prompts import PromptDataModule
+    from lightning_prophrl.datamodules.shards import load_stats
+    from lightning_prophrl.envs.agreement import within_start_outcomes
+    from lightning_prophrl.envs.metaworld import MetaWorldEnv
+    from lightning_prophrl.envs.rollout import ActionDecoder
+    from lightning_prophrl.models.policy import FlowMatchingPolicy
+    from tests.conftest import write_coded_dataset
+
+    torch.manual_seed(0)
+    policy = FlowMatchingPolicy(action_dim=4, chunk_len=4, state_dim=4, text_encoder="none", cond_dim=32, width=32,
+                                depth=1, num_heads=2, num_steps=2)  # fmt: skip
+    st = stats()
+    real_dec, wm_dec = ActionDecoder(st, [0, 1, 2, 6], "metaworld"), ActionDecoder(st, [0, 1, 2, 6], "unified")
+    stats_dir = write_coded_dataset(tmp_path / "coded", "coded", episodes=2, length=10, size=32)
+    out = tmp_path / "rollouts"
+    generate_policy_rollouts(policy, real_dec, "pick-place-v3", [2000, 2001], str(out), max_queries=6, size=32,
+                             max_steps=24, batch_size=2, stats_from=stats_dir, progress=False)  # fmt: skip
+    dm = PromptDataModule(datasets=[str(out)], eval_fraction=0.0, num_prompts=2, image_size=32, branch_every=4,
+                          branch_margin=8, history_len=4, history_stride=4)  # fmt: skip
+    dm.setup()
+    ds = dm.train_dataloader().dataset
+    later = [i for i, p in enumerate(dm.train_prompts) if p["branch"][1] >= 8][:2]
+    batch = [ds[i] for i in later]
+    assert [len(p[K.PREFIX_ACTIONS]) for p in batch] == [dm.train_prompts[i]["branch"][1] for i in later]
+    real = MetaWorldEnv("pick-place-v3", num_prompts=2, group_size=3, image_size=32, max_steps=24)
+    obs = real.reset(batch)
+    for j, p in enumerate(batch):  # the seeded reset plus the replayed prefix is the recorded state, exactly
+        for n in range(3 * j, 3 * j + 3):
+            torch.testing.assert_close(obs[K.OBS_IMAGE][n], p[K.COND_FRAME], atol=1e-6, rtol=0)
+            torch.testing.assert_close(obs[K.OBS_STATE][n], p[K.OBS_STATE], atol=1e-5, rtol=0)
+    _, _, info = real.step(np.zeros((6, 4, 4), np.float32))
+    assert info["steps"].tolist() == [len(p[K.PREFIX_ACTIONS]) + 4 for p in batch for _ in range(3)]
+    with pytest.raises(ValueError, match="prefix_actions"):
+        Prompt("pick-place-v3", 2000, prefix_actions=np.zeros((3, 4)))
+
+    world = WorldModelEnv(prophet, load_stats(str(out)), num_prompts=2, group_size=3, max_segments=2, num_steps=1)
+    res = within_start_outcomes(policy, real, world, dm, real_dec, wm_dec, max_starts=3, noise_seed=1)
+    starts = res["start_frames"]
+    assert res["starts"] == 3 and res["group_size"] == 3 and res["segments"] == 2 and len(starts) == 3
+    # a random policy never picks the object: no mixed real group, nothing to order; 2 chunks = 8 real steps a branch
+    assert res["real_rate"] == 0.0 and res["real_mixed_starts"] == 0 and res["pair_auc"] is None
+    assert res["real_branch_steps"] == 3 * 3 * 8 and res["real_env_steps"] == 3 * sum(t + 8 for t in starts)
+    assert len(res["real_rate_per_start"]) == len(res["imagined_rate_per_start"]) == 3
+    with pytest.raises(ValueError, match="max_start_step"):
+        within_start_outcomes(policy, real, world, dm, real_dec, wm_dec, max_start_step=-1)
+    with pytest.raises(ValueError, match="same num_prompts x group_size"):
+        within_start_outcomes(policy, real, WorldModelEnv(prophet, st, num_prompts=2, group_size=2), dm, real_dec,
+                              wm_dec)  # fmt: skip
+    real.close()

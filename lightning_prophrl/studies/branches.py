@@ -1,0 +1,177 @@
+"""Within-start study: from one real state, do G branches of the policy have different outcomes, in reality and in
+Prophet, and does Prophet order them the way reality does? (``envs.agreement.within_start_outcomes``.)
+
+Group-relative RL (GRPO, FA-GRPO) learns only from groups whose rewards differ, so a world model for it must get
+*which branches of one start* succeed, not just which starts succeed. This study branches the demo's SFT policy
+from the recorded states of its refresh rollouts, G times each, in the real simulator (replaying the recorded prefix
+to reach the state exactly) and in the refreshed Prophet with the same sampler noise, for a given branch horizon,
+start window and SDE noise level, so that settings can be compared before spending an RL run on them.
+
+It reuses a demo run's cached stages (``prophrl demo --out OUT --variants wm_fagrpo_branch ...`` first). Run::
+
+    python -m lightning_prophrl.studies.branches --out runs/window --seed 2 --segments 10 --starts 40
+    python -m lightning_prophrl.studies.branches --out runs/window --seed 2 --segments 25 --max-start-step 40
+
+Each setting writes ``OUT/studies/within_start/<name>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class WithinStartConfig:
+    """One setting of the within-start study (the branch prompts and the world model come from the demo run)."""
+
+    out: str = "runs/demo"
+    seed: int = 0
+    segments: int = 10  # branch horizon in policy chunks
+    max_start_step: int | None = None  # only starts at frame <= this (None: all of them)
+    starts: int = 40
+    group_size: int = 8
+    num_prompts: int = 4  # starts imagined at once
+    noise_level: float | None = None  # SDE noise level (None: the policy's)
+    reward_signal: str = "success"  # "success" (0/1) or "graded" (the demo's graded reward)
+
+    def __post_init__(self) -> None:
+        if self.segments < 1 or self.starts < 1 or self.group_size < 2 or self.num_prompts < 1:
+            raise ValueError(f"--segments, --starts and --num-prompts must be >= 1 and --group-size >= 2, got "
+                             f"{self.segments}, {self.starts}, {self.num_prompts} and {self.group_size}")  # fmt: skip
+        if self.reward_signal not in ("success", "graded"):
+            raise ValueError(f"--reward-signal must be 'success' or 'graded', got {self.reward_signal!r}")
+        if self.noise_level is not None and self.noise_level <= 0:
+            raise ValueError(f"--noise-level must be > 0, got {self.noise_level}")
+
+    @property
+    def name(self) -> str:
+        noise = "" if self.noise_level is None else f"_noise{self.noise_level:g}"
+        start = "" if self.max_start_step is None else f"_start{self.max_start_step}"
+        graded = "" if self.reward_signal == "success" else "_graded"
+        return f"seed{self.seed}_seg{self.segments}{start}{noise}{graded}_g{self.group_size}_n{self.starts}"
+
+
+def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
+    """Measure one setting on the demo run under ``study.out`` (cached: an existing result is returned)."""
+    from functools import partial
+
+    from lightning_prophrl.datamodules.prompts import PromptDataModule
+    from lightning_prophrl.datamodules.shards import load_stats
+    from lightning_prophrl.envs.agreement import within_start_outcomes
+    from lightning_prophrl.envs.metaworld import MetaWorldEnv
+    from lightning_prophrl.envs.poses import CommandedPoses
+    from lightning_prophrl.envs.rollout import ActionDecoder
+    from lightning_prophrl.envs.world_model import WorldModelEnv, graded_reward
+    from lightning_prophrl.models.prophet import Prophet
+    from lightning_prophrl.modules.fa_grpo import load_policy_weights
+    from lightning_prophrl.pipeline import (
+        DemoConfig,
+        _with_branch_classifier,
+        build_policy,
+        is_done,
+        wm_success_scoring,
+    )
+
+    path = Path(study.out) / "studies" / "within_start" / f"{study.name}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    saved = Path(study.out) / "config.json"
+    if not saved.exists():
+        raise FileNotFoundError(f"{saved} not found: run `prophrl demo --out {study.out} --variants wm_fagrpo_branch` "
+                                "first (this study reuses its stages)")  # fmt: skip
+    known = {f.name for f in fields(DemoConfig)}
+    cfg = DemoConfig(**{k: v for k, v in json.loads(saved.read_text()).items() if k in known})
+    cfg = replace(cfg, group_size=study.group_size)
+    root = Path(study.out)
+    refresh_dir = root / "rl" / "wm_fagrpo_branch" / f"seed{study.seed}" / "refresh"
+    sft_ckpt = root / "sft" / f"seed{study.seed}" / "sft.ckpt"
+    for need in (refresh_dir, sft_ckpt.parent):
+        if not is_done(need):
+            raise FileNotFoundError(f"{need} is not a finished stage: run the demo's wm_fagrpo_branch variant for seed "
+                                    f"{study.seed} first")  # fmt: skip
+    refresh = _with_branch_classifier(cfg, json.loads((refresh_dir / "done.json").read_text()), refresh_dir)
+    torch.manual_seed(study.seed)
+    policy = build_policy(cfg)
+    hp = load_policy_weights(policy, str(sft_ckpt))
+    policy.eval()
+    prophet = Prophet.from_pretrained(refresh["model_dir"])
+    stats = load_stats(root / "world_model" / "adapt_lora" / "model")
+    poses = (
+        CommandedPoses.metaworld(cfg.target_task, cfg.image_size, cfg.camera)
+        if prophet.config.use_action_frames
+        else None
+    )
+    scoring = wm_success_scoring(cfg, refresh.get("classifier_dir"))
+    p, g, seg = study.num_prompts, study.group_size, study.segments
+    world = WorldModelEnv(prophet, stats, num_prompts=p, group_size=g, max_segments=seg, num_steps=cfg.wm_num_steps,
+                          poses=poses, seed=study.seed, **scoring)  # fmt: skip
+    real = MetaWorldEnv(cfg.target_task, num_prompts=p, group_size=g, image_size=cfg.image_size,
+                        max_steps=cfg.max_steps, camera=cfg.camera)  # fmt: skip
+    prompts = PromptDataModule(datasets=[str(refresh_dir / "rollouts")], eval_fraction=0.0, num_prompts=p,
+                               image_size=cfg.image_size, branch_every=cfg.chunk_len, branch_margin=seg * cfg.chunk_len,
+                               history_len=int(prophet.config.history_length),
+                               history_stride=cfg.chunk_len // cfg.wm_chunk_len)  # fmt: skip
+    prompts.setup()
+    t0 = time.perf_counter()
+    res = within_start_outcomes(
+        policy, real, world, prompts,
+        ActionDecoder(hp["action_stats"], hp["action_dims"], "metaworld"),
+        ActionDecoder(hp["action_stats"], hp["action_dims"], "unified"),
+        max_starts=study.starts, max_start_step=study.max_start_step, noise_seed=study.seed,
+        noise_level=study.noise_level,
+        world_reward_fn=partial(graded_reward, floor=cfg.wm_graded_floor) if study.reward_signal == "graded" else None,
+    )  # fmt: skip
+    real.close()
+    res = {"config": asdict(study), "seconds": round(time.perf_counter() - t0, 1),
+           "policy_noise_level": policy.noise_level, **res}  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=1))
+    return res
+
+
+def summary_line(res: dict[str, Any]) -> str:
+    c = res["config"]
+    fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+    return (f"| {c['seed']} | {c['segments']} | {c['max_start_step'] if c['max_start_step'] is not None else 'all'} "
+            f"| {c['noise_level'] or res['policy_noise_level']:g} | {c['reward_signal']} | {res['starts']} x "
+            f"{res['group_size']} | {res['real_rate']:.3f} / {res['imagined_rate']:.3f} | {res['real_mixed_starts']} / "
+            f"{res['imagined_mixed_starts']} | {fmt(res['rate_corr'])} | {fmt(res['pair_auc'])} ({res['pairs']}) | "
+            f"{fmt(res['advantage_corr'])} | {res['real_env_steps']} |")  # fmt: skip
+
+
+HEADER = ("| seed | segments | starts at frame <= | noise | reward | starts x G | success real / imagined | "
+          "mixed starts real / imagined | per-start rate corr | pair AUC (pairs) | advantage corr | real steps |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--out", default="runs/demo", help="the demo run to reuse (default runs/demo)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--segments", type=int, default=10, help="branch horizon in policy chunks (default 10)")
+    ap.add_argument("--max-start-step", type=int, default=None, help="only starts at frame <= this (default all)")
+    ap.add_argument("--starts", type=int, default=40)
+    ap.add_argument("--group-size", type=int, default=8)
+    ap.add_argument("--num-prompts", type=int, default=4)
+    ap.add_argument("--noise-level", type=float, default=None, help="SDE noise level (default the policy's)")
+    ap.add_argument("--reward-signal", choices=("success", "graded"), default="success")
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    study = WithinStartConfig(a.out, a.seed, a.segments, a.max_start_step, a.starts, a.group_size, a.num_prompts,
+                              a.noise_level, a.reward_signal)  # fmt: skip
+    res = run_within_start(study)
+    print(HEADER)
+    print(summary_line(res))
+    print(f"({res['seconds']} s; {Path(a.out) / 'studies' / 'within_start' / (study.name + '.json')})")
+
+
+if __name__ == "__main__":
+    main()
