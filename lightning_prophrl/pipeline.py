@@ -111,6 +111,11 @@ class DemoConfig:
     # memory; the reward is imagined success within the branch (CALIBRATION.md part 3: drift grows with the horizon)
     wm_branch_segments: int = 10
     wm_branch_every: int = 1
+    # exploration inside Prophet: the SDE noise level of the RL rollouts (None: the policy's 0.7) and the group size
+    # (None: ``group_size``); more noise or larger groups give more branches of one start different outcomes, which
+    # is all a group-normalized advantage learns from (``studies.branches`` measures it before RL, round v9)
+    wm_noise_level: float | None = None
+    wm_group_size: int | None = None
     # imagined success: the domain-bridged classifier of the reward stage (3 frames > 0.9, the reward study's rule) or
     # Prophet's success head (2 segments > 0.5); measured on imagined twins: kappa 0.75 vs -0.08 (docs/results.md)
     wm_reward: str = "bridged"
@@ -147,6 +152,10 @@ class DemoConfig:
                              f"{self.wm_refresh_reward_data!r}")  # fmt: skip
         if not 0.0 <= self.wm_graded_floor < 1.0:
             raise ValueError(f"`wm_graded_floor` must lie in [0, 1), got {self.wm_graded_floor}")
+        if self.wm_noise_level is not None and self.wm_noise_level <= 0:
+            raise ValueError(f"--wm-noise-level (`wm_noise_level`) must be > 0, got {self.wm_noise_level}")
+        if self.wm_group_size is not None and self.wm_group_size < 2:
+            raise ValueError(f"--wm-group-size (`wm_group_size`) must be >= 2, got {self.wm_group_size}")
         if self.wm_branch_segments < 1 or self.wm_branch_every < 1:
             raise ValueError(f"--wm-branch-segments (`wm_branch_segments`) and `wm_branch_every` must be >= 1, got "
                              f"{self.wm_branch_segments} and {self.wm_branch_every}")  # fmt: skip
@@ -471,7 +480,11 @@ def run_name(cfg: DemoConfig, variant: str) -> str:
         return variant
     name = variant if cfg.wm_reward == "bridged" else f"{variant}-{cfg.wm_reward}"
     name += "-graded" if cfg.wm_reward_signal == "graded" else ""
-    return name + ("-brclf" if cfg.wm_refresh_reward_data == "branches" and variant in REFRESHED else "")
+    name += "-brclf" if cfg.wm_refresh_reward_data == "branches" and variant in REFRESHED else ""
+    if variant == "wm_fagrpo_branch" and cfg.wm_branch_segments != 10:
+        name += f"-seg{cfg.wm_branch_segments}"
+    name += "" if cfg.wm_noise_level is None else f"-noise{cfg.wm_noise_level:g}"
+    return name + ("" if cfg.wm_group_size is None else f"-g{cfg.wm_group_size}")
 
 
 def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict[str, Any]:
@@ -516,11 +529,13 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
         else None
     )
     scoring = wm_success_scoring(cfg, (refresh or {}).get("classifier_dir"))
-    env = WorldModelEnv(prophet, wm_stats, num_prompts=cfg.num_prompts, group_size=cfg.group_size,
+    group = cfg.wm_group_size or cfg.group_size
+    env = WorldModelEnv(prophet, wm_stats, num_prompts=cfg.num_prompts, group_size=group,
                         max_segments=cfg.wm_branch_segments if branch else cfg.max_queries, num_steps=cfg.wm_num_steps,
                         seed=seed, initial_env=reset_env, poses=poses, **scoring)  # fmt: skip
-    module = FAGRPOModule(build_policy(cfg), env, group_size=cfg.group_size, max_queries=cfg.max_queries,
-                          sft_checkpoint=sft_ckpt, action_target="unified", loss=loss, flowscale=flowscale,
+    module = FAGRPOModule(build_policy(cfg), env, group_size=group, max_queries=cfg.max_queries,
+                          noise_level=cfg.wm_noise_level, sft_checkpoint=sft_ckpt, action_target="unified", loss=loss,
+                          flowscale=flowscale,
                           beta_kl=cfg.wm_beta_kl, seed=seed, optimizer=lambda p: torch.optim.Adam(p, lr=cfg.lr),
                           reward_model=(partial(graded_reward, floor=cfg.wm_graded_floor)
                                         if cfg.wm_reward_signal == "graded" else None))  # fmt: skip
@@ -790,6 +805,8 @@ def main(argv: list[str] | None = None) -> None:
         help="imagined training data of the refreshed classifier: whole-episode twins or branch replays",
     )
     ap.add_argument("--wm-branch-segments", type=int, default=None, help="policy chunks per imagined branch")
+    ap.add_argument("--wm-noise-level", type=float, default=None, help="SDE noise of the RL rollouts inside Prophet")
+    ap.add_argument("--wm-group-size", type=int, default=None, help="rollouts per start inside Prophet (G)")
     args = ap.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k != "quick" and v is not None}
     try:

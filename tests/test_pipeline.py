@@ -132,7 +132,8 @@ def test_demo_cli_refuses_a_target_task_that_is_also_pretrained_on(tmp_path, cap
 def test_reward_signal_and_branch_settings_are_checked_and_name_the_run(tmp_path, capsys):
     from lightning_prophrl.pipeline import main, run_name
 
-    for flag, value in (("--wm-reward-signal", "dense"), ("--wm-branch-segments", "0")):
+    for flag, value in (("--wm-reward-signal", "dense"), ("--wm-branch-segments", "0"), ("--wm-noise-level", "0"),
+                        ("--wm-group-size", "1")):  # fmt: skip
         with pytest.raises(SystemExit):
             main(["--out", str(tmp_path), flag, value])
         assert flag in capsys.readouterr().err
@@ -141,3 +142,6 @@ def test_reward_signal_and_branch_settings_are_checked_and_name_the_run(tmp_path
     assert run_name(graded, "wm_fagrpo_branch") == "wm_fagrpo_branch-graded"
     assert run_name(graded, "sim_fagrpo") == "sim_fagrpo"  # the simulator's reward is its own success
     assert run_name(DemoConfig(wm_reward="success_head"), "wm_fagrpo") == "wm_fagrpo-success_head"
+    explore = DemoConfig(wm_noise_level=2.0, wm_group_size=16, wm_branch_segments=6)
+    assert run_name(explore, "wm_fagrpo_branch") == "wm_fagrpo_branch-seg6-noise2-g16"
+    assert run_name(explore, "wm_fagrpo") == "wm_fagrpo-noise2-g16" and run_name(explore, "sim_fagrpo") == "sim_fagrpo"
