@@ -97,6 +97,9 @@ class DemoConfig:
     wm_refresh_episodes: int = 60
     wm_refresh_steps: int = 1000
     wm_refresh_weight: float = 0.5
+    # SDE noise level of the refresh rollouts (None: the policy's 0.7); more noise shows Prophet more varied actions
+    # (and outcomes) from the policy's states, which is what action-level fidelity is learned from (round v9)
+    wm_refresh_noise_level: float | None = None
     wm_target_data: str | None = None
     # also retrain the bridged classifier with the refresh rollouts and their imagined twins (by the refreshed Prophet),
     # for more steps than the reward stage's: 500 steps could not tell the policy's own successes from failures
@@ -152,6 +155,9 @@ class DemoConfig:
                              f"{self.wm_refresh_reward_data!r}")  # fmt: skip
         if not 0.0 <= self.wm_graded_floor < 1.0:
             raise ValueError(f"`wm_graded_floor` must lie in [0, 1), got {self.wm_graded_floor}")
+        if self.wm_refresh_noise_level is not None and self.wm_refresh_noise_level <= 0:
+            raise ValueError(f"--wm-refresh-noise-level (`wm_refresh_noise_level`) must be > 0, got "
+                             f"{self.wm_refresh_noise_level}")  # fmt: skip
         if self.wm_noise_level is not None and self.wm_noise_level <= 0:
             raise ValueError(f"--wm-noise-level (`wm_noise_level`) must be > 0, got {self.wm_noise_level}")
         if self.wm_group_size is not None and self.wm_group_size < 2:
@@ -361,7 +367,8 @@ def stage_refresh(cfg: DemoConfig, sft_ckpt: str, seed: int, out: Path) -> dict[
         summary = generate_policy_rollouts(policy.eval(), decoder, cfg.target_task,
                                            range(first, first + cfg.wm_refresh_episodes), str(data), cfg.max_queries,
                                            size=cfg.image_size, camera=cfg.camera, max_steps=cfg.max_steps,
-                                           noise_seed=seed, stats_from=cfg.wm_model_dir)  # fmt: skip
+                                           noise_seed=seed, noise_level=cfg.wm_refresh_noise_level,
+                                           stats_from=cfg.wm_model_dir)  # fmt: skip
         mark_done(data, summary)
     rollouts = json.loads((data / "done.json").read_text())
     config = Prophet.load_config(cfg.wm_model_dir)  # the refresh keeps the model's segment and memory lengths
@@ -481,10 +488,15 @@ def run_name(cfg: DemoConfig, variant: str) -> str:
     name = variant if cfg.wm_reward == "bridged" else f"{variant}-{cfg.wm_reward}"
     name += "-graded" if cfg.wm_reward_signal == "graded" else ""
     name += "-brclf" if cfg.wm_refresh_reward_data == "branches" and variant in REFRESHED else ""
-    if variant == "wm_fagrpo_branch" and cfg.wm_branch_segments != 10:
-        name += f"-seg{cfg.wm_branch_segments}"
+    name += f"-{refresh_name(cfg)}" if variant in REFRESHED and refresh_name(cfg) != "refresh" else ""
     name += "" if cfg.wm_noise_level is None else f"-noise{cfg.wm_noise_level:g}"
     return name + ("" if cfg.wm_group_size is None else f"-g{cfg.wm_group_size}")
+
+
+def refresh_name(cfg: DemoConfig) -> str:
+    """The refresh's cache directory name: ``refresh``, suffixed with a non-default rollout noise level (like every
+    other stage, the refresh's episode and step counts are not in its name: change ``--out`` to change them)."""
+    return "refresh" + ("" if cfg.wm_refresh_noise_level is None else f"-noise{cfg.wm_refresh_noise_level:g}")
 
 
 def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict[str, Any]:
@@ -514,7 +526,7 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     if is_done(out):
         return json.loads((out / "done.json").read_text())
     # the refresh does not depend on the reward signal: runs that differ only in it share one
-    refresh_dir = Path(cfg.out) / "rl" / variant / f"seed{seed}" / "refresh"
+    refresh_dir = Path(cfg.out) / "rl" / variant / f"seed{seed}" / refresh_name(cfg)
     refresh = stage_refresh(cfg, sft_ckpt, seed, refresh_dir) if variant in REFRESHED else None
     branch = variant == "wm_fagrpo_branch"
     L.seed_everything(seed, workers=True)
@@ -791,6 +803,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--wm-refresh-episodes", type=int, default=None, help="real SFT-policy rollouts per refresh")
     ap.add_argument("--wm-refresh-steps", type=int, default=None, help="LoRA steps of the refresh")
+    ap.add_argument("--wm-refresh-noise-level", type=float, default=None, help="SDE noise of the refresh rollouts")
     ap.add_argument("--wm-refresh-reward-steps", type=int, default=None, help="classifier steps of the refresh")
     ap.add_argument(
         "--wm-reward-signal",

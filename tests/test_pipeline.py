@@ -89,6 +89,15 @@ def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions
     assert clf["args"]["datasets"][-1].endswith("rollouts_branches")
     branches = json.loads((Path(clf["args"]["datasets"][-1]) / "done.json").read_text())
     assert branches["episodes"] >= cfg.wm_refresh_episodes and branches["args"]["segments"] == cfg.wm_branch_segments
+    # the within-start study reuses the run: G real and G imagined branches from the same recorded states
+    from lightning_prophrl.studies.branches import WithinStartConfig, run_within_start, saved_table
+
+    study = WithinStartConfig(out=str(out), seed=0, segments=2, starts=3, group_size=2, num_prompts=2)
+    ws = run_within_start(study)
+    assert ws["starts"] == 3 and ws["group_size"] == 2 and len(ws["real_rate_per_start"]) == 3
+    assert ws["real_branch_steps"] <= 3 * 2 * 2 * cfg.chunk_len and ws["real_env_steps"] >= ws["real_branch_steps"]
+    assert (out / "studies" / "within_start" / f"{study.name}.json").exists() and run_within_start(study) == ws
+    assert saved_table(out).count("\n| 0 | 2 | all | 0.7 | success | 3 x 2 |") == 1
 
 
 def test_results_table_compares_runs_at_the_configured_budget():
@@ -130,10 +139,10 @@ def test_demo_cli_refuses_a_target_task_that_is_also_pretrained_on(tmp_path, cap
 
 
 def test_reward_signal_and_branch_settings_are_checked_and_name_the_run(tmp_path, capsys):
-    from lightning_prophrl.pipeline import main, run_name
+    from lightning_prophrl.pipeline import main, refresh_name, run_name
 
     for flag, value in (("--wm-reward-signal", "dense"), ("--wm-branch-segments", "0"), ("--wm-noise-level", "0"),
-                        ("--wm-group-size", "1")):  # fmt: skip
+                        ("--wm-group-size", "1"), ("--wm-refresh-noise-level", "-1")):  # fmt: skip
         with pytest.raises(SystemExit):
             main(["--out", str(tmp_path), flag, value])
         assert flag in capsys.readouterr().err
@@ -143,5 +152,8 @@ def test_reward_signal_and_branch_settings_are_checked_and_name_the_run(tmp_path
     assert run_name(graded, "sim_fagrpo") == "sim_fagrpo"  # the simulator's reward is its own success
     assert run_name(DemoConfig(wm_reward="success_head"), "wm_fagrpo") == "wm_fagrpo-success_head"
     explore = DemoConfig(wm_noise_level=2.0, wm_group_size=16, wm_branch_segments=6)
-    assert run_name(explore, "wm_fagrpo_branch") == "wm_fagrpo_branch-seg6-noise2-g16"
+    assert run_name(explore, "wm_fagrpo_branch") == "wm_fagrpo_branch-noise2-g16"
     assert run_name(explore, "wm_fagrpo") == "wm_fagrpo-noise2-g16" and run_name(explore, "sim_fagrpo") == "sim_fagrpo"
+    refresh = DemoConfig(wm_refresh_noise_level=1.5)
+    assert refresh_name(refresh) == "refresh-noise1.5" and refresh_name(DemoConfig.quick()) == "refresh"
+    assert run_name(refresh, "wm_fagrpo_branch") == "wm_fagrpo_branch-refresh-noise1.5"

@@ -147,6 +147,7 @@ def generate_policy_rollouts(
     max_steps: int = 150,
     batch_size: int = 10,
     noise_seed: int = 0,
+    noise_level: float | None = None,
     stats_from: str | None = None,
     dataset: str = "metaworld-policy",
     progress: bool = True,
@@ -168,6 +169,7 @@ def generate_policy_rollouts(
         size, camera, max_steps: as in ``generate_metaworld``.
         batch_size: episodes stepped together.
         noise_seed: seeds the sampler noise (with the batch index).
+        noise_level: the SDE sampler's noise level (None: the policy's).
         stats_from: a directory whose ``stats.json`` replaces the one computed from these episodes, so that the new
             data is normalized exactly like the data the world model was trained on (its model directory).
         dataset: dataset name.
@@ -201,7 +203,8 @@ def generate_policy_rollouts(
                 env = envs[len(chunk)]
                 with torch.no_grad():
                     collect_rollouts(policy, env, [{"task": task, "seed": s} for s in chunk], decoder, max_queries,
-                                     mode=mode, generator=torch.Generator().manual_seed(noise_seed * 100003 + b))  # fmt: skip
+                                     mode=mode, noise_level=noise_level,
+                                     generator=torch.Generator().manual_seed(noise_seed * 100003 + b))  # fmt: skip
                 for record in env.episodes():
                     ep = record.to_expert_episode(env.camera_k, env.camera_extr)
                     episode = expert_to_episode(ep, env.fps, dataset, (size, size))

@@ -6,4 +6,7 @@
 * :mod:`lightning_prophrl.studies.reward`: the domain-bridged reward classifier (real-only vs real + Prophet-imagined
   training, judged at the episode level on held-out real and imagined episodes against the simulator).
   Run ``python -m lightning_prophrl.studies.reward --model-dir DIR [--quick]``.
+* :mod:`lightning_prophrl.studies.branches`: the within-start study (from one real state, do G branches of the policy
+  have different outcomes in reality and in Prophet, and does Prophet order them the same way?), on a demo run's
+  cached stages. Run ``python -m lightning_prophrl.studies.branches --out runs/window --seed 2 [--segments N]``.
 """

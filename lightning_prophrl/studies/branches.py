@@ -12,7 +12,7 @@ It reuses a demo run's cached stages (``prophrl demo --out OUT --variants wm_fag
     python -m lightning_prophrl.studies.branches --out runs/window --seed 2 --segments 10 --starts 40
     python -m lightning_prophrl.studies.branches --out runs/window --seed 2 --segments 25 --max-start-step 40
 
-Each setting writes ``OUT/studies/within_start/<name>.json``.
+Each setting writes ``OUT/studies/within_start/<name>.json``; ``--table`` prints all of them as one table.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ class WithinStartConfig:
     num_prompts: int = 4  # starts imagined at once
     noise_level: float | None = None  # SDE noise level (None: the policy's)
     reward_signal: str = "success"  # "success" (0/1) or "graded" (the demo's graded reward)
+    num_steps: int | None = None  # Prophet's sampling steps per segment (None: the demo's wm_num_steps)
+    refresh: str = "refresh"  # the refresh under rl/wm_fagrpo_branch/seed<s>/ (``pipeline.refresh_name``)
 
     def __post_init__(self) -> None:
         if self.segments < 1 or self.starts < 1 or self.group_size < 2 or self.num_prompts < 1:
@@ -47,6 +49,8 @@ class WithinStartConfig:
                              f"{self.segments}, {self.starts}, {self.num_prompts} and {self.group_size}")  # fmt: skip
         if self.reward_signal not in ("success", "graded"):
             raise ValueError(f"--reward-signal must be 'success' or 'graded', got {self.reward_signal!r}")
+        if self.num_steps is not None and self.num_steps < 1:
+            raise ValueError(f"--num-steps must be >= 1, got {self.num_steps}")
         if self.noise_level is not None and self.noise_level <= 0:
             raise ValueError(f"--noise-level must be > 0, got {self.noise_level}")
 
@@ -55,7 +59,10 @@ class WithinStartConfig:
         noise = "" if self.noise_level is None else f"_noise{self.noise_level:g}"
         start = "" if self.max_start_step is None else f"_start{self.max_start_step}"
         graded = "" if self.reward_signal == "success" else "_graded"
-        return f"seed{self.seed}_seg{self.segments}{start}{noise}{graded}_g{self.group_size}_n{self.starts}"
+        steps = "" if self.num_steps is None else f"_steps{self.num_steps}"
+        refresh = "" if self.refresh == "refresh" else f"_{self.refresh}"
+        return (f"seed{self.seed}_seg{self.segments}{start}{noise}{graded}{steps}{refresh}_g{self.group_size}"
+                f"_n{self.starts}")  # fmt: skip
 
 
 def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
@@ -90,7 +97,7 @@ def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
     cfg = DemoConfig(**{k: v for k, v in json.loads(saved.read_text()).items() if k in known})
     cfg = replace(cfg, group_size=study.group_size)
     root = Path(study.out)
-    refresh_dir = root / "rl" / "wm_fagrpo_branch" / f"seed{study.seed}" / "refresh"
+    refresh_dir = root / "rl" / "wm_fagrpo_branch" / f"seed{study.seed}" / study.refresh
     sft_ckpt = root / "sft" / f"seed{study.seed}" / "sft.ckpt"
     for need in (refresh_dir, sft_ckpt.parent):
         if not is_done(need):
@@ -110,7 +117,8 @@ def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
     )
     scoring = wm_success_scoring(cfg, refresh.get("classifier_dir"))
     p, g, seg = study.num_prompts, study.group_size, study.segments
-    world = WorldModelEnv(prophet, stats, num_prompts=p, group_size=g, max_segments=seg, num_steps=cfg.wm_num_steps,
+    world = WorldModelEnv(prophet, stats, num_prompts=p, group_size=g, max_segments=seg,
+                          num_steps=study.num_steps or cfg.wm_num_steps,
                           poses=poses, seed=study.seed, **scoring)  # fmt: skip
     real = MetaWorldEnv(cfg.target_task, num_prompts=p, group_size=g, image_size=cfg.image_size,
                         max_steps=cfg.max_steps, camera=cfg.camera)  # fmt: skip
@@ -139,8 +147,9 @@ def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
 def summary_line(res: dict[str, Any]) -> str:
     c = res["config"]
     fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+    steps = "" if c.get("num_steps") is None else f" ({c['num_steps']} Prophet steps)"
     return (f"| {c['seed']} | {c['segments']} | {c['max_start_step'] if c['max_start_step'] is not None else 'all'} "
-            f"| {c['noise_level'] or res['policy_noise_level']:g} | {c['reward_signal']} | {res['starts']} x "
+            f"| {c['noise_level'] or res['policy_noise_level']:g}{steps} | {c['reward_signal']} | {res['starts']} x "
             f"{res['group_size']} | {res['real_rate']:.3f} / {res['imagined_rate']:.3f} | {res['real_mixed_starts']} / "
             f"{res['imagined_mixed_starts']} | {fmt(res['rate_corr'])} | {fmt(res['pair_auc'])} ({res['pairs']}) | "
             f"{fmt(res['advantage_corr'])} | {res['real_env_steps']} |")  # fmt: skip
@@ -149,6 +158,19 @@ def summary_line(res: dict[str, Any]) -> str:
 HEADER = ("| seed | segments | starts at frame <= | noise | reward | starts x G | success real / imagined | "
           "mixed starts real / imagined | per-start rate corr | pair AUC (pairs) | advantage corr | real steps |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+
+
+def saved_table(out: str | Path) -> str:
+    """The markdown table of every setting measured under ``out`` (``OUT/studies/within_start/*.json``)."""
+    rows = [json.loads(p.read_text()) for p in sorted((Path(out) / "studies" / "within_start").glob("*.json"))]
+
+    def key(r: dict[str, Any]) -> tuple:
+        c = r["config"]
+        return (c["seed"], c["segments"], -1 if c["max_start_step"] is None else c["max_start_step"],
+                c["noise_level"] or 0.0, c["reward_signal"], c.get("num_steps") or 0, c.get("refresh", ""),
+                c["group_size"], c["starts"])  # fmt: skip
+
+    return "\n".join([HEADER] + [summary_line(r) for r in sorted(rows, key=key)])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -162,11 +184,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--num-prompts", type=int, default=4)
     ap.add_argument("--noise-level", type=float, default=None, help="SDE noise level (default the policy's)")
     ap.add_argument("--reward-signal", choices=("success", "graded"), default="success")
+    ap.add_argument("--num-steps", type=int, default=None, help="Prophet sampling steps (default the demo's)")
+    ap.add_argument("--refresh", default="refresh", help="the refresh directory's name (default refresh)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--table", action="store_true", help="print the table of every setting measured under --out")
     a = ap.parse_args(argv)
+    if a.table:
+        print(saved_table(a.out))
+        return
     torch.set_num_threads(a.threads)
     study = WithinStartConfig(a.out, a.seed, a.segments, a.max_start_step, a.starts, a.group_size, a.num_prompts,
-                              a.noise_level, a.reward_signal)  # fmt: skip
+                              a.noise_level, a.reward_signal, a.num_steps, a.refresh)  # fmt: skip
     res = run_within_start(study)
     print(HEADER)
     print(summary_line(res))
