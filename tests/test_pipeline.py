@@ -27,6 +27,17 @@ def test_demo_quick_runs_every_stage_writes_the_table_and_resumes(tmp_path):
     assert list((tmp_path / "demo" / "tb").iterdir())
     # cached stages: a rerun resumes without retraining and gives the same table
     assert run(cfg)["table"] == out["table"]
+    # the paired re-evaluation reproduces the demo's own evaluations of the saved policies (same states, same noise)
+    from lightning_prophrl.studies.evaluate import evaluate_checkpoint, paired_table
+
+    n = cfg.eval_seeds
+    sft = evaluate_checkpoint(cfg.out, "sft", 0, n)
+    again = evaluate_checkpoint(cfg.out, "sim_fagrpo_flowscale", 0, n)
+    assert sft["success"] == rl["eval"][0]["success"] and again["success"] == rl["eval"][-1]["success"]
+    assert len(sft["per_seed"]) == n and "| sim_fagrpo_flowscale |" in paired_table({"sim_fagrpo_flowscale": {0: again}},
+                                                                                   {0: sft})  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="wm_fagrpo"):
+        evaluate_checkpoint(cfg.out, "wm_fagrpo", 0, n)
 
 
 @pytest.mark.slow
@@ -157,3 +168,12 @@ def test_reward_signal_and_branch_settings_are_checked_and_name_the_run(tmp_path
     refresh = DemoConfig(wm_refresh_noise_level=1.5)
     assert refresh_name(refresh) == "refresh-noise1.5" and refresh_name(DemoConfig.quick()) == "refresh"
     assert run_name(refresh, "wm_fagrpo_branch") == "wm_fagrpo_branch-refresh-noise1.5"
+
+
+def test_paired_table_counts_states_won_and_lost_against_sft():
+    from lightning_prophrl.studies.evaluate import paired_table
+
+    sft = {0: {"success": 0.5, "per_seed": [1, 0, 1, 0]}, 1: {"success": 0.25, "per_seed": [0, 0, 1, 0]}}
+    rl = {0: {"success": 0.75, "per_seed": [1, 1, 1, 0]}, 1: {"success": 0.25, "per_seed": [1, 0, 0, 0]}}
+    row = next(line for line in paired_table({"rl": rl}, sft).splitlines() if line.startswith("| rl"))
+    assert "0.750 / 0.250" in row and "+25.0 / +0.0 (mean +12.5)" in row and row.endswith("| 2 / 1 |")
