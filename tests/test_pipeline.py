@@ -108,7 +108,7 @@ def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions
     assert ws["starts"] == 3 and ws["group_size"] == 2 and len(ws["real_rate_per_start"]) == 3
     assert ws["real_branch_steps"] <= 3 * 2 * 2 * cfg.chunk_len and ws["real_env_steps"] >= ws["real_branch_steps"]
     assert (out / "studies" / "within_start" / f"{study.name}.json").exists() and run_within_start(study) == ws
-    assert saved_table(out).count("\n| 0 | 2 | all | 0.7 | success | 3 x 2 |") == 1
+    assert saved_table(out).count("\n| 0 | 2 | all | 0.7 | success | refresh | 3 x 2 |") == 1
 
 
 def test_results_table_compares_runs_at_the_configured_budget():

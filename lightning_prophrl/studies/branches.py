@@ -149,15 +149,15 @@ def summary_line(res: dict[str, Any]) -> str:
     fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
     steps = "" if c.get("num_steps") is None else f" ({c['num_steps']} Prophet steps)"
     return (f"| {c['seed']} | {c['segments']} | {c['max_start_step'] if c['max_start_step'] is not None else 'all'} "
-            f"| {c['noise_level'] or res['policy_noise_level']:g}{steps} | {c['reward_signal']} | {res['starts']} x "
+            f"| {c['noise_level'] or res['policy_noise_level']:g}{steps} | {c['reward_signal']} | {c.get('refresh', 'refresh')} | {res['starts']} x "
             f"{res['group_size']} | {res['real_rate']:.3f} / {res['imagined_rate']:.3f} | {res['real_mixed_starts']} / "
             f"{res['imagined_mixed_starts']} | {fmt(res['rate_corr'])} | {fmt(res['pair_auc'])} ({res['pairs']}) | "
             f"{fmt(res['advantage_corr'])} | {res['real_env_steps']} |")  # fmt: skip
 
 
-HEADER = ("| seed | segments | starts at frame <= | noise | reward | starts x G | success real / imagined | "
+HEADER = ("| seed | segments | starts at frame <= | noise | reward | refresh | starts x G | success real / imagined | "
           "mixed starts real / imagined | per-start rate corr | pair AUC (pairs) | advantage corr | real steps |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
 
 
 def saved_table(out: str | Path) -> str:
