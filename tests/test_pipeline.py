@@ -106,7 +106,9 @@ def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions
     study = WithinStartConfig(out=str(out), seed=0, segments=2, starts=3, group_size=2, num_prompts=2)
     ws = run_within_start(study)
     assert ws["starts"] == 3 and ws["group_size"] == 2 and len(ws["real_rate_per_start"]) == 3
-    assert ws["real_branch_steps"] <= 3 * 2 * 2 * cfg.chunk_len and ws["real_env_steps"] >= ws["real_branch_steps"]
+    assert ws["real_branch_steps"] <= 3 * 2 * 2 * cfg.chunk_len
+    assert ws["real_env_steps"] == ws["real_branch_steps"] + 2 * sum(ws["start_frames"])  # + the replayed prefixes
+    assert ws["max_state_drift"] < 1e-4 and ws["first_action_max_diff"] < 1e-4  # both worlds start from one state
     assert (out / "studies" / "within_start" / f"{study.name}.json").exists() and run_within_start(study) == ws
     assert saved_table(out).count("\n| 0 | 2 | all | 0.7 | success | refresh | 3 x 2 |") == 1
 

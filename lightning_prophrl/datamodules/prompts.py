@@ -48,7 +48,8 @@ class BranchStarts:
     ``COND_TARGET`` (the commanded end-effector target at ``t``, when the episode has ``target_poses.npy``) and
     ``HISTORY`` / ``HISTORY_MASK``: the ``history_len`` frames ``t - history_stride * j`` (``j = history_len .. 1``,
     oldest first, masked where ``< 0``), i.e. the memory a world model would have built had it imagined the episode up to
-    ``t`` at ``history_stride`` steps per frame. Starts are every ``every`` frames, up to the episode's first success
+    ``t`` at ``history_stride`` steps per frame. Starts are every ``every`` frames, strictly before the episode's first
+    successful frame
     (``meta["success_steps"]``; a state after success has nothing left to learn) and at least ``margin`` actions before
     its end, so that a branch of ``margin`` actions stays within the real step budget. ``PREFIX_ACTIONS`` (the
     recorded actions ``0 .. t - 1``) let a simulator replay its way to the same state (``MetaWorldEnv.reset``), so the
@@ -68,7 +69,7 @@ class BranchStarts:
         steps = ep.meta.get("success_steps")
         n_actions = len(ep) - 1 if steps is not None and len(steps) == len(ep) else len(ep)
         first = next((t for t, s in enumerate(steps) if s), len(ep)) if steps is not None else len(ep)
-        last = min(first, n_actions - self.margin)
+        last = min(first - 1, n_actions - self.margin)  # the first success frame is already a successful state
         idx = len(self.episodes)
         self.episodes.append(ep)
         return [{**base, BRANCH: (idx, t)} for t in range(0, last + 1, self.every)]

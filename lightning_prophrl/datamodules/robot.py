@@ -177,13 +177,19 @@ def collate_policy(samples: list[dict[str, Any]], action_dims: list[int]) -> dic
 
 
 def collate_clips(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors (ragged ones, such as branch prompts' ``PREFIX_ACTIONS``, stay a list), keep strings as lists,
-    turn Python numbers into tensors."""
+    """Stack tensors (branch prompts' ragged ``PREFIX_ACTIONS`` stay a list; any other ragged key is an error that names
+    it), keep strings as lists, turn Python numbers into tensors."""
     out: dict[str, Any] = {}
     for key in samples[0]:
         vals = [s[key] for s in samples]
         if isinstance(vals[0], torch.Tensor):
-            out[key] = torch.stack(vals) if all(v.shape == vals[0].shape for v in vals) else vals
+            if all(v.shape == vals[0].shape for v in vals):
+                out[key] = torch.stack(vals)
+            elif key == K.PREFIX_ACTIONS:
+                out[key] = vals
+            else:
+                raise ValueError(f"cannot batch key {key!r}: its tensors differ in shape "
+                                 f"({sorted({tuple(v.shape) for v in vals})})")  # fmt: skip
         elif isinstance(vals[0], str):
             out[key] = vals
         elif isinstance(vals[0], bool | int):

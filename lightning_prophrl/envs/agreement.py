@@ -297,16 +297,20 @@ def within_start_outcomes(
     ``prompts`` is a set-up ``PromptDataModule`` with branch prompts; up to ``max_starts`` of its training starts
     (evenly spaced, only those at frame ``<= max_start_step`` when given) are branched ``G`` times with the policy's
     SDE sampler, for ``world_env.max_segments`` chunks, **both** in ``real_env`` (a ``MetaWorldEnv``, which replays the
-    start's ``PREFIX_ACTIONS`` to reach the recorded state exactly) and in ``world_env``, with the same sampler seed per
-    start so that branch ``j`` draws the same noise in both. Both envs have ``group_size = G`` and the same
-    ``num_prompts``; the real branch runs until its first success (``stop_at_success``) or the chunk budget.
+    start's ``PREFIX_ACTIONS`` to reach the recorded state) and in ``world_env``, ``num_prompts`` starts at a time with
+    one sampler seed per batch of starts (``noise_seed + index of its first start``), the same in both, so that branch
+    ``j`` of a start draws the same noise in both worlds. Both envs have ``group_size = G`` and the same
+    ``num_prompts``; a branch's outcome is success at any step within the chunk budget.
 
     Reports, per start, the real and imagined success rates; how many starts have a mixed outcome (the only groups
     with a non-zero GRPO advantage) in each; ``pair_auc``: over the branch pairs of one start whose real outcomes
     differ, how often the imagined reward orders them the same way (0.5 is chance; what a group-normalized reward from
     the world model needs); ``advantage_corr``: the correlation of the group-normalized real and imagined rewards over
-    all branches; and the real environment steps this measurement used (``real_env_steps``, with the replayed
-    prefixes, and ``real_branch_steps``, the branches alone).
+    all branches; the real environment steps of the measured starts (``real_env_steps``, with the replayed prefixes,
+    and ``real_branch_steps``, the branches alone; the padding starts of a last, partial batch are not counted); and
+    two checks that both worlds start from the same state: ``max_state_drift``, the largest difference between the
+    real proprioception after the replay and the recorded one, and ``first_action_max_diff``, the largest difference
+    between the first sampled chunks of paired real and imagined branches (0 when the observations match).
     """
     from lightning_prophrl.datamodules.prompts import BRANCH
     from lightning_prophrl.rl.advantages import group_advantages
@@ -317,14 +321,15 @@ def within_start_outcomes(
                          "have the same num_prompts x group_size")  # fmt: skip
     starts = prompts.train_prompts
     if not starts or BRANCH not in starts[0]:
-        raise ValueError("within_start_outcomes needs branch prompts (PromptDataModule(branch_every > 0))")
+        raise ValueError("within_start_outcomes needs the branch prompts of a set-up PromptDataModule(branch_every > 0) "
+                         "(call prompts.setup() first)")  # fmt: skip
     eligible = [i for i, p in enumerate(starts) if max_start_step is None or p[BRANCH][1] <= max_start_step]
     if not eligible:
         raise ValueError(f"no branch start at frame <= max_start_step={max_start_step}")
     pick = [eligible[j] for j in np.unique(np.linspace(0, len(eligible) - 1, min(max_starts, len(eligible))).round()
                                            .astype(int))]  # fmt: skip
     dataset, seg = prompts.train_dataloader().dataset, world_env.max_segments
-    real_r, imag_r, refs, real_steps, branch_steps = [], [], [], 0, 0
+    real_r, imag_r, refs, real_steps, branch_steps, drift, first_diff = [], [], [], 0, 0, 0.0, 0.0
     for b in range(0, len(pick), n):
         idx = pick[b : b + n]
         keep = len(idx)
@@ -335,6 +340,9 @@ def within_start_outcomes(
                                    generator=torch.Generator().manual_seed(noise_seed + b), reward_fn=fn)  # fmt: skip
             runs.append(res)
         start_steps = torch.tensor([int(len(p[K.PREFIX_ACTIONS])) for p in batch]).repeat_interleave(g)
+        recorded = torch.stack([torch.as_tensor(p[K.OBS_STATE]) for p in batch]).repeat_interleave(g, 0)
+        drift = max(drift, float((runs[0].obs[0][K.OBS_STATE] - recorded)[: keep * g].abs().max()))
+        first_diff = max(first_diff, float((runs[0].x_steps[0] - runs[1].x_steps[0])[: keep * g].abs().max()))
         real_steps += int(runs[0].steps[: keep * g].sum())  # the replayed prefix is real interaction too
         branch_steps += int((runs[0].steps - start_steps)[: keep * g].sum())
         real_r.append(runs[0].rewards.view(n, g)[:keep])
@@ -358,4 +366,5 @@ def within_start_outcomes(
             "real_mixed_starts": int(((r.min(1) < r.max(1))).sum()),
             "imagined_mixed_starts": int(((m.min(1) < m.max(1))).sum()),
             "rate_corr": corr(rate_r, rate_m), "pair_auc": pair_sum / pair_n if pair_n else None, "pairs": pair_n,
-            "advantage_corr": corr(adv_r, adv_m), "real_env_steps": real_steps, "real_branch_steps": branch_steps}  # fmt: skip
+            "advantage_corr": corr(adv_r, adv_m), "real_env_steps": real_steps, "real_branch_steps": branch_steps,
+            "max_state_drift": drift, "first_action_max_diff": first_diff}  # fmt: skip

@@ -282,7 +282,8 @@ class MetaWorldEnv(BatchedEnvBase):
                 are ignored (the simulator renders its own). A prompt's ``prefix_actions`` (unified, as recorded
                 in the shards) are replayed after the seeded reset: the simulator is deterministic, so the episode
                 then starts at the recorded mid-episode state of a branch prompt; the replayed steps count towards
-                ``max_steps`` and ``INFO_STEPS`` but are not in the video or the episode record.
+                ``max_steps``, ``INFO_STEPS`` and the record's ``frame_steps`` (time since the seeded reset), but
+                their frames and actions are not in the video or the episode record.
 
         Returns:
             The observation dict: ``OBS_IMAGE`` ``(N, 3, H, W)``, ``OBS_STATE`` ``(N, S)``, ``INSTRUCTION``.
@@ -307,7 +308,7 @@ class MetaWorldEnv(BatchedEnvBase):
                 p.task, p.seed, p.instruction or instruction_for(p.task), slot.env._target_pos.copy()
             )
             record.frames.append(frame)
-            record.frame_steps.append(0)
+            record.frame_steps.append(prefix_steps)
             record.ee_poses.append(ee_pose(slot.env))
             record.object_pos.append(np.array(slot.env._get_pos_objects(), dtype=np.float64))
             if self.record_steps:

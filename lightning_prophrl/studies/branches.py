@@ -61,8 +61,9 @@ class WithinStartConfig:
         graded = "" if self.reward_signal == "success" else "_graded"
         steps = "" if self.num_steps is None else f"_steps{self.num_steps}"
         refresh = "" if self.refresh == "refresh" else f"_{self.refresh}"
+        batch = "" if self.num_prompts == 4 else f"_p{self.num_prompts}"  # the noise is seeded per batch of starts
         return (f"seed{self.seed}_seg{self.segments}{start}{noise}{graded}{steps}{refresh}_g{self.group_size}"
-                f"_n{self.starts}")  # fmt: skip
+                f"_n{self.starts}{batch}")  # fmt: skip
 
 
 def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
@@ -95,7 +96,7 @@ def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
                                 "first (this study reuses its stages)")  # fmt: skip
     known = {f.name for f in fields(DemoConfig)}
     cfg = DemoConfig(**{k: v for k, v in json.loads(saved.read_text()).items() if k in known})
-    cfg = replace(cfg, group_size=study.group_size)
+    cfg = replace(cfg, out=study.out, group_size=study.group_size)
     root = Path(study.out)
     refresh_dir = root / "rl" / "wm_fagrpo_branch" / f"seed{study.seed}" / study.refresh
     sft_ckpt = root / "sft" / f"seed{study.seed}" / "sft.ckpt"
@@ -109,7 +110,7 @@ def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
     hp = load_policy_weights(policy, str(sft_ckpt))
     policy.eval()
     prophet = Prophet.from_pretrained(refresh["model_dir"])
-    stats = load_stats(root / "world_model" / "adapt_lora" / "model")
+    stats = load_stats(cfg.wm_stats_dir or root / "world_model" / "adapt_lora" / "model")  # the demo's own Prophet
     poses = (
         CommandedPoses.metaworld(cfg.target_task, cfg.image_size, cfg.camera)
         if prophet.config.use_action_frames

@@ -22,7 +22,7 @@ def test_branch_prompts_start_before_success_keep_the_margin_and_carry_the_recor
     for i, ep in sorted(episodes.items()):
         n = len(ep)  # success_steps has one flag per frame: the last frame has no action of its own
         first = next((t for t, s in enumerate(ep.meta["success_steps"]) if s), n)
-        expected += [(i, t) for t in range(0, min(first, n - 1 - 8) + 1, 4)]
+        expected += [(i, t) for t in range(0, min(first - 1, n - 1 - 8) + 1, 4)]
     ds = dm.train_dataloader().dataset
     got = [(int(p[K.SEED]), int(p[K.FRAME_INDEX])) for p in (ds[j] for j in range(len(ds)))]
     assert got == expected and (1, 24) not in got and (0, 20) in got  # episode 1 succeeds at frame 28, 0 never
@@ -41,3 +41,12 @@ def test_branch_prompts_start_before_success_keep_the_margin_and_carry_the_recor
 def test_branch_settings_are_checked():
     with pytest.raises(ValueError, match="history_stride"):
         PromptDataModule(tasks=["reach-v3"], branch_every=2, history_stride=0)
+
+
+def test_collation_keeps_ragged_prefixes_as_a_list_and_names_any_other_ragged_key():
+    from lightning_prophrl.datamodules.robot import collate_clips
+
+    out = collate_clips([{K.PREFIX_ACTIONS: torch.zeros(3, 14)}, {K.PREFIX_ACTIONS: torch.zeros(5, 14)}])
+    assert [tuple(v.shape) for v in out[K.PREFIX_ACTIONS]] == [(3, 14), (5, 14)]
+    with pytest.raises(ValueError, match="'video'.*differ in shape"):
+        collate_clips([{"video": torch.zeros(2, 3)}, {"video": torch.zeros(4, 3)}])

@@ -314,6 +314,8 @@ def test_prefix_actions_replay_the_recorded_state_and_within_start_branches_both
     assert res["real_rate"] == 0.0 and res["real_mixed_starts"] == 0 and res["pair_auc"] is None
     assert res["real_branch_steps"] == 3 * 3 * 8 and res["real_env_steps"] == 3 * sum(t + 8 for t in starts)
     assert len(res["real_rate_per_start"]) == len(res["imagined_rate_per_start"]) == 3
+    # the replay reached the recorded states, and paired branches drew the same noise from the same observation
+    assert res["max_state_drift"] < 1e-4 and res["first_action_max_diff"] < 1e-4
     with pytest.raises(ValueError, match="max_start_step"):
         within_start_outcomes(policy, real, world, dm, real_dec, wm_dec, max_start_step=-1)
     with pytest.raises(ValueError, match="same num_prompts x group_size"):
