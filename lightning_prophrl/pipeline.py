@@ -28,7 +28,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -169,6 +169,15 @@ class DemoConfig:
     @property
     def max_queries(self) -> int:
         return -(-self.max_steps // self.chunk_len)
+
+    @classmethod
+    def load(cls, out: str | Path) -> DemoConfig:
+        """The settings a demo run saved in ``OUT/config.json`` (keys this version does not know are dropped)."""
+        saved = Path(out) / "config.json"
+        if not saved.exists():
+            raise FileNotFoundError(f"{saved} not found: run `prophrl demo --out {out}` first")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(saved.read_text()).items() if k in known})
 
     @classmethod
     def quick(cls, **kw: Any) -> DemoConfig:

@@ -165,6 +165,13 @@ def rank_auc(score: np.ndarray, label: np.ndarray) -> float | None:
     return float((pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean())
 
 
+def _padded_batches(indices: list[int], n: int):
+    """``indices`` in batches of ``n``, the last one padded by repeating its last index; yields ``(batch, kept)``."""
+    for b in range(0, len(indices), n):
+        idx = indices[b : b + n]
+        yield idx + [idx[-1]] * (n - len(idx)), len(idx)
+
+
 @torch.no_grad()
 def replay_branches(world_env: Any, prompts: Any, indices: Any, actions_per_segment: int):
     """Drive ``world_env`` (``group_size=1``) from branch prompts ``prompts.train_prompts[indices]`` with each
@@ -179,10 +186,7 @@ def replay_branches(world_env: Any, prompts: Any, indices: Any, actions_per_segm
 
     starts, dataset = prompts.train_prompts, prompts.train_dataloader().dataset
     n, h, indices = world_env.num_prompts, actions_per_segment, list(indices)
-    for b in range(0, len(indices), n):
-        idx = indices[b : b + n]
-        keep = len(idx)
-        idx += [idx[-1]] * (n - keep)
+    for idx, keep in _padded_batches(indices, n):
         refs = [starts[i][BRANCH] for i in idx]
         batch = [dataset[i] for i in idx]
         world_env.reset(batch)
@@ -330,10 +334,8 @@ def within_start_outcomes(
                                            .astype(int))]  # fmt: skip
     dataset, seg = prompts.train_dataloader().dataset, world_env.max_segments
     real_r, imag_r, refs, real_steps, branch_steps, drift, first_diff = [], [], [], 0, 0, 0.0, 0.0
-    for b in range(0, len(pick), n):
-        idx = pick[b : b + n]
-        keep = len(idx)
-        batch = [dataset[i] for i in idx + [idx[-1]] * (n - keep)]
+    for b, (idx, keep) in zip(range(0, len(pick), n), _padded_batches(pick, n), strict=True):
+        batch = [dataset[i] for i in idx]
         runs = []
         for env, dec, fn in ((real_env, real_decoder, None), (world_env, world_decoder, world_reward_fn)):
             res = collect_rollouts(policy, env, batch, dec, seg, mode="sde", noise_level=noise_level,
@@ -347,7 +349,7 @@ def within_start_outcomes(
         branch_steps += int((runs[0].steps - start_steps)[: keep * g].sum())
         real_r.append(runs[0].rewards.view(n, g)[:keep])
         imag_r.append(runs[1].rewards.view(n, g)[:keep])
-        refs += [starts[i][BRANCH] for i in idx]
+        refs += [starts[i][BRANCH] for i in idx[:keep]]
     r, m = torch.cat(real_r).numpy(), torch.cat(imag_r).numpy()
     pair_sum, pair_n = 0.0, 0
     for row_r, row_m in zip(r, m, strict=True):

@@ -96,10 +96,9 @@ class Prompt:
                 mask = None if self.history_mask is None else tuple(self.history_mask.shape)
                 raise ValueError(f"Prompt.history_frames must be (T_h, 3, H, W) with history_mask (T_h,), got "
                                  f"{tuple(self.history_frames.shape)} and {mask}")  # fmt: skip
-        if self.prefix_actions is not None and (np.ndim(self.prefix_actions) != 2 or np.shape(self.prefix_actions)[1]
-                                                != ACTION_DIM):  # fmt: skip
-            raise ValueError(f"Prompt.prefix_actions must be (T, {ACTION_DIM}) unified actions, got "
-                             f"{tuple(np.shape(self.prefix_actions))}")  # fmt: skip
+        shape = None if self.prefix_actions is None else tuple(np.shape(self.prefix_actions))
+        if shape is not None and (len(shape) != 2 or shape[1] != ACTION_DIM):
+            raise ValueError(f"Prompt.prefix_actions must be (T, {ACTION_DIM}) unified actions, got {shape}")
 
 
 @runtime_checkable
@@ -143,8 +142,8 @@ class BatchedEnvBase:
 
 def as_prompt(prompt: Prompt | Mapping[str, Any], tasks: Sequence[str] = ()) -> Prompt:
     """A ``Prompt`` from a ``Prompt`` or from one prompt dict of ``PromptDataModule`` (keys ``SEED``, ``INSTRUCTION``,
-    optional ``COND_FRAME``, ``OBS_STATE``, ``HISTORY`` / ``HISTORY_MASK``, ``COND_TARGET`` and ``PREFIX_ACTIONS``, and ``"task"`` or
-    ``TASK_ID``, an index into ``tasks``)."""
+    optional ``COND_FRAME``, ``OBS_STATE``, ``HISTORY`` / ``HISTORY_MASK``, ``COND_TARGET`` and ``PREFIX_ACTIONS``,
+    and ``"task"`` or ``TASK_ID``, an index into ``tasks``)."""
     if isinstance(prompt, Prompt):
         return prompt
     if not isinstance(prompt, Mapping):

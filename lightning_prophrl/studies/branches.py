@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,13 +90,7 @@ def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
     path = Path(study.out) / "studies" / "within_start" / f"{study.name}.json"
     if path.exists():
         return json.loads(path.read_text())
-    saved = Path(study.out) / "config.json"
-    if not saved.exists():
-        raise FileNotFoundError(f"{saved} not found: run `prophrl demo --out {study.out} --variants wm_fagrpo_branch` "
-                                "first (this study reuses its stages)")  # fmt: skip
-    known = {f.name for f in fields(DemoConfig)}
-    cfg = DemoConfig(**{k: v for k, v in json.loads(saved.read_text()).items() if k in known})
-    cfg = replace(cfg, out=study.out, group_size=study.group_size)
+    cfg = replace(DemoConfig.load(study.out), out=study.out, group_size=study.group_size)
     root = Path(study.out)
     refresh_dir = root / "rl" / "wm_fagrpo_branch" / f"seed{study.seed}" / study.refresh
     sft_ckpt = root / "sft" / f"seed{study.seed}" / "sft.ckpt"

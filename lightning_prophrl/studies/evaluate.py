@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +42,7 @@ def evaluate_checkpoint(out: str | Path, run: str, seed: int, states: int, first
     )
     if not ckpt.exists():
         raise FileNotFoundError(f"{ckpt} not found: run the demo for run {run!r} and seed {seed} first")
-    known = {f.name for f in fields(DemoConfig)}
-    cfg = DemoConfig(**{k: v for k, v in json.loads((root / "config.json").read_text()).items() if k in known})
+    cfg = DemoConfig.load(root)
     policy = build_policy(cfg)
     hp = load_policy_weights(policy, str(ckpt))
     decoder = ActionDecoder(hp["action_stats"], hp["action_dims"], "metaworld")
