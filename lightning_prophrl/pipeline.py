@@ -100,6 +100,12 @@ class DemoConfig:
     # SDE noise level of the refresh rollouts (None: the policy's 0.7); more noise shows Prophet more varied actions
     # (and outcomes) from the policy's states, which is what action-level fidelity is learned from (round v9)
     wm_refresh_noise_level: float | None = None
+    # within-start contrast in the refresh: ``wm_refresh_branch_starts`` recorded states of the refresh rollouts (the
+    # branch starts RL uses, drawn at random with the seed) are each branched ``wm_refresh_branch_group`` times for real
+    # (``wm_branch_segments`` chunks at the RL noise ``wm_noise_level``, the recorded prefix replayed to reach the
+    # state) and added to the refresh mixture: the same memory, different actions, different outcomes (0: off)
+    wm_refresh_branch_starts: int = 0
+    wm_refresh_branch_group: int = 4
     wm_target_data: str | None = None
     # also retrain the bridged classifier with the refresh rollouts and their imagined twins (by the refreshed Prophet),
     # for more steps than the reward stage's: 500 steps could not tell the policy's own successes from failures
@@ -162,6 +168,10 @@ class DemoConfig:
             raise ValueError(f"--wm-noise-level (`wm_noise_level`) must be > 0, got {self.wm_noise_level}")
         if self.wm_group_size is not None and self.wm_group_size < 2:
             raise ValueError(f"--wm-group-size (`wm_group_size`) must be >= 2, got {self.wm_group_size}")
+        if self.wm_refresh_branch_starts < 0 or self.wm_refresh_branch_group < 1:
+            raise ValueError(f"--wm-refresh-branch-starts (`wm_refresh_branch_starts`) must be >= 0 and "
+                             f"--wm-refresh-branch-group (`wm_refresh_branch_group`) >= 1, got "
+                             f"{self.wm_refresh_branch_starts} and {self.wm_refresh_branch_group}")  # fmt: skip
         if self.wm_branch_segments < 1 or self.wm_branch_every < 1:
             raise ValueError(f"--wm-branch-segments (`wm_branch_segments`) and `wm_branch_every` must be >= 1, got "
                              f"{self.wm_branch_segments} and {self.wm_branch_every}")  # fmt: skip
@@ -383,6 +393,11 @@ def stage_refresh(cfg: DemoConfig, sft_ckpt: str, seed: int, out: Path) -> dict[
     config = Prophet.load_config(cfg.wm_model_dir)  # the refresh keeps the model's segment and memory lengths
     mixture = [{"path": cfg.wm_target_data, "weight": 1.0 - cfg.wm_refresh_weight},
                {"path": str(data), "weight": cfg.wm_refresh_weight}]  # fmt: skip
+    branches = None
+    if cfg.wm_refresh_branch_starts:  # half the refresh weight goes to the real branches from the rollouts' states
+        branches = refresh_branches(cfg, policy, decoder, data, int(config["history_length"]), seed, out / "branches")
+        mixture[1]["weight"] = cfg.wm_refresh_weight / 2
+        mixture.append({"path": str(out / "branches"), "weight": cfg.wm_refresh_weight / 2})
     t0 = time.perf_counter()
     model_dir = adapt_prophet(cfg.wm_model_dir, mixture, out / "prophet", cfg.wm_refresh_steps, "lora", seed=seed,
                               stride=cfg.chunk_len // cfg.wm_chunk_len, chunk_len=int(config["action_chunk_length"]),
@@ -395,11 +410,48 @@ def stage_refresh(cfg: DemoConfig, sft_ckpt: str, seed: int, out: Path) -> dict[
         classifier_dir = refresh_classifier(cfg, model_dir, data, out)
     info = {"model_dir": model_dir, "classifier_dir": classifier_dir, "episodes": rollouts["episodes"],
             "success_rate": rollouts["success_rate"],
-            "env_steps": rollouts["env_steps"], "seeds": [first, first + cfg.wm_refresh_episodes],
+            "env_steps": rollouts["env_steps"] + (branches or {}).get("env_steps", 0), "branches": branches,
+            "seeds": [first, first + cfg.wm_refresh_episodes],
             "steps": cfg.wm_refresh_steps, "weight": cfg.wm_refresh_weight, "target_data": cfg.wm_target_data,
             "seconds": time.perf_counter() - t0}  # fmt: skip
     mark_done(out, info)
     return _with_branch_classifier(cfg, info, out)
+
+
+def branch_prompts(cfg: DemoConfig, rollouts: str | Path, history_len: int, **kw: Any) -> Any:
+    """The branch starts of RL inside Prophet (``wm_fagrpo_branch``): every ``wm_branch_every``-th chunk boundary of the
+    refresh ``rollouts`` before their first success and ``wm_branch_segments`` chunks before their end, with the
+    recorded memory of a ``history_len`` Prophet; ``kw`` go to the ``PromptDataModule`` (not set up)."""
+    from lightning_prophrl.datamodules.prompts import PromptDataModule
+
+    kw = {"num_prompts": cfg.num_prompts, **kw}
+    return PromptDataModule(datasets=[str(rollouts)], eval_fraction=0.0, image_size=cfg.image_size,
+                            branch_every=cfg.wm_branch_every * cfg.chunk_len,
+                            branch_margin=cfg.wm_branch_segments * cfg.chunk_len, history_len=history_len,
+                            history_stride=cfg.chunk_len // cfg.wm_chunk_len, **kw)  # fmt: skip
+
+
+def refresh_branches(cfg: DemoConfig, policy: Any, decoder: Any, rollouts: Path, history_len: int, seed: int,
+                     out: Path) -> dict[str, Any]:  # fmt: skip
+    """``wm_refresh_branch_starts`` branch starts of the refresh ``rollouts`` (drawn at random with ``seed``, so that
+    evenly spaced measurements such as ``studies.branches`` mostly see other starts), each branched
+    ``wm_refresh_branch_group`` times in the real simulator (``generate_branch_rollouts``; cached under ``out``)."""
+    from lightning_prophrl.datamodules.metaworld_gen import generate_branch_rollouts
+
+    if is_done(out):
+        return json.loads((out / "done.json").read_text())
+    shutil.rmtree(out, ignore_errors=True)  # a half-written set from an interrupted run
+    prompts = branch_prompts(cfg, rollouts, history_len)
+    prompts.setup()
+    n = len(prompts.train_prompts)
+    pick = np.sort(np.random.default_rng([seed, 7]).choice(n, min(cfg.wm_refresh_branch_starts, n), replace=False))
+    summary = generate_branch_rollouts(policy.eval(), decoder, prompts, pick.tolist(), str(out),
+                                       cfg.wm_refresh_branch_group, cfg.wm_branch_segments, size=cfg.image_size,
+                                       camera=cfg.camera, max_steps=cfg.max_steps, noise_seed=seed,
+                                       noise_level=cfg.wm_noise_level, stats_from=cfg.wm_model_dir)  # fmt: skip
+    summary["start_indices"] = pick.tolist()
+    mark_done(out, summary)
+    return summary
 
 
 def _with_branch_classifier(cfg: DemoConfig, info: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -505,7 +557,11 @@ def run_name(cfg: DemoConfig, variant: str) -> str:
 def refresh_name(cfg: DemoConfig) -> str:
     """The refresh's cache directory name: ``refresh``, suffixed with a non-default rollout noise level (like every
     other stage, the refresh's episode and step counts are not in its name: change ``--out`` to change them)."""
-    return "refresh" + ("" if cfg.wm_refresh_noise_level is None else f"-noise{cfg.wm_refresh_noise_level:g}")
+    name = "refresh" + ("" if cfg.wm_refresh_noise_level is None else f"-noise{cfg.wm_refresh_noise_level:g}")
+    if cfg.wm_refresh_branch_starts:  # the real branches' noise is the RL noise
+        noise = "" if cfg.wm_noise_level is None else f"-noise{cfg.wm_noise_level:g}"
+        name += f"-br{cfg.wm_refresh_branch_starts}x{cfg.wm_refresh_branch_group}{noise}"
+    return name
 
 
 def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict[str, Any]:
@@ -576,13 +632,8 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     gate_real.close()
     # 2. RL inside the world model with the guard, evaluated in the real simulator
     if branch:  # every prompt is a real state of the refresh rollouts (the real eval seeds are the callback's)
-        stride = cfg.chunk_len // cfg.wm_chunk_len
-        prompts = PromptDataModule(datasets=[str(refresh_dir / "rollouts")], eval_fraction=0.0,
-                                   num_prompts=cfg.num_prompts, image_size=cfg.image_size,
-                                   updates_per_epoch=cfg.rl_updates, seed=seed,
-                                   branch_every=cfg.wm_branch_every * cfg.chunk_len,
-                                   branch_margin=cfg.wm_branch_segments * cfg.chunk_len,
-                                   history_len=int(prophet.config.history_length), history_stride=stride)  # fmt: skip
+        prompts = branch_prompts(cfg, refresh_dir / "rollouts", int(prophet.config.history_length),
+                                 updates_per_epoch=cfg.rl_updates, seed=seed)  # fmt: skip
         # can branches be trusted? replay the recorded actions from real states, and the policy's branches
         prompts.setup()
         branch_wm = WorldModelEnv(prophet, wm_stats, num_prompts=n_gate, group_size=1,
@@ -814,6 +865,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--wm-refresh-steps", type=int, default=None, help="LoRA steps of the refresh")
     ap.add_argument("--wm-refresh-noise-level", type=float, default=None, help="SDE noise of the refresh rollouts")
     ap.add_argument("--wm-refresh-reward-steps", type=int, default=None, help="classifier steps of the refresh")
+    ap.add_argument("--wm-refresh-branch-starts", type=int, default=None,
+                    help="rollout states branched for real in the refresh (within-start contrast; 0: off)")  # fmt: skip
+    ap.add_argument("--wm-refresh-branch-group", type=int, default=None, help="real branches per refresh start")
     ap.add_argument(
         "--wm-reward-signal",
         choices=["success", "graded"],

@@ -100,6 +100,15 @@ def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions
     assert clf["args"]["datasets"][-1].endswith("rollouts_branches")
     branches = json.loads((Path(clf["args"]["datasets"][-1]) / "done.json").read_text())
     assert branches["episodes"] >= cfg.wm_refresh_episodes and branches["args"]["segments"] == cfg.wm_branch_segments
+    # within-start contrast in the refresh: real SDE branches from recorded rollout states join the LoRA mixture
+    res3 = run(replace(cfg, variants=["wm_fagrpo_branch"], wm_refresh_branch_starts=2, wm_refresh_branch_group=2))
+    br3 = res3["results"]["wm_fagrpo_branch-refresh-br2x2"][0]["refresh"]
+    real_branches = br3["branches"]
+    assert real_branches["starts"] == 2 and real_branches["episodes"] == 4 and real_branches["branch_steps"] <= 4 * 12
+    assert br3["env_steps"] == cfg.wm_refresh_episodes * 40 + real_branches["env_steps"]  # prefixes count as real
+    mixture = json.loads((Path(br3["model_dir"]).parent / "done.json").read_text())["datasets"]
+    assert [d["weight"] for d in mixture] == [0.5, 0.25, 0.25] and mixture[-1]["path"].endswith("branches")
+    assert br3["model_dir"] != br["refresh"]["model_dir"]
     # the within-start study reuses the run: G real and G imagined branches from the same recorded states
     from lightning_prophrl.studies.branches import WithinStartConfig, run_within_start, saved_table
 
@@ -155,7 +164,8 @@ def test_reward_signal_and_branch_settings_are_checked_and_name_the_run(tmp_path
     from lightning_prophrl.pipeline import main, refresh_name, run_name
 
     for flag, value in (("--wm-reward-signal", "dense"), ("--wm-branch-segments", "0"), ("--wm-noise-level", "0"),
-                        ("--wm-group-size", "1"), ("--wm-refresh-noise-level", "-1")):  # fmt: skip
+                        ("--wm-group-size", "1"), ("--wm-refresh-noise-level", "-1"),
+                        ("--wm-refresh-branch-starts", "-1"), ("--wm-refresh-branch-group", "0")):  # fmt: skip
         with pytest.raises(SystemExit):
             main(["--out", str(tmp_path), flag, value])
         assert flag in capsys.readouterr().err
@@ -170,6 +180,9 @@ def test_reward_signal_and_branch_settings_are_checked_and_name_the_run(tmp_path
     refresh = DemoConfig(wm_refresh_noise_level=1.5)
     assert refresh_name(refresh) == "refresh-noise1.5" and refresh_name(DemoConfig.quick()) == "refresh"
     assert run_name(refresh, "wm_fagrpo_branch") == "wm_fagrpo_branch-refresh-noise1.5"
+    contrast = DemoConfig(wm_refresh_branch_starts=64, wm_noise_level=2.0)  # the real branches use the RL noise
+    assert refresh_name(contrast) == "refresh-br64x4-noise2"
+    assert run_name(contrast, "wm_fagrpo_branch") == "wm_fagrpo_branch-refresh-br64x4-noise2-noise2"
 
 
 def test_paired_table_counts_states_won_and_lost_against_sft():

@@ -224,3 +224,120 @@ def generate_policy_rollouts(
         shutil.copy(Path(stats_from) / STATS_FILE, Path(out) / STATS_FILE)
     summary["success_rate"] = summary["successes"] / summary["episodes"]
     return summary
+
+
+def join_branch(source: Episode, t: int, branch: Episode, key: str) -> Episode:
+    """A real branch from frame ``t`` of ``source`` as one whole episode: the recorded frames, actions and per-frame
+    arrays ``0 .. t - 1`` of ``source``, then ``branch`` (whose first frame is the state at ``t``, reached by replaying
+    the recorded actions), so that a world model trained on it sees the branch with its true memory."""
+    if not 0 <= t < len(source.frames):
+        raise ValueError(f"branch start {t} outside episode {source.key} ({len(source.frames)} frames)")
+
+    def cat(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None or b is None else np.concatenate([a[:t], b])
+
+    if not np.array_equal(source.action_mask, branch.action_mask):
+        raise ValueError(f"branch {key} and its source {source.key} use different action dimensions")
+    extras = {k: cat(v, branch.extras[k]) for k, v in source.extras.items()
+              if isinstance(v, np.ndarray) and len(v) == len(source.frames) and k in branch.extras}  # fmt: skip
+    steps = list(source.meta["success_steps"][:t]) + list(branch.meta["success_steps"])
+    meta = {**branch.meta, "success_steps": steps, "success": any(steps), "num_actions": len(steps) - 1,
+            "branch_of": source.key, "branch_start": int(t)}  # fmt: skip
+    return Episode(key=key, frames=cat(source.frames, branch.frames), actions=cat(source.actions, branch.actions),
+                   action_mask=branch.action_mask, meta=meta,
+                   state=cat(source.state, branch.state), ee_poses=cat(source.ee_poses, branch.ee_poses),
+                   extras=extras)  # fmt: skip
+
+
+def generate_branch_rollouts(
+    policy: Any,
+    decoder: Any,
+    prompts: Any,
+    indices: Sequence[int],
+    out: str,
+    group_size: int,
+    max_queries: int,
+    size: int = 64,
+    camera: str = "workspace",
+    max_steps: int = 150,
+    batch_size: int = 8,
+    noise_seed: int = 0,
+    noise_level: float | None = None,
+    stats_from: str | None = None,
+    dataset: str = "metaworld-branches",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write ``group_size`` real SDE branches of a policy from each of the recorded states ``indices`` of a set-up
+    ``PromptDataModule`` with branch prompts (world-model refresh data *with within-start contrast*: the same state and
+    memory, different actions, different outcomes; what a group-relative reward from the world model must tell apart).
+
+    Each branch replays the start's recorded prefix in the simulator (``MetaWorldEnv.reset``), runs ``max_queries``
+    policy chunks from there with a frame after every action, and is stored joined to its source episode's recorded
+    prefix (``join_branch``; ``meta["branch_of"]``, ``meta["branch_start"]``).
+
+    Returns:
+        ``{"out", "starts", "episodes", "successes", "success_rate", "mixed_starts", "env_steps" (with the replayed
+        prefixes), "branch_steps", "frames"}``.
+    """
+    import shutil
+    from pathlib import Path
+
+    from lightning_prophrl.constants import PREFIX_ACTIONS, STATS_FILE
+    from lightning_prophrl.datamodules.prompts import BRANCH
+    from lightning_prophrl.envs.metaworld import MetaWorldEnv
+    from lightning_prophrl.envs.rollout import collect_rollouts
+
+    indices = [int(i) for i in indices]
+    starts = prompts.train_prompts
+    if not indices or not starts or BRANCH not in starts[0]:
+        raise ValueError("generate_branch_rollouts needs start indices into the branch prompts of a set-up "
+                         "PromptDataModule(branch_every > 0)")  # fmt: skip
+    if group_size < 1 or batch_size < 1:
+        raise ValueError(f"`group_size` and `batch_size` must be >= 1, got {group_size}, {batch_size}")
+    source_data = prompts.train_dataloader().dataset
+    summary: dict[str, Any] = {"out": out, "starts": 0, "episodes": 0, "successes": 0, "mixed_starts": 0,
+                               "env_steps": 0, "branch_steps": 0, "frames": 0}  # fmt: skip
+    envs: dict[int, MetaWorldEnv] = {}
+    bar = tqdm(total=len(indices), desc="real branches", disable=not progress)
+    try:
+        with ShardWriter(out, dataset, max_count=16) as writer:
+            for b, first in enumerate(range(0, len(indices), batch_size)):
+                idx = indices[first : first + batch_size]
+                batch = [source_data[i] for i in idx]
+                if len(idx) not in envs:
+                    envs[len(idx)] = MetaWorldEnv(prompts.branches.episodes[starts[idx[0]][BRANCH][0]].meta["task"],
+                                                  num_prompts=len(idx), group_size=group_size, image_size=size,
+                                                  max_steps=max_steps, camera=camera, stop_at_success=False,
+                                                  record_steps=True)  # fmt: skip
+                env = envs[len(idx)]
+                with torch.no_grad():
+                    collect_rollouts(policy, env, batch, decoder, max_queries, mode="sde", noise_level=noise_level,
+                                     generator=torch.Generator().manual_seed(noise_seed * 100003 + b))  # fmt: skip
+                records = env.episodes()
+                for p, i in enumerate(idx):
+                    e, t = starts[i][BRANCH]
+                    source, wins = prompts.branches.episodes[e], 0
+                    for j in range(group_size):
+                        ep = records[p * group_size + j].to_expert_episode(env.camera_k, env.camera_extr)
+                        branch = expert_to_episode(ep, env.fps, dataset, (size, size))
+                        joined = join_branch(source, t, branch, f"{source.key}_t{t:03d}_g{j:02d}")
+                        joined.meta["source"] = "policy-sde-branch"
+                        writer.write(joined)
+                        wins += int(branch.success)
+                        summary["episodes"] += 1
+                        summary["branch_steps"] += len(ep.actions)
+                        summary["env_steps"] += len(ep.actions) + len(batch[p][PREFIX_ACTIONS])
+                        summary["frames"] += len(joined)
+                    summary["successes"] += wins
+                    summary["mixed_starts"] += int(0 < wins < group_size)
+                    summary["starts"] += 1
+                    bar.update(1)
+                bar.set_postfix(success=f"{summary['successes']}/{summary['episodes']}")
+    finally:
+        bar.close()
+        for env in envs.values():
+            env.close()
+    if stats_from is not None:
+        shutil.copy(Path(stats_from) / STATS_FILE, Path(out) / STATS_FILE)
+    summary["success_rate"] = summary["successes"] / summary["episodes"]
+    return summary

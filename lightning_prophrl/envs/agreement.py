@@ -273,6 +273,20 @@ def branch_agreement(
     return out
 
 
+def held_score(probs: torch.Tensor, lengths: torch.Tensor, k: int) -> torch.Tensor:
+    """``WorldModelEnv``'s graded outcome on any video: the best success probability held for ``k`` consecutive frames,
+    ``max_t min(probs[t - k + 1 .. t])`` over each episode's ``lengths`` valid entries of ``probs`` ``(N, T)`` (0 when
+    an episode has fewer than ``k``)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    n, t = probs.shape
+    if t < k:
+        return torch.zeros(n)
+    windows = probs.float().unfold(1, k, 1).min(2).values  # (N, T - k + 1): window ending at frame j + k - 1
+    valid = torch.arange(t - k + 1)[None] + k <= lengths.long()[:, None]
+    return torch.where(valid, windows, torch.zeros_like(windows)).max(1).values
+
+
 def _pair_auc(real: np.ndarray, imagined: np.ndarray) -> tuple[float, int]:
     """Over the pairs of one group whose real outcomes differ: how often the imagined rewards order them the same
     way (ties count half); returns ``(sum of pair scores, pairs)``."""
@@ -309,7 +323,9 @@ def within_start_outcomes(
     Reports, per start, the real and imagined success rates; how many starts have a mixed outcome (the only groups
     with a non-zero GRPO advantage) in each; ``pair_auc``: over the branch pairs of one start whose real outcomes
     differ, how often the imagined reward orders them the same way (0.5 is chance; what a group-normalized reward from
-    the world model needs); ``advantage_corr``: the correlation of the group-normalized real and imagined rewards over
+    the world model needs); ``scorer_on_real_pair_auc``: the same ordering by ``world_env``'s success scorer (with
+    its persistence rule, ``held_score``) applied to the *real* branch videos, which tells a reward model that cannot
+    rank the branches apart from a world model that cannot imagine them (None without a scorer); ``advantage_corr``: the correlation of the group-normalized real and imagined rewards over
     all branches; the real environment steps of the measured starts (``real_env_steps``, with the replayed prefixes,
     and ``real_branch_steps``, the branches alone; the padding starts of a last, partial batch are not counted); and
     two checks that both worlds start from the same state: ``max_state_drift``, the largest difference between the
@@ -334,6 +350,7 @@ def within_start_outcomes(
                                            .astype(int))]  # fmt: skip
     dataset, seg = prompts.train_dataloader().dataset, world_env.max_segments
     real_r, imag_r, refs, real_steps, branch_steps, drift, first_diff = [], [], [], 0, 0, 0.0, 0.0
+    scorer, real_held = getattr(world_env, "success_scorer", None), []
     for b, (idx, keep) in zip(range(0, len(pick), n), _padded_batches(pick, n), strict=True):
         batch = [dataset[i] for i in idx]
         runs = []
@@ -347,6 +364,10 @@ def within_start_outcomes(
         first_diff = max(first_diff, float((runs[0].x_steps[0] - runs[1].x_steps[0])[: keep * g].abs().max()))
         real_steps += int(runs[0].steps[: keep * g].sum())  # the replayed prefix is real interaction too
         branch_steps += int((runs[0].steps - start_steps)[: keep * g].sum())
+        if scorer is not None and runs[0].videos is not None:  # the reward model on the *real* branch videos
+            lengths = runs[0].info.get("video_lengths", torch.full((n * g,), runs[0].videos.shape[1])) - 1
+            held = held_score(score_video(scorer, runs[0].videos), lengths, world_env.success_k)
+            real_held.append(held.view(n, g)[:keep])
         real_r.append(runs[0].rewards.view(n, g)[:keep])
         imag_r.append(runs[1].rewards.view(n, g)[:keep])
         refs += [starts[i][BRANCH] for i in idx[:keep]]
@@ -355,6 +376,11 @@ def within_start_outcomes(
     for row_r, row_m in zip(r, m, strict=True):
         s, k = _pair_auc(row_r, row_m)
         pair_sum, pair_n = pair_sum + s, pair_n + k
+    scored_sum, scored_n = 0.0, 0
+    if real_held:
+        for row_r, row_h in zip(r, torch.cat(real_held).numpy(), strict=True):
+            s, k = _pair_auc(row_r, row_h)
+            scored_sum, scored_n = scored_sum + s, scored_n + k
     adv_r = group_advantages(torch.from_numpy(r).flatten(), g).numpy()
     adv_m = group_advantages(torch.from_numpy(m).flatten(), g).numpy()
     rate_r, rate_m = r.mean(1), m.mean(1)
@@ -368,5 +394,7 @@ def within_start_outcomes(
             "real_mixed_starts": int(((r.min(1) < r.max(1))).sum()),
             "imagined_mixed_starts": int(((m.min(1) < m.max(1))).sum()),
             "rate_corr": corr(rate_r, rate_m), "pair_auc": pair_sum / pair_n if pair_n else None, "pairs": pair_n,
-            "advantage_corr": corr(adv_r, adv_m), "real_env_steps": real_steps, "real_branch_steps": branch_steps,
+            "advantage_corr": corr(adv_r, adv_m),
+            "scorer_on_real_pair_auc": scored_sum / scored_n if scored_n else None,
+            "real_env_steps": real_steps, "real_branch_steps": branch_steps,
             "max_state_drift": drift, "first_action_max_diff": first_diff}  # fmt: skip

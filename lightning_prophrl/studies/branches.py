@@ -70,7 +70,6 @@ def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
     """Measure one setting on the demo run under ``study.out`` (cached: an existing result is returned)."""
     from functools import partial
 
-    from lightning_prophrl.datamodules.prompts import PromptDataModule
     from lightning_prophrl.datamodules.shards import load_stats
     from lightning_prophrl.envs.agreement import within_start_outcomes
     from lightning_prophrl.envs.metaworld import MetaWorldEnv
@@ -82,6 +81,7 @@ def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
     from lightning_prophrl.pipeline import (
         DemoConfig,
         _with_branch_classifier,
+        branch_prompts,
         build_policy,
         is_done,
         wm_success_scoring,
@@ -117,10 +117,8 @@ def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
                           poses=poses, seed=study.seed, **scoring)  # fmt: skip
     real = MetaWorldEnv(cfg.target_task, num_prompts=p, group_size=g, image_size=cfg.image_size,
                         max_steps=cfg.max_steps, camera=cfg.camera)  # fmt: skip
-    prompts = PromptDataModule(datasets=[str(refresh_dir / "rollouts")], eval_fraction=0.0, num_prompts=p,
-                               image_size=cfg.image_size, branch_every=cfg.chunk_len, branch_margin=seg * cfg.chunk_len,
-                               history_len=int(prophet.config.history_length),
-                               history_stride=cfg.chunk_len // cfg.wm_chunk_len)  # fmt: skip
+    prompts = branch_prompts(replace(cfg, wm_branch_segments=seg, wm_branch_every=1), refresh_dir / "rollouts",
+                             int(prophet.config.history_length), num_prompts=p)  # fmt: skip
     prompts.setup()
     t0 = time.perf_counter()
     res = within_start_outcomes(
@@ -147,12 +145,13 @@ def summary_line(res: dict[str, Any]) -> str:
             f"| {c['noise_level'] or res['policy_noise_level']:g}{steps} | {c['reward_signal']} | {c.get('refresh', 'refresh')} | {res['starts']} x "
             f"{res['group_size']} | {res['real_rate']:.3f} / {res['imagined_rate']:.3f} | {res['real_mixed_starts']} / "
             f"{res['imagined_mixed_starts']} | {fmt(res['rate_corr'])} | {fmt(res['pair_auc'])} ({res['pairs']}) | "
-            f"{fmt(res['advantage_corr'])} | {res['real_env_steps']} |")  # fmt: skip
+            f"{fmt(res['advantage_corr'])} | {res['real_env_steps']} | {fmt(res.get('scorer_on_real_pair_auc'))} |")  # fmt: skip
 
 
 HEADER = ("| seed | segments | starts at frame <= | noise | reward | refresh | starts x G | success real / imagined | "
-          "mixed starts real / imagined | per-start rate corr | pair AUC (pairs) | advantage corr | real steps |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+          "mixed starts real / imagined | per-start rate corr | pair AUC (pairs) | advantage corr | real steps | "
+          "pair AUC of the reward on the real branches |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
 
 
 def saved_table(out: str | Path) -> str:

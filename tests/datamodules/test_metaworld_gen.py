@@ -112,3 +112,51 @@ def test_policy_rollouts_are_written_as_demonstrations_with_the_given_stats(tmp_
         np.testing.assert_allclose(e.ee_poses[-1, 0, :3], env.data.body("hand").xpos, atol=1e-5)
     with pytest.raises(ValueError, match=">= 2000"):
         generate_policy_rollouts(policy, decoder, "pick-place-v3", [1000], str(tmp_path / "bad"), max_queries=1)
+
+
+def test_real_branches_replay_to_their_start_and_carry_the_recorded_prefix(tmp_path, mw_shards):
+    import torch
+
+    from lightning_prophrl.datamodules.metaworld_gen import generate_branch_rollouts, generate_policy_rollouts
+    from lightning_prophrl.datamodules.prompts import BRANCH, PromptDataModule
+    from lightning_prophrl.envs.rollout import ActionDecoder
+    from lightning_prophrl.models.policy import FlowMatchingPolicy
+
+    data, _ = mw_shards
+    torch.manual_seed(0)
+    policy = FlowMatchingPolicy(action_dim=4, chunk_len=4, state_dim=4, text_encoder="none", cond_dim=32, width=32,
+                                depth=1, num_heads=2, num_steps=2)  # fmt: skip
+    decoder = ActionDecoder(load_stats(data), [0, 1, 2, 6], "metaworld")
+    rollouts = tmp_path / "rollouts"
+    generate_policy_rollouts(policy, decoder, "pick-place-v3", [2000, 2001], str(rollouts), max_queries=5, size=32,
+                             max_steps=20, stats_from=data, progress=False)  # fmt: skip
+    prompts = PromptDataModule(datasets=[str(rollouts)], eval_fraction=0.0, num_prompts=2, image_size=32,
+                               branch_every=4, branch_margin=8, history_len=2, history_stride=4)  # fmt: skip
+    prompts.setup()
+    pick = [i for i, p in enumerate(prompts.train_prompts) if p[BRANCH][1] > 0][:3]  # mid-episode starts
+    out = tmp_path / "branches"
+    summary = generate_branch_rollouts(policy, decoder, prompts, pick, str(out), group_size=2, max_queries=2, size=32,
+                                       max_steps=20, batch_size=2, noise_level=1.5, stats_from=data,
+                                       progress=False)  # fmt: skip
+    eps = {e.key: e for e in iter_episodes(str(out))}
+    assert summary["starts"] == 3 and summary["episodes"] == len(eps) == 6
+    refs = [prompts.train_prompts[i][BRANCH] for i in pick]
+    assert summary["env_steps"] == sum(2 * (t + 8) for _, t in refs) and summary["branch_steps"] == 6 * 8
+    env = make_seeded_env("pick-place-v3")
+    for e_idx, t in refs:
+        source = prompts.branches.episodes[e_idx]
+        pair = [eps[f"{source.key}_t{t:03d}_g{j:02d}"] for j in range(2)]
+        for ep in pair:
+            assert len(ep.frames) == len(ep.actions) == t + 9 and ep.meta["branch_start"] == t
+            np.testing.assert_array_equal(ep.frames[:t], source.frames[:t])  # the recorded prefix, as recorded
+            np.testing.assert_array_equal(ep.actions[:t], source.actions[:t])
+            # the replayed simulator reached the recorded state: its first branch frame and state are the source's
+            assert np.abs(ep.frames[t].astype(int) - source.frames[t].astype(int)).max() <= 1
+            np.testing.assert_allclose(ep.state[t], source.state[t], atol=1e-5)
+            reset_seeded(env, ep.meta["seed"])  # the joined actions replay, from the seeded reset, to its outcome
+            flags = [bool(env.step(np.clip(a, -1, 1))[-1]["success"]) for a in unified_to_metaworld(ep.actions[:-1])]
+            assert flags == ep.meta["success_steps"][1:] and ep.success == any(flags)
+            np.testing.assert_allclose(ep.ee_poses[-1, 0, :3], env.data.body("hand").xpos, atol=1e-5)
+        assert np.abs(pair[0].actions[t:] - pair[1].actions[t:]).max() > 1e-3  # different SDE branches
+    with pytest.raises(ValueError, match="branch prompts"):
+        generate_branch_rollouts(policy, decoder, prompts, [], str(tmp_path / "bad"), group_size=2, max_queries=1)

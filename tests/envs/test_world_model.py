@@ -248,6 +248,11 @@ def test_graded_outcome_is_the_best_probability_held_for_k_segments(prophet):
         _, _, info = env.step(np.zeros((2, 2, 14), np.float32))
     # windows of 2: rollout 0 min(0.2,.8)=.2, min(.8,.7)=.7, min(.7,.1)=.1 -> .7; rollout 1 .1, .1, .3 -> .3
     torch.testing.assert_close(info[INFO_SCORE], torch.tensor([0.7, 0.3]))
+    # the same rule on any video's per-frame probabilities (how the within-start study scores real branches)
+    from lightning_prophrl.envs.agreement import held_score
+
+    per_frame = torch.tensor([[0.2, 0.8, 0.7, 0.1], [0.9, 0.1, 0.95, 0.3]])
+    torch.testing.assert_close(held_score(per_frame, torch.tensor([4, 4]), 2), info[INFO_SCORE])
     assert not info[K.SUCCESS].any()  # neither held 0.9 for 2 segments: the 0/1 reward would be all zeros
     batch = RolloutBatch(obs=[], x_steps=torch.zeros(0), log_probs=torch.zeros(0), alive=torch.zeros(0),
                          rewards=torch.zeros(2), success=torch.zeros(2), steps=torch.zeros(2), videos=None,
@@ -267,6 +272,19 @@ def test_pair_auc_counts_how_imagined_rewards_order_branches_whose_real_outcomes
     assert _pair_auc(real, 1 - real) == (0.0, 4)
     assert _pair_auc(real, np.zeros(4)) == (2.0, 4)  # ties count half: chance
     assert _pair_auc(np.zeros(4), real) == (0.0, 0)  # a uniform real group has no pair to order
+
+
+def test_held_score_is_the_best_probability_held_for_k_frames_within_each_length():
+    from lightning_prophrl.envs.agreement import held_score
+
+    probs = torch.tensor([[0.1, 0.9, 0.8, 0.95, 0.2], [0.9, 0.9, 0.9, 0.1, 0.1], [0.5, 0.99, 0.99, 0.99, 0.99]])
+    # k = 2: windows [min of 2]; row 3 is only 2 frames long, so its 0.99 plateau is not reached
+    out = held_score(probs, torch.tensor([5, 5, 2]), 2)
+    torch.testing.assert_close(out, torch.tensor([0.8, 0.9, 0.5]))
+    torch.testing.assert_close(held_score(probs, torch.tensor([5, 5, 5]), 1), probs.max(1).values)
+    assert held_score(probs, torch.tensor([5, 2, 5]), 3).tolist() == pytest.approx([0.8, 0.0, 0.99])
+    with pytest.raises(ValueError, match="k must be"):
+        held_score(probs, torch.tensor([5, 5, 5]), 0)
 
 
 def test_prefix_actions_replay_the_recorded_state_and_within_start_branches_both_worlds(prophet, tmp_path):
@@ -316,6 +334,7 @@ def test_prefix_actions_replay_the_recorded_state_and_within_start_branches_both
     assert len(res["real_rate_per_start"]) == len(res["imagined_rate_per_start"]) == 3
     # the replay reached the recorded states, and paired branches drew the same noise from the same observation
     assert res["max_state_drift"] < 1e-4 and res["first_action_max_diff"] < 1e-4
+    assert res["scorer_on_real_pair_auc"] is None  # no success scorer, and no mixed group to order
     with pytest.raises(ValueError, match="max_start_step"):
         within_start_outcomes(policy, real, world, dm, real_dec, wm_dec, max_start_step=-1)
     with pytest.raises(ValueError, match="same num_prompts x group_size"):
