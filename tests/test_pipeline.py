@@ -180,6 +180,9 @@ def test_reward_signal_and_branch_settings_are_checked_and_name_the_run(tmp_path
     refresh = DemoConfig(wm_refresh_noise_level=1.5)
     assert refresh_name(refresh) == "refresh-noise1.5" and refresh_name(DemoConfig.quick()) == "refresh"
     assert run_name(refresh, "wm_fagrpo_branch") == "wm_fagrpo_branch-refresh-noise1.5"
+    from lightning_prophrl.studies.branches import WithinStartConfig
+
+    assert WithinStartConfig(out="x", starts=120, real_to_cap=True).name == "seed0_seg10_g8_n120_tocap"
     contrast = DemoConfig(wm_refresh_branch_starts=64, wm_noise_level=2.0)  # the real branches use the RL noise
     assert refresh_name(contrast) == "refresh-br64x4-noise2"
     assert run_name(contrast, "wm_fagrpo_branch") == "wm_fagrpo_branch-refresh-br64x4-noise2-noise2"

@@ -42,6 +42,9 @@ class WithinStartConfig:
     reward_signal: str = "success"  # "success" (0/1) or "graded" (the demo's graded reward)
     num_steps: int | None = None  # Prophet's sampling steps per segment (None: the demo's wm_num_steps)
     refresh: str = "refresh"  # the refresh under rl/wm_fagrpo_branch/seed<s>/ (``pipeline.refresh_name``)
+    # the real branches run their whole chunk budget past a success (the outcome stays success at any step), so the
+    # reward model's persistence rule sees the frames after it, as in the closed-loop gate (more real steps)
+    real_to_cap: bool = False
 
     def __post_init__(self) -> None:
         if self.segments < 1 or self.starts < 1 or self.group_size < 2 or self.num_prompts < 1:
@@ -62,8 +65,9 @@ class WithinStartConfig:
         steps = "" if self.num_steps is None else f"_steps{self.num_steps}"
         refresh = "" if self.refresh == "refresh" else f"_{self.refresh}"
         batch = "" if self.num_prompts == 4 else f"_p{self.num_prompts}"  # the noise is seeded per batch of starts
+        cap = "_tocap" if self.real_to_cap else ""
         return (f"seed{self.seed}_seg{self.segments}{start}{noise}{graded}{steps}{refresh}_g{self.group_size}"
-                f"_n{self.starts}{batch}")  # fmt: skip
+                f"_n{self.starts}{batch}{cap}")  # fmt: skip
 
 
 def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
@@ -116,7 +120,7 @@ def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
                           num_steps=study.num_steps or cfg.wm_num_steps,
                           poses=poses, seed=study.seed, **scoring)  # fmt: skip
     real = MetaWorldEnv(cfg.target_task, num_prompts=p, group_size=g, image_size=cfg.image_size,
-                        max_steps=cfg.max_steps, camera=cfg.camera)  # fmt: skip
+                        max_steps=cfg.max_steps, camera=cfg.camera, stop_at_success=not study.real_to_cap)  # fmt: skip
     prompts = branch_prompts(replace(cfg, wm_branch_segments=seg, wm_branch_every=1), refresh_dir / "rollouts",
                              int(prophet.config.history_length), num_prompts=p)  # fmt: skip
     prompts.setup()
@@ -142,7 +146,7 @@ def summary_line(res: dict[str, Any]) -> str:
     fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
     steps = "" if c.get("num_steps") is None else f" ({c['num_steps']} Prophet steps)"
     return (f"| {c['seed']} | {c['segments']} | {c['max_start_step'] if c['max_start_step'] is not None else 'all'} "
-            f"| {c['noise_level'] or res['policy_noise_level']:g}{steps} | {c['reward_signal']} | {c.get('refresh', 'refresh')} | {res['starts']} x "
+            f"| {c['noise_level'] or res['policy_noise_level']:g}{steps} | {c['reward_signal']} | {c.get('refresh', 'refresh')}{' (real past success)' if c.get('real_to_cap') else ''} | {res['starts']} x "
             f"{res['group_size']} | {res['real_rate']:.3f} / {res['imagined_rate']:.3f} | {res['real_mixed_starts']} / "
             f"{res['imagined_mixed_starts']} | {fmt(res['rate_corr'])} | {fmt(res['pair_auc'])} ({res['pairs']}) | "
             f"{fmt(res['advantage_corr'])} | {res['real_env_steps']} | {fmt(res.get('scorer_on_real_pair_auc'))} |")  # fmt: skip
@@ -180,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reward-signal", choices=("success", "graded"), default="success")
     ap.add_argument("--num-steps", type=int, default=None, help="Prophet sampling steps (default the demo's)")
     ap.add_argument("--refresh", default="refresh", help="the refresh directory's name (default refresh)")
+    ap.add_argument("--real-to-cap", action="store_true",
+                    help="run the real branches past a success, so that the reward model sees the frames after it")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--table", action="store_true", help="print the table of every setting measured under --out")
     a = ap.parse_args(argv)
@@ -188,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     torch.set_num_threads(a.threads)
     study = WithinStartConfig(a.out, a.seed, a.segments, a.max_start_step, a.starts, a.group_size, a.num_prompts,
-                              a.noise_level, a.reward_signal, a.num_steps, a.refresh)  # fmt: skip
+                              a.noise_level, a.reward_signal, a.num_steps, a.refresh, a.real_to_cap)  # fmt: skip
     res = run_within_start(study)
     print(HEADER)
     print(summary_line(res))
