@@ -134,6 +134,53 @@ def generate_metaworld(
     return summary
 
 
+class _RecordingRollouts:
+    """A policy's real SDE/ODE rollouts for shard writing: ``MetaWorldEnv``s that render and record every action and
+    run to the step cap (no stop at success), one per batch size, closed together."""
+
+    def __init__(self, task: str, group_size: int, size: int, camera: str, max_steps: int) -> None:
+        self.task, self.group_size, self.size, self.camera, self.max_steps = task, group_size, size, camera, max_steps
+        self.envs: dict[int, Any] = {}
+
+    def run(self, policy: Any, decoder: Any, prompts: list[Any], max_queries: int, mode: str,
+            noise_level: float | None, noise_seed: int) -> Any:  # fmt: skip
+        """Roll ``policy`` out from ``prompts`` (``group_size`` each); returns the env holding the episode records."""
+        from lightning_prophrl.envs.metaworld import MetaWorldEnv
+        from lightning_prophrl.envs.rollout import collect_rollouts
+
+        if len(prompts) not in self.envs:
+            self.envs[len(prompts)] = MetaWorldEnv(self.task, num_prompts=len(prompts), group_size=self.group_size,
+                                                   image_size=self.size, max_steps=self.max_steps, camera=self.camera,
+                                                   stop_at_success=False, record_steps=True)  # fmt: skip
+        env = self.envs[len(prompts)]
+        with torch.no_grad():
+            collect_rollouts(policy, env, prompts, decoder, max_queries, mode=mode, noise_level=noise_level,
+                             generator=torch.Generator().manual_seed(noise_seed))  # fmt: skip
+        return env
+
+    def episode(self, env: Any, n: int, dataset: str) -> tuple[Any, Episode]:
+        """Rollout ``n`` of the last ``run`` as ``(ExpertEpisode, shard Episode)``."""
+        ep = env.episodes()[n].to_expert_episode(env.camera_k, env.camera_extr)
+        return ep, expert_to_episode(ep, env.fps, dataset, (self.size, self.size))
+
+    def close(self) -> None:
+        for env in self.envs.values():
+            env.close()
+
+
+def _finish_rollouts(summary: dict[str, Any], out: str, stats_from: str | None) -> dict[str, Any]:
+    """Copy ``stats_from``'s ``stats.json`` over the written set's and add the success rate to ``summary``."""
+    import shutil
+    from pathlib import Path
+
+    from lightning_prophrl.constants import STATS_FILE
+
+    if stats_from is not None:
+        shutil.copy(Path(stats_from) / STATS_FILE, Path(out) / STATS_FILE)
+    summary["success_rate"] = summary["successes"] / summary["episodes"]
+    return summary
+
+
 def generate_policy_rollouts(
     policy: Any,
     decoder: Any,
@@ -178,12 +225,7 @@ def generate_policy_rollouts(
     Returns:
         ``{"out", "episodes", "successes", "success_rate", "env_steps", "frames"}``.
     """
-    import shutil
-    from pathlib import Path
-
-    from lightning_prophrl.constants import STATS_FILE
-    from lightning_prophrl.envs.metaworld import MetaWorldEnv
-    from lightning_prophrl.envs.rollout import collect_rollouts
+    from contextlib import closing
 
     seeds = [int(s) for s in seeds]
     if not seeds or min(seeds) < 2000:
@@ -191,39 +233,26 @@ def generate_policy_rollouts(
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
     summary: dict[str, Any] = {"out": out, "episodes": 0, "successes": 0, "env_steps": 0, "frames": 0}
-    envs: dict[int, MetaWorldEnv] = {}
-    bar = tqdm(total=len(seeds), desc="policy rollouts", disable=not progress)
-    try:
-        with ShardWriter(out, dataset, max_count=10) as writer:
-            for b, start in enumerate(range(0, len(seeds), batch_size)):
-                chunk = seeds[start : start + batch_size]
-                if len(chunk) not in envs:
-                    envs[len(chunk)] = MetaWorldEnv(task, num_prompts=len(chunk), image_size=size, max_steps=max_steps,
-                                                    camera=camera, stop_at_success=False, record_steps=True)  # fmt: skip
-                env = envs[len(chunk)]
-                with torch.no_grad():
-                    collect_rollouts(policy, env, [{"task": task, "seed": s} for s in chunk], decoder, max_queries,
-                                     mode=mode, noise_level=noise_level,
-                                     generator=torch.Generator().manual_seed(noise_seed * 100003 + b))  # fmt: skip
-                for record in env.episodes():
-                    ep = record.to_expert_episode(env.camera_k, env.camera_extr)
-                    episode = expert_to_episode(ep, env.fps, dataset, (size, size))
-                    episode.meta["source"] = f"policy-{mode}"
-                    writer.write(episode)
-                    summary["episodes"] += 1
-                    summary["successes"] += int(ep.episode_success)
-                    summary["env_steps"] += len(ep.actions)
-                    summary["frames"] += len(episode)
-                    bar.update(1)
-                bar.set_postfix(success=f"{summary['successes']}/{summary['episodes']}")
-    finally:
-        bar.close()
-        for env in envs.values():
-            env.close()
-    if stats_from is not None:
-        shutil.copy(Path(stats_from) / STATS_FILE, Path(out) / STATS_FILE)
-    summary["success_rate"] = summary["successes"] / summary["episodes"]
-    return summary
+    with (
+        tqdm(total=len(seeds), desc="policy rollouts", disable=not progress) as bar,
+        closing(_RecordingRollouts(task, 1, size, camera, max_steps)) as rollouts,
+        ShardWriter(out, dataset, max_count=10) as writer,
+    ):
+        for b, start in enumerate(range(0, len(seeds), batch_size)):
+            chunk = seeds[start : start + batch_size]
+            env = rollouts.run(policy, decoder, [{"task": task, "seed": s} for s in chunk], max_queries, mode,
+                               noise_level, noise_seed * 100003 + b)  # fmt: skip
+            for n in range(len(chunk)):
+                ep, episode = rollouts.episode(env, n, dataset)
+                episode.meta["source"] = f"policy-{mode}"
+                writer.write(episode)
+                summary["episodes"] += 1
+                summary["successes"] += int(ep.episode_success)
+                summary["env_steps"] += len(ep.actions)
+                summary["frames"] += len(episode)
+                bar.update(1)
+            bar.set_postfix(success=f"{summary['successes']}/{summary['episodes']}")
+    return _finish_rollouts(summary, out, stats_from)
 
 
 def join_branch(source: Episode, t: int, branch: Episode, key: str) -> Episode:
@@ -279,13 +308,10 @@ def generate_branch_rollouts(
         ``{"out", "starts", "episodes", "successes", "success_rate", "mixed_starts", "env_steps" (with the replayed
         prefixes), "branch_steps", "frames"}``.
     """
-    import shutil
-    from pathlib import Path
+    from contextlib import closing
 
-    from lightning_prophrl.constants import PREFIX_ACTIONS, STATS_FILE
+    from lightning_prophrl.constants import PREFIX_ACTIONS
     from lightning_prophrl.datamodules.prompts import BRANCH
-    from lightning_prophrl.envs.metaworld import MetaWorldEnv
-    from lightning_prophrl.envs.rollout import collect_rollouts
 
     indices = [int(i) for i in indices]
     starts = prompts.train_prompts
@@ -294,50 +320,35 @@ def generate_branch_rollouts(
                          "PromptDataModule(branch_every > 0)")  # fmt: skip
     if group_size < 1 or batch_size < 1:
         raise ValueError(f"`group_size` and `batch_size` must be >= 1, got {group_size}, {batch_size}")
-    source_data = prompts.train_dataloader().dataset
+    source_data, episodes = prompts.train_dataloader().dataset, prompts.branches.episodes
+    task = episodes[starts[indices[0]][BRANCH][0]].meta["task"]
     summary: dict[str, Any] = {"out": out, "starts": 0, "episodes": 0, "successes": 0, "mixed_starts": 0,
                                "env_steps": 0, "branch_steps": 0, "frames": 0}  # fmt: skip
-    envs: dict[int, MetaWorldEnv] = {}
-    bar = tqdm(total=len(indices), desc="real branches", disable=not progress)
-    try:
-        with ShardWriter(out, dataset, max_count=16) as writer:
-            for b, first in enumerate(range(0, len(indices), batch_size)):
-                idx = indices[first : first + batch_size]
-                batch = [source_data[i] for i in idx]
-                if len(idx) not in envs:
-                    envs[len(idx)] = MetaWorldEnv(prompts.branches.episodes[starts[idx[0]][BRANCH][0]].meta["task"],
-                                                  num_prompts=len(idx), group_size=group_size, image_size=size,
-                                                  max_steps=max_steps, camera=camera, stop_at_success=False,
-                                                  record_steps=True)  # fmt: skip
-                env = envs[len(idx)]
-                with torch.no_grad():
-                    collect_rollouts(policy, env, batch, decoder, max_queries, mode="sde", noise_level=noise_level,
-                                     generator=torch.Generator().manual_seed(noise_seed * 100003 + b))  # fmt: skip
-                records = env.episodes()
-                for p, i in enumerate(idx):
-                    e, t = starts[i][BRANCH]
-                    source, wins = prompts.branches.episodes[e], 0
-                    for j in range(group_size):
-                        ep = records[p * group_size + j].to_expert_episode(env.camera_k, env.camera_extr)
-                        branch = expert_to_episode(ep, env.fps, dataset, (size, size))
-                        joined = join_branch(source, t, branch, f"{source.key}_t{t:03d}_g{j:02d}")
-                        joined.meta["source"] = "policy-sde-branch"
-                        writer.write(joined)
-                        wins += int(branch.success)
-                        summary["episodes"] += 1
-                        summary["branch_steps"] += len(ep.actions)
-                        summary["env_steps"] += len(ep.actions) + len(batch[p][PREFIX_ACTIONS])
-                        summary["frames"] += len(joined)
-                    summary["successes"] += wins
-                    summary["mixed_starts"] += int(0 < wins < group_size)
-                    summary["starts"] += 1
-                    bar.update(1)
-                bar.set_postfix(success=f"{summary['successes']}/{summary['episodes']}")
-    finally:
-        bar.close()
-        for env in envs.values():
-            env.close()
-    if stats_from is not None:
-        shutil.copy(Path(stats_from) / STATS_FILE, Path(out) / STATS_FILE)
-    summary["success_rate"] = summary["successes"] / summary["episodes"]
-    return summary
+    with (
+        tqdm(total=len(indices), desc="real branches", disable=not progress) as bar,
+        closing(_RecordingRollouts(task, group_size, size, camera, max_steps)) as rollouts,
+        ShardWriter(out, dataset, max_count=16) as writer,
+    ):
+        for b, first in enumerate(range(0, len(indices), batch_size)):
+            idx = indices[first : first + batch_size]
+            batch = [source_data[i] for i in idx]
+            env = rollouts.run(policy, decoder, batch, max_queries, "sde", noise_level, noise_seed * 100003 + b)
+            for p, i in enumerate(idx):
+                e, t = starts[i][BRANCH]
+                source, wins = episodes[e], 0
+                for j in range(group_size):
+                    ep, branch = rollouts.episode(env, p * group_size + j, dataset)
+                    joined = join_branch(source, t, branch, f"{source.key}_t{t:03d}_g{j:02d}")
+                    joined.meta["source"] = "policy-sde-branch"
+                    writer.write(joined)
+                    wins += int(branch.success)
+                    summary["episodes"] += 1
+                    summary["branch_steps"] += len(ep.actions)
+                    summary["env_steps"] += len(ep.actions) + len(batch[p][PREFIX_ACTIONS])
+                    summary["frames"] += len(joined)
+                summary["successes"] += wins
+                summary["mixed_starts"] += int(0 < wins < group_size)
+                summary["starts"] += 1
+                bar.update(1)
+            bar.set_postfix(success=f"{summary['successes']}/{summary['episodes']}")
+    return _finish_rollouts(summary, out, stats_from)

@@ -81,20 +81,26 @@ def test_target_poses_are_stored_strided_and_drawn(mw_shards):
     np.testing.assert_array_equal(strided.target_poses, ep.target_poses[::4])
 
 
-def test_policy_rollouts_are_written_as_demonstrations_with_the_given_stats(tmp_path, mw_shards):
-    from pathlib import Path
-
+def _tiny_policy(data):
+    """A seeded random-weight policy and its Meta-World decoder with ``data``'s action statistics."""
     import torch
 
-    from lightning_prophrl.datamodules.metaworld_gen import generate_policy_rollouts
     from lightning_prophrl.envs.rollout import ActionDecoder
     from lightning_prophrl.models.policy import FlowMatchingPolicy
 
-    data, _ = mw_shards
     torch.manual_seed(0)
     policy = FlowMatchingPolicy(action_dim=4, chunk_len=4, state_dim=4, text_encoder="none", cond_dim=32, width=32,
                                 depth=1, num_heads=2, num_steps=2)  # fmt: skip
-    decoder = ActionDecoder(load_stats(data), [0, 1, 2, 6], "metaworld")
+    return policy, ActionDecoder(load_stats(data), [0, 1, 2, 6], "metaworld")
+
+
+def test_policy_rollouts_are_written_as_demonstrations_with_the_given_stats(tmp_path, mw_shards):
+    from pathlib import Path
+
+    from lightning_prophrl.datamodules.metaworld_gen import generate_policy_rollouts
+
+    data, _ = mw_shards
+    policy, decoder = _tiny_policy(data)
     out = tmp_path / "policy"
     summary = generate_policy_rollouts(policy, decoder, "pick-place-v3", [2000, 2001, 2002], str(out), max_queries=4,
                                        size=32, max_steps=14, batch_size=2, stats_from=data, progress=False)  # fmt: skip
@@ -115,18 +121,12 @@ def test_policy_rollouts_are_written_as_demonstrations_with_the_given_stats(tmp_
 
 
 def test_real_branches_replay_to_their_start_and_carry_the_recorded_prefix(tmp_path, mw_shards):
-    import torch
 
     from lightning_prophrl.datamodules.metaworld_gen import generate_branch_rollouts, generate_policy_rollouts
     from lightning_prophrl.datamodules.prompts import BRANCH, PromptDataModule
-    from lightning_prophrl.envs.rollout import ActionDecoder
-    from lightning_prophrl.models.policy import FlowMatchingPolicy
 
     data, _ = mw_shards
-    torch.manual_seed(0)
-    policy = FlowMatchingPolicy(action_dim=4, chunk_len=4, state_dim=4, text_encoder="none", cond_dim=32, width=32,
-                                depth=1, num_heads=2, num_steps=2)  # fmt: skip
-    decoder = ActionDecoder(load_stats(data), [0, 1, 2, 6], "metaworld")
+    policy, decoder = _tiny_policy(data)
     rollouts = tmp_path / "rollouts"
     generate_policy_rollouts(policy, decoder, "pick-place-v3", [2000, 2001], str(rollouts), max_queries=5, size=32,
                              max_steps=20, stats_from=data, progress=False)  # fmt: skip
