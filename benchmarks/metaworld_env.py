@@ -1,8 +1,10 @@
 """Real rendered throughput of ``MetaWorldEnv``: environment steps per second at 64x64 and 96x96, rendering every
 step (chunks of one action) vs only at chunk boundaries (chunks of ``--chunk`` actions, what policy rollouts do).
 
-Also measured: physics only (raw ``env.step``, no rendering), ms per rendered frame, and the one-off cost of building
-the environments (simulators + render contexts). Actions are uniform random in ``[-1, 1]``, episodes never stop early
+Also measured: physics only (raw ``env.step``, no rendering), ms per rendered frame, the one-off cost of building
+the environments (simulators + render contexts), and the memory of each further simulator with its renderer, with
+render contexts shared between the simulators of one task (the default) and with one context each (resident memory
+in a fresh process per setting). Actions are uniform random in ``[-1, 1]``, episodes never stop early
 (``stop_at_success=False``), so every env executes every step. Timings are wall-clock on this machine, single thread.
 
     python benchmarks/metaworld_env.py --quick          # under 30 s
@@ -53,6 +55,31 @@ def rendered_steps_per_s(env: MetaWorldEnv, steps: int, chunk: int, seed: int) -
     return n_chunks * chunk * env.num_envs / dt, n_chunks * env.num_envs / dt
 
 
+def _memory_per_env_mb(task: str, n: int, share: bool) -> float:
+    """Resident memory of each further seeded simulator + 64 px renderer, after one of each was built."""
+    from lightning_prophrl.envs.rendering import FastRenderer
+
+    def rss_mb() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    keep = [make_seeded_env(task)]
+    keep.append(FastRenderer(keep[0].model, keep[0].data, 64, share_context=share))
+    before = rss_mb()
+    for _ in range(n):
+        env = make_seeded_env(task)
+        keep += [env, FastRenderer(env.model, env.data, 64, share_context=share)]
+    return (rss_mb() - before) / n
+
+
+def memory_per_env_mb(task: str, n: int, share: bool) -> float:
+    """``_memory_per_env_mb`` in a fresh (spawned) process, so that settings do not see each other's memory."""
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_memory_per_env_mb, (task, n, share))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="2 envs, 48 steps per setting (under 30 s)")
@@ -71,6 +98,9 @@ def main() -> None:
     physics = physics_steps_per_s(args.task, 4 * args.steps)
     rows, result = [], {"task": args.task, "num_envs": args.num_envs, "chunk": args.chunk, "camera": args.camera}
     result["physics_steps_per_s"] = round(physics, 1)
+    mem = {share: memory_per_env_mb(args.task, max(args.num_envs, 4), share) for share in (True, False)}
+    result["mb_per_env_shared_context"] = round(mem[True], 1)
+    result["mb_per_env_own_context"] = round(mem[False], 1)
     for size in args.sizes:
         t0 = time.perf_counter()
         env = MetaWorldEnv(args.task, args.num_envs, 1, size, max_steps=500, camera=args.camera, stop_at_success=False)
@@ -91,6 +121,10 @@ def main() -> None:
 
     print(f"Meta-World {args.task}, {args.num_envs} envs, camera {args.camera}, {platform.processor() or 'cpu'}")
     print(f"physics only: {physics:8.1f} steps/s")
+    print(
+        f"memory per further simulator + renderer: {mem[True]:.1f} MB with shared render contexts, "
+        f"{mem[False]:.1f} MB with one each ({mem[False] / mem[True]:.1f}x)"
+    )
     print(f"{'size':>5} | {'render every step':>18} | {f'render every {args.chunk}':>16} | {'ms/frame':>8} | build (s)")
     for size, every, boundary, ms_frame, build_s in rows:
         print(f"{size:>5} | {every:12.1f} st/s | {boundary:10.1f} st/s | {ms_frame:8.2f} | {build_s:8.2f}")

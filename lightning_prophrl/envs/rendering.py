@@ -150,6 +150,25 @@ def project_points(points_world: np.ndarray, k: np.ndarray, extr: np.ndarray) ->
 
 _GL_CONTEXTS: dict[int, Any] = {}  # one GL context per process, shared by every FastRenderer
 _LIVE: weakref.WeakSet[FastRenderer] = weakref.WeakSet()
+# render contexts shared by renderers of models with the same assets: key -> [MjrContext, number of renderers]
+_RENDER_CONTEXTS: dict[tuple[Any, ...], list[Any]] = {}
+
+
+def _assets_key(model: mujoco.MjModel) -> tuple[Any, ...]:
+    """What a ``MjrContext`` holds of a model: its textures, meshes, height fields, skins and materials, and the
+    offscreen buffer settings. Two models with the same key render identically through one context (e.g. every
+    instance of one Meta-World task: the same XML, compiled once per instance)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for name in ("tex_data", "tex_width", "tex_height", "mesh_vert", "mesh_face", "mesh_normal", "mesh_texcoord",
+                 "hfield_data", "skin_vert", "mat_texid", "mat_rgba"):  # fmt: skip
+        arr = getattr(model, name, None)
+        if arr is not None:
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(arr).tobytes())
+    q, g = model.vis.quality, model.vis.global_
+    return os.getpid(), h.hexdigest(), q.offsamples, q.shadowsize, g.offwidth, g.offheight
 
 
 def _release_at_exit() -> None:
@@ -181,9 +200,10 @@ def _shared_gl_context() -> Any:
 class FastRenderer:
     """Offscreen RGB renderer of one MuJoCo model on the fast path, with a known pinhole camera.
 
-    All renderers of a process share one GL context (each has its own ``mujoco.MjrContext``, i.e. its own textures
-    and offscreen framebuffer): creating a GL context per renderer, as ``mujoco.Renderer`` does, costs about 0.3 s
-    of driver warm-up each on a CPU, which dominated building a batch of simulators.
+    All renderers of a process share one GL context: creating a GL context per renderer, as ``mujoco.Renderer`` does,
+    costs about 0.3 s of driver warm-up each on a CPU, which dominated building a batch of simulators. Renderers of
+    models with the same assets (every simulator of one task) also share one ``mujoco.MjrContext`` (textures, meshes,
+    offscreen framebuffer), which would otherwise cost each about 37 MB of memory for a Meta-World task.
 
     Args:
         model: the ``mujoco.MjModel``. Before its render context is created, ``vis.quality.offsamples`` is set to 0
@@ -195,6 +215,8 @@ class FastRenderer:
             name of a camera defined in the model.
         shadows: keep MuJoCo's shadows (slow; off on the fast path).
         reflections: keep reflections (off on the fast path).
+        share_context: share the render context with other renderers of models with the same assets (turn off for a
+            model whose textures or meshes change after the context is built).
     """
 
     def __init__(
@@ -205,6 +227,7 @@ class FastRenderer:
         camera: str | FreeCamera = "workspace",
         shadows: bool = False,
         reflections: bool = False,
+        share_context: bool = True,
     ) -> None:
         # 1. Output size.
         height, width = (size, size) if isinstance(size, int) else tuple(size)
@@ -241,10 +264,18 @@ class FastRenderer:
         # 4. Scene (shadows/reflections off persist across mjv_updateScene) and a render context in the shared GL.
         self._gl = _shared_gl_context()
         self._option = mujoco.MjvOption()
-        self._scene = mujoco.MjvScene(model, maxgeom=10000)
+        # room for every geom and site several times over (mujoco.Renderer's 10,000 cost ~5.6 MB per scene)
+        self._scene = mujoco.MjvScene(model, maxgeom=max(1000, 4 * (model.ngeom + model.nsite)))
         self._scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = int(shadows)
         self._scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = int(reflections)
-        self._context: mujoco.MjrContext | None = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_150)
+        # the context (textures, meshes, offscreen buffer: ~37 MB for a Meta-World task) is shared by every renderer
+        # of a model with the same assets; frames are pixel-identical to a context of its own
+        self._key = _assets_key(model) if share_context else (os.getpid(), id(self))
+        shared = _RENDER_CONTEXTS.get(self._key)
+        if shared is None:
+            shared = _RENDER_CONTEXTS[self._key] = [mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_150), 0]
+        shared[1] += 1
+        self._context: mujoco.MjrContext | None = shared[0]
         self._rect = mujoco.MjrRect(0, 0, self.width, self.height)
         self._rgb = np.empty((self.height, self.width, 3), dtype=np.uint8)
         _LIVE.add(self)
@@ -312,10 +343,15 @@ class FastRenderer:
         return project_points(points_world, self.intrinsics(), self.extrinsics())
 
     def close(self) -> None:
-        """Free this renderer's render context (idempotent; the shared GL context stays for other renderers)."""
+        """Release this renderer's render context, freed with the last renderer sharing it (idempotent; the shared GL
+        context stays for other renderers)."""
         if self._context is not None:
-            self._gl.make_current()
-            self._context.free()
+            shared = _RENDER_CONTEXTS[self._key]
+            shared[1] -= 1
+            if shared[1] == 0:
+                self._gl.make_current()
+                self._context.free()
+                del _RENDER_CONTEXTS[self._key]
             self._context = None
 
     def __enter__(self) -> FastRenderer:

@@ -138,3 +138,38 @@ def test_bad_camera_arguments(env):
         FastRenderer(env.model, env.data, 0)
     with pytest.raises(ValueError, match=r"\(\.\.\., 3\)"):
         project_points(np.zeros((2, 2)), np.eye(3), np.eye(4))
+
+
+def test_renderers_of_one_task_share_a_render_context_and_render_as_if_alone():
+    from lightning_prophrl.envs import rendering
+
+    def frame_alone(seed: int) -> np.ndarray:
+        e = make_seeded_env("window-open-v3")
+        reset_seeded(e, seed)
+        with FastRenderer(e.model, e.data, 64, "workspace") as r:
+            assert rendering._RENDER_CONTEXTS[r._key][1] == 1
+            return r.render()
+
+    alone = {s: frame_alone(s) for s in (1000, 1001)}  # each from a context of its own, freed after
+    envs = [make_seeded_env("window-open-v3") for _ in range(3)]
+    for e, s in zip(envs, (1000, 1001, 1000)):
+        reset_seeded(e, s)
+    shared = [FastRenderer(e.model, e.data, 64, "workspace") for e in envs]
+    other = make_seeded_env("drawer-open-v3")
+    own = FastRenderer(other.model, other.data, 64, "workspace")
+    try:
+        assert shared[0]._context is shared[1]._context is shared[2]._context is not own._context
+        assert rendering._RENDER_CONTEXTS[shared[0]._key][1] == 3
+        np.testing.assert_array_equal(shared[0].render(), alone[1000])
+        np.testing.assert_array_equal(shared[1].render(), alone[1001])  # another state through the same context
+        shared[0].close()
+        shared[1].close()
+        np.testing.assert_array_equal(shared[2].render(), alone[1000])  # the last user keeps it alive
+        assert rendering._RENDER_CONTEXTS[shared[2]._key][1] == 1
+    finally:
+        key = shared[2]._key
+        for r in (*shared, own):
+            r.close()
+    assert key not in rendering._RENDER_CONTEXTS  # freed with the last renderer
+    with pytest.raises(RuntimeError, match="closed"):
+        shared[2].render()
