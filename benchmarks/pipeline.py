@@ -20,7 +20,7 @@
    Full-size stage times are in ``docs/results.md`` from the real demo runs; this benchmark runs the quick config,
    which proves the plumbing and shows the per-stage overheads, not the full-size cost.
 2. Environments. In the same run (another spawn child, also timed and measured), imagined ``WorldModelEnv`` vs real
-   ``MetaWorldEnv`` steps per second at the *full* demo's RL settings (``DemoConfig()``: pick-place-v3, 64 px,
+   ``MetaWorldEnv`` steps per second at the *full* demo's RL settings (``DemoConfig()``: window-open-v3, 64 px,
    ``4 x 8 = 32`` envs, chunks of 4 actions, one Prophet frame of history 8 per chunk, 1 and 2 sampling steps) with
    the demo's Prophet configuration at random weights; see ``benchmarks/_envs.py``. Steps per second count
    simulator-equivalent actions (``N * 4`` per step call) for both worlds; the issue's target is imagined >= 1/10

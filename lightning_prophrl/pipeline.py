@@ -11,12 +11,14 @@ Stages (each writes under ``runs/demo/`` and is skipped when its output exists, 
    ``reward`` (with ``wm_*`` variants): the domain-bridged success classifier (:mod:`lightning_prophrl.studies.reward`:
    trained on real episodes and on their Prophet-imagined twins labelled by the simulator) and the precision / recall
    of it, of a real-only classifier and of Prophet's success head against the simulator on held-out real episodes and
-   their imagined twins. The RL reward inside Prophet is the success head with a persistence rule (CALIBRATION.md
-   part 3: a classifier judging imagined pixels was exploited); the classifier report says how far either can be
-   trusted;
+   their imagined twins;
 3. ``rl``: FA-GRPO variants from the SFT policy for a fixed budget of updates, in the real simulator
-   (``sim_*``) and, when a world model is available, inside it (``wm_*``);
-4. ``eval``: every policy in the real simulator on held-out initial states (ODE, fixed noise), and the table.
+   (``sim_*``) and, when a world model is available, inside it (``wm_*``). The default's ``wm_fagrpo_branch*``
+   variants first refresh Prophet and the classifier on the SFT policy's own real rollouts, run the closed-loop
+   agreement gate, then learn from short imagined branches started at those rollouts' real states, with the
+   imagined-vs-real guard and a KL anchor to the SFT policy;
+4. ``eval``: every policy in the real simulator on held-out initial states during RL (ODE, fixed noise), then the
+   final policies paired state by state with their SFT policy on ``paired_states`` held-out states, and the table.
 
 Every row of the table states its RL updates and the real environment interactions it used.
 """
@@ -51,21 +53,36 @@ VARIANTS = {
     "wm_fagrpo_refresh": ("fa_grpo", False, "wm"),
     # refresh, then short imagined branches from the refresh rollouts' real states (MBPO style, stage_rl_wm)
     "wm_fagrpo_branch": ("fa_grpo", False, "wm"),
+    "wm_fagrpo_branch_flowscale": ("fa_grpo", True, "wm"),
 }
-REFRESHED = ("wm_fagrpo_refresh", "wm_fagrpo_branch")
+BRANCHED = ("wm_fagrpo_branch", "wm_fagrpo_branch_flowscale")
+REFRESHED = ("wm_fagrpo_refresh", *BRANCHED)
+
+
+def refresh_owner(variant: str) -> str:
+    """The variant whose run directory holds a refresh: the branch variants share one (FlowScale changes only RL)."""
+    return "wm_fagrpo_branch" if variant in BRANCHED else variant
+
+
 POLICY_DIMS = [0, 1, 2, 6]  # Meta-World's real unified dims: dpos xyz + gripper
 
 
 @dataclass
 class DemoConfig:
-    """Settings of the demo; ``quick()`` shrinks everything to prove the plumbing in minutes."""
+    """Settings of the demo; ``quick()`` shrinks everything to prove the plumbing in minutes.
+
+    The defaults are the embedded default of ``make demo``: a window-open-v3 target (a large visual outcome that a 64 px
+    Prophet can show, round v7) with a weak SFT policy cloned from 2 demos, three seeds, FA-GRPO with and without
+    FlowScale in the simulator and inside Prophet, the latter on short imagined branches from the real states of a
+    refresh (graded reward of the branch-replay classifier, SDE noise 2.0; the setting rounds v8-v10 measured best).
+    """
 
     out: str = "runs/demo"
-    target_task: str = "pick-place-v3"
+    target_task: str = "window-open-v3"
     pretrain_tasks: list[str] = field(
         default_factory=lambda: ["push-v3", "reach-v3", "drawer-open-v3", "button-press-topdown-v3"]
     )
-    sft_demos: int = 10
+    sft_demos: int = 2
     sft_noise: float = 0.1
     image_size: int = 64
     camera: str = "workspace"
@@ -73,9 +90,9 @@ class DemoConfig:
     chunk_len: int = 4
     sft_steps: int = 3000
     sft_batch: int = 64
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     variants: list[str] = field(
-        default_factory=lambda: ["sim_fagrpo", "sim_fagrpo_flowscale", "wm_fagrpo", "wm_fagrpo_flowscale"]
+        default_factory=lambda: ["sim_fagrpo", "sim_fagrpo_flowscale", "wm_fagrpo_branch", "wm_fagrpo_branch_flowscale"]
     )
     rl_updates: int = 40
     num_prompts: int = 4
@@ -83,6 +100,9 @@ class DemoConfig:
     lr: float = 3e-5
     eval_seeds: int = 60
     eval_every: int = 20
+    # after RL, every final policy and its seed's SFT policy on this many held-out states (the first ``eval_seeds`` of
+    # them are the evaluation's), paired state by state (``studies.evaluate``): 60 states resolve ~6 pp, 200 ~3 pp
+    paired_states: int = 200
     threads: int = 1
     # world-model RL (wm_* variants): a saved Prophet and the stats.json directory of its training data
     wm_model_dir: str | None = None
@@ -114,7 +134,7 @@ class DemoConfig:
     # what the refreshed classifier learns the imagined domain from: "twins" (whole-episode open-loop replays from the
     # first frame, with the reward stage's data) or "branches" (branch replays from the rollouts' real states,
     # labelled with the recorded frames, with the rollouts' real frames; held-out kappa 0.80 vs 0.42, round v8)
-    wm_refresh_reward_data: str = "twins"
+    wm_refresh_reward_data: str = "branches"
     # branches (``wm_fagrpo_branch``): imagined rollouts of ``wm_branch_segments`` policy chunks started at every
     # ``wm_branch_every``-th chunk boundary of the refresh rollouts before their first success, with the recorded
     # memory; the reward is imagined success within the branch (CALIBRATION.md part 3: drift grows with the horizon)
@@ -123,14 +143,20 @@ class DemoConfig:
     # exploration inside Prophet: the SDE noise level of the RL rollouts (None: the policy's 0.7) and the group size
     # (None: ``group_size``); more noise or larger groups give more branches of one start different outcomes, which
     # is all a group-normalized advantage learns from (``studies.branches`` measures it before RL, round v9)
-    wm_noise_level: float | None = None
+    wm_noise_level: float | None = 2.0
     wm_group_size: int | None = None
+    # on-policy branch starts (branch variants): every ``wm_onpolicy_starts_every`` RL updates, real SDE rollouts of the
+    # current policy (``wm_onpolicy_starts_episodes``, at the refresh's noise and after its seeds, counted as real
+    # interactions) replace the branch starts, so that RL keeps branching from the states the moving policy visits
+    # (``callbacks.OnPolicyBranchStarts``; 0: the refresh rollouts' states throughout)
+    wm_onpolicy_starts_every: int = 0
+    wm_onpolicy_starts_episodes: int = 30
     # imagined success: the domain-bridged classifier of the reward stage (3 frames > 0.9, the reward study's rule) or
     # Prophet's success head (2 segments > 0.5); measured on imagined twins: kappa 0.75 vs -0.08 (docs/results.md)
     wm_reward: str = "bridged"
     # the RL reward inside Prophet: "success" (0/1 imagined success) or "graded" (the scorer's best probability held
     # for k segments, ``envs.world_model.graded_reward``: imagined frames compress the probabilities, round v8)
-    wm_reward_signal: str = "success"
+    wm_reward_signal: str = "graded"
     # graded scores below this count as 0 (noise among failures; 0.3 was the best 0/1 threshold on branch replays)
     wm_graded_floor: float = 0.2
     # the world model the demo trains when no wm_model_dir is given (one Prophet, seed 0, shared by all RL seeds)
@@ -172,6 +198,20 @@ class DemoConfig:
             raise ValueError(f"--wm-refresh-branch-starts (`wm_refresh_branch_starts`) must be >= 0 and "
                              f"--wm-refresh-branch-group (`wm_refresh_branch_group`) >= 1, got "
                              f"{self.wm_refresh_branch_starts} and {self.wm_refresh_branch_group}")  # fmt: skip
+        if self.wm_onpolicy_starts_every < 0 or self.wm_onpolicy_starts_episodes < 1:
+            raise ValueError(f"--wm-onpolicy-starts-every (`wm_onpolicy_starts_every`) must be >= 0 and "
+                             f"--wm-onpolicy-starts-episodes (`wm_onpolicy_starts_episodes`) >= 1, got "
+                             f"{self.wm_onpolicy_starts_every} and {self.wm_onpolicy_starts_episodes}")  # fmt: skip
+        if self.wm_onpolicy_starts_every and self.rl_updates % self.wm_onpolicy_starts_every:
+            raise ValueError(f"--rl-updates ({self.rl_updates}) must be a multiple of --wm-onpolicy-starts-every "
+                             f"({self.wm_onpolicy_starts_every})")  # fmt: skip
+        # on-policy start seeds continue the refresh's (6000 + 10000 * seed ..) and stay below 8000 + 10000 * seed
+        onpolicy = (self.rl_updates // max(self.wm_onpolicy_starts_every, 1) - 1) * self.wm_onpolicy_starts_episodes
+        if self.wm_onpolicy_starts_every and self.wm_refresh_episodes + onpolicy > 2000:
+            raise ValueError(f"--wm-refresh-episodes plus the on-policy starts' episodes ({self.wm_refresh_episodes} + "
+                             f"{onpolicy}) must stay <= 2000 (their seed range)")  # fmt: skip
+        if self.paired_states and self.paired_states < self.eval_seeds:
+            raise ValueError(f"`paired_states` ({self.paired_states}) must be 0 or >= --eval-seeds ({self.eval_seeds})")
         if self.wm_branch_segments < 1 or self.wm_branch_every < 1:
             raise ValueError(f"--wm-branch-segments (`wm_branch_segments`) and `wm_branch_every` must be >= 1, got "
                              f"{self.wm_branch_segments} and {self.wm_branch_every}")  # fmt: skip
@@ -198,7 +238,9 @@ class DemoConfig:
                     wm_refresh_episodes=2, wm_refresh_steps=2, wm_refresh_reward_steps=10, wm_branch_segments=3,
                     wm_episodes_per_task=2, wm_target_episodes=2, wm_eval_episodes=2, wm_pretrain_steps=4,
                     wm_adapt_steps=2, wm_batch=2, reward_train_episodes=3, reward_heldout_episodes=2,
-                    reward_steps=10)  # fmt: skip
+                    reward_steps=10, paired_states=4,
+                    # the plainest RL inside Prophet: the tests switch each option of the default on by itself
+                    wm_reward_signal="success", wm_refresh_reward_data="twins", wm_noise_level=None)  # fmt: skip
         base.update(kw)
         return cls(**base)
 
@@ -454,6 +496,29 @@ def refresh_branches(cfg: DemoConfig, policy: Any, decoder: Any, rollouts: Path,
     return summary
 
 
+def onpolicy_starts(cfg: DemoConfig, decoder: Any, seed: int, out: Path) -> Any:
+    """``callbacks.OnPolicyBranchStarts`` for ``wm_onpolicy_starts_every``: after update ``u``, the current policy's
+    ``wm_onpolicy_starts_episodes`` real SDE rollouts (the refresh's noise; seeds continuing the refresh's, a new block
+    per period) are written to ``out/onpolicy_starts/update<u>`` and become the branch starts."""
+    from lightning_prophrl.callbacks import OnPolicyBranchStarts
+    from lightning_prophrl.datamodules.metaworld_gen import generate_policy_rollouts
+
+    every, n = cfg.wm_onpolicy_starts_every, cfg.wm_onpolicy_starts_episodes
+
+    def collect(policy: Any, update: int) -> tuple[str, dict[str, Any]]:
+        first = 6000 + 10000 * seed + cfg.wm_refresh_episodes + (update // every - 1) * n
+        shards = out / "onpolicy_starts" / f"update{update}"
+        shutil.rmtree(shards, ignore_errors=True)
+        summary = generate_policy_rollouts(policy, decoder, cfg.target_task, range(first, first + n), str(shards),
+                                           cfg.max_queries, size=cfg.image_size, camera=cfg.camera,
+                                           max_steps=cfg.max_steps, noise_seed=seed + update,
+                                           noise_level=cfg.wm_refresh_noise_level, stats_from=cfg.wm_model_dir,
+                                           progress=False)  # fmt: skip
+        return str(shards), {**summary, "seeds": [first, first + n]}
+
+    return OnPolicyBranchStarts(collect, every, history_path=str(out / "onpolicy_starts.jsonl"))
+
+
 def _with_branch_classifier(cfg: DemoConfig, info: dict[str, Any], out: Path) -> dict[str, Any]:
     """With ``wm_refresh_reward_data="branches"``, the refresh's classifier is the branch-replay one (its own cached
     stages under ``out``, so it can be added to a refresh made without it)."""
@@ -551,7 +616,9 @@ def run_name(cfg: DemoConfig, variant: str) -> str:
     name += "-brclf" if cfg.wm_refresh_reward_data == "branches" and variant in REFRESHED else ""
     name += f"-{refresh_name(cfg)}" if variant in REFRESHED and refresh_name(cfg) != "refresh" else ""
     name += "" if cfg.wm_noise_level is None else f"-noise{cfg.wm_noise_level:g}"
-    return name + ("" if cfg.wm_group_size is None else f"-g{cfg.wm_group_size}")
+    name += "" if cfg.wm_group_size is None else f"-g{cfg.wm_group_size}"
+    onpolicy = cfg.wm_onpolicy_starts_every and variant in BRANCHED
+    return name + (f"-onpolicy{cfg.wm_onpolicy_starts_every}x{cfg.wm_onpolicy_starts_episodes}" if onpolicy else "")
 
 
 def refresh_name(cfg: DemoConfig) -> str:
@@ -591,9 +658,9 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     if is_done(out):
         return json.loads((out / "done.json").read_text())
     # the refresh does not depend on the reward signal: runs that differ only in it share one
-    refresh_dir = Path(cfg.out) / "rl" / variant / f"seed{seed}" / refresh_name(cfg)
+    refresh_dir = Path(cfg.out) / "rl" / refresh_owner(variant) / f"seed{seed}" / refresh_name(cfg)
     refresh = stage_refresh(cfg, sft_ckpt, seed, refresh_dir) if variant in REFRESHED else None
-    branch = variant == "wm_fagrpo_branch"
+    branch = variant in BRANCHED
     L.seed_everything(seed, workers=True)
     prophet = Prophet.from_pretrained(refresh["model_dir"] if refresh else cfg.wm_model_dir)
     wm_stats = load_stats(cfg.wm_stats_dir)
@@ -633,7 +700,8 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     # 2. RL inside the world model with the guard, evaluated in the real simulator
     if branch:  # every prompt is a real state of the refresh rollouts (the real eval seeds are the callback's)
         prompts = branch_prompts(cfg, refresh_dir / "rollouts", int(prophet.config.history_length),
-                                 updates_per_epoch=cfg.rl_updates, seed=seed)  # fmt: skip
+                                 updates_per_epoch=cfg.wm_onpolicy_starts_every or cfg.rl_updates,
+                                 seed=seed)  # fmt: skip
         # can branches be trusted? replay the recorded actions from real states, and the policy's branches
         prompts.setup()
         branch_wm = WorldModelEnv(prophet, wm_stats, num_prompts=n_gate, group_size=1,
@@ -656,7 +724,14 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
                                      every_n_updates=cfg.wm_check_every, image_size=cfg.image_size,
                                      camera=cfg.camera, max_steps=cfg.max_steps,
                                      history_path=str(out / "guard.jsonl"), max_segments=cfg.max_queries)  # fmt: skip
-    trainer = _trainer(cfg.out, f"{name}_seed{seed}", max_epochs=1, callbacks=[sim_eval, guard], log_every_n_steps=1)
+    onpolicy = None
+    if branch and cfg.wm_onpolicy_starts_every:  # one epoch per period; every epoch samples the newest starts
+        (out / "onpolicy_starts.jsonl").unlink(missing_ok=True)
+        onpolicy = onpolicy_starts(cfg, ActionDecoder(dec.stats, dec.action_dims, "metaworld"), seed, out)
+    epochs = cfg.rl_updates // cfg.wm_onpolicy_starts_every if onpolicy else 1
+    trainer = _trainer(cfg.out, f"{name}_seed{seed}", max_epochs=epochs,
+                       reload_dataloaders_every_n_epochs=int(bool(onpolicy)), log_every_n_steps=1,
+                       callbacks=[sim_eval, guard] + ([onpolicy] if onpolicy else []))  # fmt: skip
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=prompts)
     trainer.save_checkpoint(out / "policy.ckpt")
@@ -667,7 +742,9 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
         rows = [json.loads(line) for line in history.read_text().splitlines()]
     info = {"variant": variant, "seed": seed, "updates": module.updates, "train_env_steps": 0, "wm_reward": cfg.wm_reward,
             "wm_reward_signal": cfg.wm_reward_signal, "wm_graded_floor": cfg.wm_graded_floor,
-            "real_interactions": gate["real_env_steps"] + guard.real_steps_total + (refresh or {}).get("env_steps", 0),
+            "real_interactions": gate["real_env_steps"] + guard.real_steps_total + (refresh or {}).get("env_steps", 0)
+            + (onpolicy.real_steps_total if onpolicy else 0),
+            "onpolicy_starts": onpolicy.history if onpolicy else None,
             "refresh": refresh, "gate": gate,
             "branch": {"starts": len(prompts.train_prompts), "segments": cfg.wm_branch_segments,
                        "agreement": branch_gate} if branch else None,
@@ -766,6 +843,20 @@ def world_model_summary(report: dict[str, Any]) -> str:
     return line + "."
 
 
+def paired_summary(cfg: DemoConfig, results: dict[str, list[dict[str, Any]]]) -> str:
+    """The final policies of every run and their SFT policies on ``paired_states`` held-out states, paired state by
+    state (cached under ``OUT/studies/evaluate``, like ``python -m lightning_prophrl.studies.evaluate``)."""
+    from lightning_prophrl.studies.evaluate import evaluate_checkpoint, paired_table
+
+    n = cfg.paired_states
+    sft = {s: evaluate_checkpoint(cfg.out, "sft", s, n) for s in cfg.seeds}
+    rows = {
+        name: {r["seed"]: evaluate_checkpoint(cfg.out, name, r["seed"], n) for r in rs} for name, rs in results.items()
+    }
+    return (f"Paired on {n} held-out states (seeds 1000..{999 + n}, ODE, the same noise per state for every policy; "
+            f"final policies):\n\n" + paired_table(rows, sft))  # fmt: skip
+
+
 def plot_curves(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
     import matplotlib
 
@@ -810,6 +901,8 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
             stage = stage_rl_sim if VARIANTS[variant][2] == "sim" else stage_rl_wm
             results[run_name(cfg, variant)].append(stage(cfg, ckpt, seed, variant))
     table = results_table(cfg, results)
+    if cfg.paired_states:
+        table += "\n\n" + paired_summary(cfg, results)
     gates = gate_summary(results)
     if gates:
         table += "\n\n" + gates
@@ -836,7 +929,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--quick", action="store_true", help="tiny settings that prove the plumbing (minutes)")
     ap.add_argument("--out", default=None)
-    ap.add_argument("--target-task", default=None, help="held-out Meta-World target task (default pick-place-v3)")
+    ap.add_argument("--target-task", default=None, help="held-out Meta-World target task (default window-open-v3)")
     ap.add_argument("--pretrain-tasks", nargs="+", default=None, help="Prophet's pretraining tasks")
     ap.add_argument("--sft-demos", type=int, default=None, help="expert demos the weak SFT policy is cloned from")
     ap.add_argument("--seeds", type=int, nargs="+", default=None)
@@ -883,6 +976,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--wm-branch-segments", type=int, default=None, help="policy chunks per imagined branch")
     ap.add_argument("--wm-noise-level", type=float, default=None, help="SDE noise of the RL rollouts inside Prophet")
     ap.add_argument("--wm-group-size", type=int, default=None, help="rollouts per start inside Prophet (G)")
+    ap.add_argument("--wm-onpolicy-starts-every", type=int, default=None,
+                    help="branch variants: every N updates the current policy's real rollouts become the branch starts "
+                    "(0: off)")  # fmt: skip
+    ap.add_argument("--wm-onpolicy-starts-episodes", type=int, default=None,
+                    help="real rollouts per on-policy start refresh (counted as real interactions)")  # fmt: skip
     args = ap.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k != "quick" and v is not None}
     try:

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_prophrl.datamodules.shards import iter_episodes
 from lightning_prophrl.pipeline import DemoConfig, run, updates_to_reach
 
 
@@ -38,6 +39,9 @@ def test_demo_quick_runs_every_stage_writes_the_table_and_resumes(tmp_path):
                                                                                    {0: sft})  # fmt: skip
     with pytest.raises(FileNotFoundError, match="wm_fagrpo"):
         evaluate_checkpoint(cfg.out, "wm_fagrpo", 0, n)
+    # the demo's own paired table (cached: the re-evaluations above read the demo's files, equal to its evaluations)
+    assert f"Paired on {cfg.paired_states} held-out states" in table
+    assert "| sim_fagrpo_flowscale |" in table.split("Paired on")[1]
 
 
 @pytest.mark.slow
@@ -109,6 +113,18 @@ def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions
     mixture = json.loads((Path(br3["model_dir"]).parent / "done.json").read_text())["datasets"]
     assert [d["weight"] for d in mixture] == [0.5, 0.25, 0.25] and mixture[-1]["path"].endswith("branches")
     assert br3["model_dir"] != br["refresh"]["model_dir"]
+    # FlowScale on branches shares the branch refresh; on-policy starts: after update 1 the current policy's real
+    # rollouts (after the refresh's seeds, counted as real interactions) become the starts of update 2
+    res4 = run(replace(cfg, variants=["wm_fagrpo_branch_flowscale"], wm_onpolicy_starts_every=1,
+                       wm_onpolicy_starts_episodes=2))["results"]  # fmt: skip
+    br4 = res4["wm_fagrpo_branch_flowscale-onpolicy1x2"][0]
+    assert br4["refresh"]["model_dir"] == br["refresh"]["model_dir"] and br4["updates"] == cfg.rl_updates
+    (starts,) = br4["onpolicy_starts"]
+    assert starts["update"] == 1 and starts["starts"] >= 1 and starts["env_steps"] == 2 * 40
+    first = 6000 + cfg.wm_refresh_episodes
+    assert sorted(int(ep.meta["seed"]) for ep in iter_episodes(starts["dir"])) == [first, first + 1]
+    guard_steps = sum(g["real_env_steps"] for g in br4["guard"])
+    assert br4["real_interactions"] == br4["gate"]["real_env_steps"] + guard_steps + br4["refresh"]["env_steps"] + 80
     # the within-start study reuses the run: G real and G imagined branches from the same recorded states
     from lightning_prophrl.studies.branches import WithinStartConfig, run_within_start, saved_table
 
@@ -165,27 +181,40 @@ def test_reward_signal_and_branch_settings_are_checked_and_name_the_run(tmp_path
 
     for flag, value in (("--wm-reward-signal", "dense"), ("--wm-branch-segments", "0"), ("--wm-noise-level", "0"),
                         ("--wm-group-size", "1"), ("--wm-refresh-noise-level", "-1"),
-                        ("--wm-refresh-branch-starts", "-1"), ("--wm-refresh-branch-group", "0")):  # fmt: skip
+                        ("--wm-refresh-branch-starts", "-1"), ("--wm-refresh-branch-group", "0"),
+                        ("--wm-onpolicy-starts-every", "-1"), ("--wm-onpolicy-starts-every", "30"),
+                        ("--wm-onpolicy-starts-episodes", "0")):  # fmt: skip
         with pytest.raises(SystemExit):
             main(["--out", str(tmp_path), flag, value])
         assert flag in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
-    graded = DemoConfig(wm_reward_signal="graded")
+    # the names say what differs from the plainest RL inside Prophet (0/1 success, twins classifier, policy noise)
+    plain = dict(wm_reward_signal="success", wm_refresh_reward_data="twins", wm_noise_level=None)
+    assert run_name(DemoConfig(), "wm_fagrpo_branch") == "wm_fagrpo_branch-graded-brclf-noise2"  # the demo's default
+    graded = DemoConfig(**{**plain, "wm_reward_signal": "graded"})
     assert run_name(graded, "wm_fagrpo_branch") == "wm_fagrpo_branch-graded"
     assert run_name(graded, "sim_fagrpo") == "sim_fagrpo"  # the simulator's reward is its own success
-    assert run_name(DemoConfig(wm_reward="success_head"), "wm_fagrpo") == "wm_fagrpo-success_head"
-    explore = DemoConfig(wm_noise_level=2.0, wm_group_size=16, wm_branch_segments=6)
+    assert run_name(DemoConfig(**plain, wm_reward="success_head"), "wm_fagrpo") == "wm_fagrpo-success_head"
+    explore = DemoConfig(**{**plain, "wm_noise_level": 2.0}, wm_group_size=16, wm_branch_segments=6)
     assert run_name(explore, "wm_fagrpo_branch") == "wm_fagrpo_branch-noise2-g16"
     assert run_name(explore, "wm_fagrpo") == "wm_fagrpo-noise2-g16" and run_name(explore, "sim_fagrpo") == "sim_fagrpo"
-    refresh = DemoConfig(wm_refresh_noise_level=1.5)
+    refresh = DemoConfig(**plain, wm_refresh_noise_level=1.5)
     assert refresh_name(refresh) == "refresh-noise1.5" and refresh_name(DemoConfig.quick()) == "refresh"
     assert run_name(refresh, "wm_fagrpo_branch") == "wm_fagrpo_branch-refresh-noise1.5"
     from lightning_prophrl.studies.branches import WithinStartConfig
 
     assert WithinStartConfig(out="x", starts=120, real_to_cap=True).name == "seed0_seg10_g8_n120_tocap"
-    contrast = DemoConfig(wm_refresh_branch_starts=64, wm_noise_level=2.0)  # the real branches use the RL noise
+    contrast = DemoConfig(
+        **{**plain, "wm_noise_level": 2.0}, wm_refresh_branch_starts=64
+    )  # the real branches use the RL noise
     assert refresh_name(contrast) == "refresh-br64x4-noise2"
     assert run_name(contrast, "wm_fagrpo_branch") == "wm_fagrpo_branch-refresh-br64x4-noise2-noise2"
+    onpolicy = DemoConfig(**{**plain, "wm_noise_level": 2.0}, wm_onpolicy_starts_every=20, rl_updates=100)
+    assert run_name(onpolicy, "wm_fagrpo_branch_flowscale") == "wm_fagrpo_branch_flowscale-noise2-onpolicy20x30"
+    assert run_name(onpolicy, "wm_fagrpo") == "wm_fagrpo-noise2"  # whole episodes from first frames: no branch starts
+    from lightning_prophrl.pipeline import refresh_owner
+
+    assert refresh_owner("wm_fagrpo_branch_flowscale") == "wm_fagrpo_branch" == refresh_owner("wm_fagrpo_branch")
 
 
 def test_paired_table_counts_states_won_and_lost_against_sft():

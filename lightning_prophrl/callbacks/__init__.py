@@ -1,5 +1,6 @@
 """Callbacks: everything outside the research step (evaluation, EMA, video logging)."""
 
+from lightning_prophrl.callbacks.branch_starts import OnPolicyBranchStarts
 from lightning_prophrl.callbacks.ema import EMACallback
 from lightning_prophrl.callbacks.sim_eval import SimEvalCallback, evaluate_in_simulator
 from lightning_prophrl.callbacks.wm_guard import ImaginationGuardCallback
@@ -17,6 +18,7 @@ from lightning_prophrl.callbacks.world_model import (
 __all__ = [
     "EMACallback",
     "ImaginationGuardCallback",
+    "OnPolicyBranchStarts",
     "SimEvalCallback",
     "VideoLoggerCallback",
     "VideoMetricSet",

@@ -151,6 +151,7 @@ class PromptDataModule(L.LightningDataModule):
             if branch_every > 0
             else None
         )
+        self._pool_version = 0
 
     def task_id(self, task: str) -> int:
         if task not in self.task_names:
@@ -171,7 +172,13 @@ class PromptDataModule(L.LightningDataModule):
                 dest = self.train_prompts if split == "train" else self.eval_prompts
                 for s in range(*seeds):
                     dest.append({K.INSTRUCTION: instr[task], K.TASK_ID: self.task_id(task), K.SEED: s, K.TASK: task})
-        for d in h.datasets or []:
+        self._add_shard_prompts(h.datasets or [], self.train_prompts, self.eval_prompts)
+        if not self.train_prompts:
+            raise ValueError("no training prompts: check `datasets`, `tasks` and `train_seeds`")
+
+    def _add_shard_prompts(self, datasets: list[str], train: list[dict[str, Any]], held: list[dict[str, Any]]) -> None:
+        h = self.hparams
+        for d in datasets:
             for ep in iter_episodes(d):
                 task = str(ep.meta.get("task", ep.meta["dataset"]))
                 p = {
@@ -180,7 +187,7 @@ class PromptDataModule(L.LightningDataModule):
                     K.SEED: int(ep.meta.get("seed", -1)),
                     K.TASK: task,
                 }
-                dest = self.eval_prompts if is_heldout(ep.key, h.eval_fraction) else self.train_prompts
+                dest = held if is_heldout(ep.key, h.eval_fraction) else train
                 if self.branches is not None:
                     dest.extend(self.branches.add(ep, p))
                     continue
@@ -188,12 +195,23 @@ class PromptDataModule(L.LightningDataModule):
                 if ep.state is not None:
                     p[K.OBS_STATE] = torch.from_numpy(ep.state[0].astype(np.float32))
                 dest.append(p)
-        if not self.train_prompts:
-            raise ValueError("no training prompts: check `datasets`, `tasks` and `train_seeds`")
+
+    def replace_train_datasets(self, datasets: list[str]) -> int:
+        """Replace the training prompts with the (non-held-out) prompts of ``datasets``, read with the same settings
+        (on-policy branch starts, ``callbacks.OnPolicyBranchStarts``). The held-out prompts stay, and the next
+        ``train_dataloader`` samples the new pool with a new generator seed. An empty new pool leaves the old one in
+        place. Returns the size of the new pool (0 when it was empty)."""
+        train: list[dict[str, Any]] = []
+        self._add_shard_prompts(datasets, train, [])
+        if train:
+            self.train_prompts = train
+            self._pool_version += 1
+        return len(train)
 
     def train_dataloader(self) -> DataLoader:
         h = self.hparams
-        gen = torch.Generator().manual_seed(h.seed)
+        # pool 0 keeps the run's seed; every replaced pool draws its own sequence
+        gen = torch.Generator().manual_seed(h.seed + 7919 * self._pool_version)
         sampler = torch.utils.data.RandomSampler(
             self.train_prompts, replacement=True, num_samples=h.num_prompts * h.updates_per_epoch, generator=gen
         )

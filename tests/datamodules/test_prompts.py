@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lightning_prophrl import constants as K
-from lightning_prophrl.datamodules.prompts import PromptDataModule
+from lightning_prophrl.datamodules.prompts import BRANCH, PromptDataModule
 from lightning_prophrl.datamodules.shards import iter_episodes
 from tests.conftest import write_coded_dataset
 
@@ -50,3 +50,31 @@ def test_collation_keeps_ragged_prefixes_as_a_list_and_names_any_other_ragged_ke
     assert [tuple(v.shape) for v in out[K.PREFIX_ACTIONS]] == [(3, 14), (5, 14)]
     with pytest.raises(ValueError, match="'video'.*differ in shape"):
         collate_clips([{"video": torch.zeros(2, 3)}, {"video": torch.zeros(4, 3)}])
+
+
+def test_replacing_the_branch_pool_samples_only_the_new_starts_with_a_new_sequence(tmp_path):
+    first = write_coded_dataset(tmp_path / "first", "first", episodes=4, length=30)
+    second = write_coded_dataset(tmp_path / "second", "second", episodes=3, length=30)
+    dm = PromptDataModule(datasets=[first], eval_fraction=0.0, num_prompts=4, image_size=16, updates_per_epoch=6,
+                          branch_every=4, branch_margin=8, history_len=2, history_stride=2)  # fmt: skip
+    dm.setup()
+    first_pool = list(dm.train_prompts)
+
+    def drawn() -> list[tuple[str, int, int]]:
+        return [(t, int(s), int(f)) for b in dm.train_dataloader()
+                for t, s, f in zip(b[K.TASK], b[K.SEED], b[K.FRAME_INDEX])]  # fmt: skip
+
+    before = drawn()
+    assert {t for t, _, _ in before} == {"first"} and drawn() == before  # one pool, one reproducible sequence
+    n = dm.replace_train_datasets([second])
+    assert n == len(dm.train_prompts) > 0 and {p[K.TASK] for p in dm.train_prompts} == {"second"}
+    assert {t for t, _, _ in drawn()} == {"second"}
+    # the same episodes again: the same starts, sampled in another order (a new generator seed per pool)
+    assert dm.replace_train_datasets([first]) == len(first_pool)
+    assert [(p[K.SEED], p[BRANCH][1]) for p in dm.train_prompts] == [(p[K.SEED], p[BRANCH][1]) for p in first_pool]
+    again = drawn()
+    assert {t for t, _, _ in again} == {"first"} and again != before
+    # a pool without any start (episodes shorter than the margin) leaves the current one in place
+    short = write_coded_dataset(tmp_path / "short", "short", episodes=2, length=5)
+    pool = list(dm.train_prompts)
+    assert dm.replace_train_datasets([short]) == 0 and dm.train_prompts == pool

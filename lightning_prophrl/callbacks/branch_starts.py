@@ -1,0 +1,86 @@
+"""On-policy branch starts for RL on short imagined branches from real states.
+
+RL inside Prophet on branches (``PromptDataModule(branch_every=...)``) starts its imagined rollouts at recorded real
+states. When those are the SFT policy's states for the whole run, the starts stop being the states the moving policy
+visits (round v9 saw the 40-update gain gone by 100 updates). Every ``every_n_updates`` updates this callback records
+new real rollouts of the *current* policy (a user-supplied ``collect`` function: it writes an episode shard directory
+and says how many real steps it used) and makes their recorded states the branch starts of the following updates.
+
+The trainer must run one epoch per period (``updates_per_epoch = every_n_updates``) and reload its training dataloader
+every epoch, so that the next epoch samples the new pool.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
+
+
+class OnPolicyBranchStarts(L.Callback):
+    """Replace a ``PromptDataModule``'s branch starts with the current policy's real states every ``every_n_updates``.
+
+    Args:
+        collect: ``collect(policy, update) -> (shard_dir, summary)``: records real rollouts of ``policy`` (in eval
+            mode; its mode is restored afterwards) into ``shard_dir``; ``summary["env_steps"]`` counts the real steps.
+        every_n_updates: the period in RL updates (the datamodule's ``updates_per_epoch``).
+        history_path: JSON-lines file, one row per replacement.
+    """
+
+    def __init__(self, collect: Callable[[Any, int], tuple[str, dict[str, Any]]], every_n_updates: int,
+                 history_path: str | None = None):  # fmt: skip
+        super().__init__()
+        if every_n_updates < 1:
+            raise ValueError(f"every_n_updates must be >= 1, got {every_n_updates}")
+        self.collect, self.every_n_updates, self.history_path = collect, every_n_updates, history_path
+        self.history: list[dict[str, Any]] = []
+        self.real_steps_total = 0
+
+    @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dm = trainer.datamodule
+        if trainer.reload_dataloaders_every_n_epochs != 1 or not hasattr(dm, "replace_train_datasets"):
+            raise ValueError("OnPolicyBranchStarts needs a PromptDataModule and "
+                             "Trainer(reload_dataloaders_every_n_epochs=1)")  # fmt: skip
+        if dm.hparams.updates_per_epoch != self.every_n_updates:
+            raise ValueError(f"OnPolicyBranchStarts(every_n_updates={self.every_n_updates}) needs the datamodule's "
+                             f"updates_per_epoch to match, got {dm.hparams.updates_per_epoch}")  # fmt: skip
+
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        update = int(getattr(pl_module, "updates", trainer.global_step))
+        if trainer.should_stop or trainer.current_epoch + 1 >= trainer.max_epochs:
+            return  # no update follows
+        policy = pl_module.policy
+        was_training = policy.training
+        policy.eval()
+        try:
+            shard_dir, summary = self.collect(policy, update)
+        finally:
+            policy.train(was_training)
+        self.real_steps_total += int(summary["env_steps"])
+        starts = trainer.datamodule.replace_train_datasets([str(shard_dir)])
+        if starts == 0:
+            rank_zero_warn(f"OnPolicyBranchStarts: {shard_dir} has no branch start; keeping the previous starts")
+        row = {"update": update, "dir": str(shard_dir), "starts": starts, "env_steps": int(summary["env_steps"]),
+               "success_rate": summary.get("success_rate"), "real_steps_total": self.real_steps_total}  # fmt: skip
+        self.history.append(row)
+        pl_module.log("onpolicy_starts/starts", float(starts), batch_size=1)
+        if self.history_path:
+            Path(self.history_path).parent.mkdir(parents=True, exist_ok=True)
+            with open(self.history_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "real_steps_total": self.real_steps_total}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+        self.real_steps_total = int(state_dict.get("real_steps_total", 0))
