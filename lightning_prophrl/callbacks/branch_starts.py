@@ -7,7 +7,8 @@ new real rollouts of the *current* policy (a user-supplied ``collect`` function:
 and says how many real steps it used) and makes their recorded states the branch starts of the following updates.
 
 The trainer must run one epoch per period (``updates_per_epoch = every_n_updates``) and reload its training dataloader
-every epoch, so that the next epoch samples the new pool.
+every epoch, so that the next epoch samples the new pool. The replacements are part of the callback's checkpoint
+state: a run resumed at an epoch boundary samples the same starts, in the same order, as the run it continues.
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ class OnPolicyBranchStarts(L.Callback):
         if dm.hparams.updates_per_epoch != self.every_n_updates:
             raise ValueError(f"OnPolicyBranchStarts(every_n_updates={self.every_n_updates}) needs the datamodule's "
                              f"updates_per_epoch to match, got {dm.hparams.updates_per_epoch}")  # fmt: skip
+        # resumed from a checkpoint: the newest starts, sampled as they were (the same pool and generator seed)
+        if self.history and getattr(dm, "pool_version", 0) == 0:
+            dm.setup()
+            dm.replace_train_datasets([self.history[-1]["dir"]], pool_version=len(self.history))
 
     @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -196,16 +196,22 @@ class PromptDataModule(L.LightningDataModule):
                     p[K.OBS_STATE] = torch.from_numpy(ep.state[0].astype(np.float32))
                 dest.append(p)
 
-    def replace_train_datasets(self, datasets: list[str]) -> int:
+    @property
+    def pool_version(self) -> int:
+        """How many times the training prompts were replaced (``replace_train_datasets``)."""
+        return self._pool_version
+
+    def replace_train_datasets(self, datasets: list[str], pool_version: int | None = None) -> int:
         """Replace the training prompts with the (non-held-out) prompts of ``datasets``, read with the same settings
         (on-policy branch starts, ``callbacks.OnPolicyBranchStarts``). The held-out prompts stay, and the next
-        ``train_dataloader`` samples the new pool with a new generator seed. An empty new pool leaves the old one in
-        place. Returns the size of the new pool (0 when it was empty)."""
+        ``train_dataloader`` samples the new pool with a new generator seed (that of ``pool_version`` when given, to
+        restore a run's pool on resume). An empty new pool leaves the old one in place. Returns the size of the new
+        pool (0 when it was empty)."""
         train: list[dict[str, Any]] = []
         self._add_shard_prompts(datasets, train, [])
         if train:
             self.train_prompts = train
-            self._pool_version += 1
+            self._pool_version = self._pool_version + 1 if pool_version is None else int(pool_version)
         return len(train)
 
     def train_dataloader(self) -> DataLoader:
