@@ -733,6 +733,7 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
                        reload_dataloaders_every_n_epochs=int(bool(onpolicy)), log_every_n_steps=1,
                        callbacks=[sim_eval, guard] + ([onpolicy] if onpolicy else []))  # fmt: skip
     t0 = time.perf_counter()
+    n_starts = len(prompts.train_prompts)  # the refresh rollouts' (on-policy starts replace them during RL)
     trainer.fit(module, datamodule=prompts)
     trainer.save_checkpoint(out / "policy.ckpt")
     reset_env.close()
@@ -746,7 +747,7 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
             + (onpolicy.real_steps_total if onpolicy else 0),
             "onpolicy_starts": onpolicy.history if onpolicy else None,
             "refresh": refresh, "gate": gate,
-            "branch": {"starts": len(prompts.train_prompts), "segments": cfg.wm_branch_segments,
+            "branch": {"starts": n_starts, "segments": cfg.wm_branch_segments,
                        "agreement": branch_gate} if branch else None,
             "guard": guard.history, "imagined_episodes": module.episodes_total,
             "seconds": time.perf_counter() - t0, "eval": rows}  # fmt: skip
@@ -938,6 +939,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sft-steps", type=int, default=None)
     ap.add_argument("--eval-seeds", type=int, default=None)
     ap.add_argument("--eval-every", type=int, default=None)
+    ap.add_argument("--paired-states", type=int, default=None,
+                    help="final policies paired with SFT on this many held-out states (default 200; 0: off)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument(
         "--wm-reward",

@@ -1,4 +1,5 @@
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,6 +40,12 @@ def test_demo_quick_runs_every_stage_writes_the_table_and_resumes(tmp_path):
                                                                                    {0: sft})  # fmt: skip
     with pytest.raises(FileNotFoundError, match="wm_fagrpo"):
         evaluate_checkpoint(cfg.out, "wm_fagrpo", 0, n)
+    # a policy saved again is evaluated again (the same weights: the same outcomes)
+    ckpt = Path(cfg.out) / "rl" / "sim_fagrpo_flowscale" / "seed0" / "policy.ckpt"
+    os.utime(ckpt, ns=(ckpt.stat().st_atime_ns, ckpt.stat().st_mtime_ns + 10**9))
+    fresh = evaluate_checkpoint(cfg.out, "sim_fagrpo_flowscale", 0, n)
+    assert fresh["checkpoint_mtime_ns"] == ckpt.stat().st_mtime_ns != again["checkpoint_mtime_ns"]
+    assert fresh["per_seed"] == again["per_seed"]
     # the demo's own paired table (cached: the re-evaluations above read the demo's files, equal to its evaluations)
     assert f"Paired on {cfg.paired_states} held-out states" in table
     assert "| sim_fagrpo_flowscale |" in table.split("Paired on")[1]

@@ -32,14 +32,17 @@ def evaluate_checkpoint(out: str | Path, run: str, seed: int, states: int, first
 
     root = Path(out)
     path = root / "studies" / "evaluate" / f"{run}_seed{seed}_n{states}_from{first}.json"
-    if path.exists():
-        return json.loads(path.read_text())
     ckpt = (
         root
         / ("sft" if run == "sft" else f"rl/{run}")
         / f"seed{seed}"
         / ("sft.ckpt" if run == "sft" else "policy.ckpt")
     )
+    if path.exists():
+        cached = json.loads(path.read_text())
+        # a policy retrained since (its checkpoint rewritten) is evaluated again
+        if not ckpt.exists() or cached.get("checkpoint_mtime_ns", ckpt.stat().st_mtime_ns) == ckpt.stat().st_mtime_ns:
+            return cached
     if not ckpt.exists():
         raise FileNotFoundError(f"{ckpt} not found: run the demo for run {run!r} and seed {seed} first")
     cfg = DemoConfig.load(root)
@@ -49,7 +52,8 @@ def evaluate_checkpoint(out: str | Path, run: str, seed: int, states: int, first
     res = evaluate_in_simulator(policy, decoder, cfg.target_task, eval_seeds(states, first), cfg.max_queries,
                                 image_size=cfg.image_size, camera=cfg.camera, max_steps=cfg.max_steps,
                                 progress=False)  # fmt: skip
-    res = {"run": run, "seed": seed, "states": states, "first": first, "checkpoint": str(ckpt), **res}
+    res = {"run": run, "seed": seed, "states": states, "first": first, "checkpoint": str(ckpt),
+           "checkpoint_mtime_ns": ckpt.stat().st_mtime_ns, **res}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res))
     return res
