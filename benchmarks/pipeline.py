@@ -46,7 +46,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +58,12 @@ from lightning_prophrl.pipeline import (  # noqa: E402
     plot_curves,
     results_table,
     stage_data,
+    stage_reward,
     stage_rl_sim,
     stage_rl_wm,
     stage_sft,
     stage_world_model,
+    with_world_model,
     world_model_summary,
 )
 
@@ -145,9 +147,11 @@ def run_stages(cfg: DemoConfig, log_dir: Path) -> tuple[dict[str, dict], str]:
     data, stages["data"] = run_stage("data", stage_data, cfg, **kw)
     wm_report = None
     if any(VARIANTS[v][2] == "wm" for v in cfg.variants):
+        trains = not cfg.wm_model_dir
         (model_dir, stats_dir, wm_report), stages["world_model"] = run_stage("world_model", stage_world_model, cfg,
                                                                              **kw)  # fmt: skip
-        cfg = replace(cfg, wm_model_dir=model_dir, wm_stats_dir=stats_dir)
+        cfg = with_world_model(cfg, model_dir, stats_dir, trains)
+        _, stages["reward"] = run_stage("reward", stage_reward, cfg, model_dir, stats_dir, **kw)
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in cfg.variants}
     for seed in cfg.seeds:
         ckpt, stages[f"sft_seed{seed}"] = run_stage(f"sft_seed{seed}", stage_sft, cfg, data, seed, **kw)

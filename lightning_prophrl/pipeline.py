@@ -880,6 +880,15 @@ def plot_curves(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
     plt.close(fig)
 
 
+def with_world_model(cfg: DemoConfig, model_dir: str, stats_dir: str, trained: bool) -> DemoConfig:
+    """``cfg`` with the Prophet its ``wm_*`` variants use; when the demo trained it (``trained``), the refresh mixes in
+    the target data it was adapted on."""
+    cfg = replace(cfg, wm_model_dir=model_dir, wm_stats_dir=stats_dir)
+    if trained and not cfg.wm_target_data:
+        cfg = replace(cfg, wm_target_data=str(Path(cfg.out) / "world_model" / "data" / "target_train"))
+    return cfg
+
+
 def run(cfg: DemoConfig) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -891,9 +900,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     if any(VARIANTS[v][2] == "wm" for v in cfg.variants):
         trains = not cfg.wm_model_dir
         model_dir, stats_dir, wm_report = stage_world_model(cfg)
-        cfg = replace(cfg, wm_model_dir=model_dir, wm_stats_dir=stats_dir)
-        if trains and not cfg.wm_target_data:  # the refresh mixes in the data the demo's Prophet was adapted on
-            cfg = replace(cfg, wm_target_data=str(Path(cfg.out) / "world_model" / "data" / "target_train"))
+        cfg = with_world_model(cfg, model_dir, stats_dir, trains)
         reward = stage_reward(cfg, model_dir, stats_dir)
     results: dict[str, list[dict[str, Any]]] = {run_name(cfg, v): [] for v in cfg.variants}
     for seed in cfg.seeds:

@@ -52,3 +52,16 @@ def test_run_stage_returns_result_time_and_peak_memory_from_a_child(bench, tmp_p
     assert result == 120 and stats["s"] >= 0 and stats["peak_rss_mb"] >= stats["import_rss_mb"] > 0
     with pytest.raises(RuntimeError, match="stage negative failed"):
         pipe.run_stage("negative", math.factorial, -1, threads=1, log_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_stage_benchmark_runs_the_demo_s_world_model_stages_in_order(bench, tmp_path):
+    from lightning_prophrl.pipeline import DemoConfig
+
+    pipe = bench("pipeline")
+    cfg = DemoConfig.quick(out=str(tmp_path / "demo"), variants=["wm_fagrpo_branch"])
+    (tmp_path / "logs").mkdir()
+    stages, table = pipe.run_stages(cfg, tmp_path / "logs")
+    # the reward stage runs before RL, and the refresh finds the target data the demo's Prophet was adapted on
+    assert list(stages)[:4] == ["data", "world_model", "reward", "sft_seed0"] and "rl_wm_fagrpo_branch_seed0" in stages
+    assert stages["rl_wm_fagrpo_branch_seed0"]["updates"] == cfg.rl_updates and "| wm_fagrpo_branch |" in table
