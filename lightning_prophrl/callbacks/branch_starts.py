@@ -13,17 +13,17 @@ state: a run resumed at an epoch boundary samples the same starts, in the same o
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
+from lightning_prophrl.callbacks._history import RealStepsHistory
 
-class OnPolicyBranchStarts(L.Callback):
+
+class OnPolicyBranchStarts(RealStepsHistory):
     """Replace a ``PromptDataModule``'s branch starts with the current policy's real states every ``every_n_updates``.
 
     Args:
@@ -35,12 +35,10 @@ class OnPolicyBranchStarts(L.Callback):
 
     def __init__(self, collect: Callable[[Any, int], tuple[str, dict[str, Any]]], every_n_updates: int,
                  history_path: str | None = None):  # fmt: skip
-        super().__init__()
+        super().__init__(history_path)
         if every_n_updates < 1:
             raise ValueError(f"every_n_updates must be >= 1, got {every_n_updates}")
-        self.collect, self.every_n_updates, self.history_path = collect, every_n_updates, history_path
-        self.history: list[dict[str, Any]] = []
-        self.real_steps_total = 0
+        self.collect, self.every_n_updates = collect, every_n_updates
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -74,18 +72,5 @@ class OnPolicyBranchStarts(L.Callback):
             rank_zero_warn(f"OnPolicyBranchStarts: {shard_dir} has no branch start; keeping the previous starts")
         row = {"update": update, "dir": str(shard_dir), "starts": starts, "env_steps": int(summary["env_steps"]),
                "success_rate": summary.get("success_rate"), "real_steps_total": self.real_steps_total}  # fmt: skip
-        self.history.append(row)
+        self.record(row)
         pl_module.log("onpolicy_starts/starts", float(starts), batch_size=1)
-        if self.history_path:
-            Path(self.history_path).parent.mkdir(parents=True, exist_ok=True)
-            with open(self.history_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history, "real_steps_total": self.real_steps_total}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict.get("history", []))
-        self.real_steps_total = int(state_dict.get("real_steps_total", 0))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -13,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from tqdm.auto import tqdm
 from typing_extensions import override
 
+from lightning_prophrl.callbacks._history import append_jsonl
 from lightning_prophrl.envs.rollout import ActionDecoder, collect_rollouts
 
 
@@ -122,10 +121,7 @@ class SimEvalCallback(L.Callback):
     @rank_zero_only
     def _record(self, row: dict[str, Any]) -> None:
         self.history.append(row)
-        if self.history_path:
-            Path(self.history_path).parent.mkdir(parents=True, exist_ok=True)
-            with open(self.history_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+        append_jsonl(self.history_path, row)
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -8,19 +8,18 @@ used, and stops training when imagined success exceeds real success by ``max_gap
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from lightning_prophrl.callbacks._history import RealStepsHistory
 from lightning_prophrl.envs.agreement import closed_loop_agreement
 from lightning_prophrl.envs.rollout import ActionDecoder
 
 
-class ImaginationGuardCallback(L.Callback):
+class ImaginationGuardCallback(RealStepsHistory):
     """Imagined-vs-real check of an ``FAGRPOModule`` whose ``env`` is a ``WorldModelEnv``.
 
     Args:
@@ -49,15 +48,12 @@ class ImaginationGuardCallback(L.Callback):
         history_path: str | None = None,
         max_segments: int | None = None,
     ):
-        super().__init__()
+        super().__init__(history_path)
         self.max_segments = max_segments
         self.task = task
         self.check_seeds = list(check_seeds) if check_seeds is not None else list(range(4000, 4030))
         self.every_n_updates, self.max_gap, self.patience = every_n_updates, max_gap, patience
         self.env_kwargs = {"image_size": image_size, "camera": camera, "max_steps": max_steps}
-        self.history_path = history_path
-        self.history: list[dict[str, Any]] = []
-        self.real_steps_total = 0
         self._envs: tuple[Any, Any] | None = None
 
     def _build(self, pl_module: L.LightningModule) -> tuple[Any, Any]:
@@ -89,14 +85,10 @@ class ImaginationGuardCallback(L.Callback):
         self.real_steps_total += res["real_env_steps"]
         row = {"update": getattr(pl_module, "updates", trainer.global_step), **res,
                "real_steps_total": self.real_steps_total}  # fmt: skip
-        self.history.append(row)
+        self.record(row)
         for key in ("real_success", "imagined_success", "kappa"):
             pl_module.log(f"guard/{key}", float(res[key]), batch_size=1)
         pl_module.log("guard/real_steps_total", float(self.real_steps_total), batch_size=1)
-        if self.history_path:
-            Path(self.history_path).parent.mkdir(parents=True, exist_ok=True)
-            with open(self.history_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
         recent = self.history[-self.patience :]
         if len(recent) == self.patience and all(
             r["imagined_success"] - r["real_success"] >= self.max_gap for r in recent
@@ -115,12 +107,3 @@ class ImaginationGuardCallback(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every_n_updates > 0 and getattr(pl_module, "updates", 0) % self.every_n_updates == 0:
             self.check(trainer, pl_module)
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history, "real_steps_total": self.real_steps_total}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict.get("history", []))
-        self.real_steps_total = int(state_dict.get("real_steps_total", 0))
