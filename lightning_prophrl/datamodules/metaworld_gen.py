@@ -74,6 +74,8 @@ def generate_metaworld(
     per_shard: int = 10,
     dataset: str | None = None,
     progress: bool = True,
+    excursion: float = 0.0,
+    excursion_share: float = 1.0,
 ) -> dict[str, Any]:
     """Write ``episodes`` expert demonstrations per task into one shard dataset.
 
@@ -92,6 +94,8 @@ def generate_metaworld(
         per_shard: episodes per shard.
         dataset: dataset name (default ``metaworld``).
         progress: show a progress bar.
+        excursion: rate of smooth random excursions in an episode (``ScriptedExpert.run``; 0 = none).
+        excursion_share: fraction of the episodes that get excursions (drawn per episode with the seed).
 
     Returns:
         a summary: episodes, successes and success rate per task, frames, output directory.
@@ -119,8 +123,10 @@ def generate_metaworld(
             try:
                 for i in range(episodes):
                     sigma = noise if noise_max is None else float(rng.uniform(noise, noise_max))
-                    ep = expert.run(seed + i, sigma=sigma)
+                    rate = excursion if excursion > 0 and rng.random() < excursion_share else 0.0
+                    ep = expert.run(seed + i, sigma=sigma, excursion=rate)
                     episode = expert_to_episode(ep, fps, dataset or "metaworld", (size, size))
+                    episode.meta["excursion"] = rate
                     writer.write(episode)
                     wins += int(ep.episode_success)
                     summary["frames"] += len(episode)
@@ -221,6 +227,8 @@ def generate_policy_rollouts(
             data is normalized exactly like the data the world model was trained on (its model directory).
         dataset: dataset name.
         progress: show a progress bar.
+        excursion: rate of smooth random excursions in an episode (``ScriptedExpert.run``; 0 = none).
+        excursion_share: fraction of the episodes that get excursions (drawn per episode with the seed).
 
     Returns:
         ``{"out", "episodes", "successes", "success_rate", "env_steps", "frames"}``.

@@ -65,6 +65,8 @@ class RobotClipDataModule(_ClipDataModuleBase):
         norm_mode: action normalization, per dataset, from its ``stats.json``.
         seed: seeds the stream (with epoch, rank and worker).
         on_error: ``raise`` (default) or ``skip`` invalid samples.
+        stats_from: directory whose ``stats.json`` normalizes every dataset (e.g. a multi-task corpus's pooled
+            statistics: one normalization of the unified action space); None: each dataset's own.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class RobotClipDataModule(_ClipDataModuleBase):
         norm_mode: NormMode = "quantile",
         seed: int = 0,
         on_error: OnError = "raise",
+        stats_from: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -95,6 +98,7 @@ class RobotClipDataModule(_ClipDataModuleBase):
         return ClipIterable(
             specs, h.history_len, h.chunk_len, h.image_size, True, h.samples_per_epoch, h.windows_per_episode,
             h.shuffle_buffer, h.norm_mode, 0, h.seed, h.on_error, eval_mode=eval_mode,
+            stats=[load_stats(h.stats_from)] * len(specs) if h.stats_from else None,
         )  # fmt: skip
 
     def setup(self, stage: str | None = None) -> None:

@@ -475,6 +475,26 @@ class ExpertEpisode:
         return bool(self.success.any())
 
 
+class _Excursions:
+    """Smooth random excursions of :meth:`ScriptedExpert.run`: ``action()`` is the excursion's action, or None
+    while the expert is in control."""
+
+    def __init__(self, rate: float, rng: np.random.Generator) -> None:
+        self.rate, self.rng, self.left, self.current = rate, rng, 0, np.zeros(4)
+
+    def action(self) -> np.ndarray | None:
+        if self.left == 0 and self.rng.random() < self.rate / 16:
+            direction = self.rng.standard_normal(3)
+            speed = self.rng.uniform(0.3, 1.0)
+            grip = self.rng.choice([-1.0, 1.0])
+            self.current = np.concatenate([speed * direction / np.linalg.norm(direction), [grip]])
+            self.left = int(self.rng.integers(8, 25))
+        if self.left == 0:
+            return None
+        self.left -= 1
+        return self.current.copy()
+
+
 class ScriptedExpert:
     """Meta-World's scripted expert (``metaworld.policies.ENV_POLICY_MAP``) with Gaussian action noise, reusing one
     simulator and renderer across episodes (for writing demonstration shards).
@@ -508,19 +528,25 @@ class ScriptedExpert:
         self.slot = _Slot(task, image_size, camera)
         self.policy = ENV_POLICY_MAP[task]()
 
-    def run(self, seed: int, sigma: float = 0.0, noise_seed: int | None = None) -> ExpertEpisode:
+    def run(self, seed: int, sigma: float = 0.0, noise_seed: int | None = None, excursion: float = 0.0) -> ExpertEpisode:
         """One episode from the initial state of ``seed``.
 
         Args:
             seed: initial-state seed (see ``demo_seeds``).
             sigma: standard deviation of the Gaussian noise added to every expert action before clipping.
             noise_seed: seed of the noise generator ``np.random.default_rng``; ``None`` uses ``seed``, so an episode
-                is a deterministic function of ``(task, seed, sigma)``.
+                is a deterministic function of ``(task, seed, sigma, excursion)``.
+            excursion: rate of smooth random excursions (0 = none): at each step outside one, an excursion of 8-24
+                steps starts with probability ``excursion / 16``; during it the expert is ignored and the arm moves
+                along one random direction at a random speed (plus the Gaussian noise) with a random gripper
+                command. They show a world model motions and failures that the expert never makes (the actions an
+                exploring policy will try), then the expert recovers from wherever the arm ended up.
         """
-        if sigma < 0:
-            raise ValueError(f"sigma must be >= 0, got {sigma}")
+        if sigma < 0 or not 0.0 <= excursion <= 1.0:
+            raise ValueError(f"sigma must be >= 0 and excursion in [0, 1], got {sigma}, {excursion}")
         env, renderer = self.slot.env, self.slot.renderer
         rng = np.random.default_rng(seed if noise_seed is None else noise_seed)
+        detour = _Excursions(excursion, np.random.default_rng([seed if noise_seed is None else noise_seed, 7919]))
         obs = reset_seeded(env, seed)
         frames, actions, states, success = [], [], [], []
         poses, objects = [ee_pose(env)], [np.array(env._get_pos_objects(), dtype=np.float64)]
@@ -531,7 +557,9 @@ class ScriptedExpert:
                 if self.render:
                     frames.append(renderer.render())
                 states.append(proprio(obs, self.state_mode).astype(np.float32))
-                action = np.clip(self.policy.get_action(obs) + sigma * rng.standard_normal(4), -1.0, 1.0)
+                planned = detour.action() if excursion > 0 else None
+                base = self.policy.get_action(obs) if planned is None else planned
+                action = np.clip(base + sigma * rng.standard_normal(4), -1.0, 1.0)
                 obs, _, _, _, info = env.step(action)
                 actions.append(action)
                 success.append(bool(info["success"]))

@@ -1,6 +1,11 @@
 """Prophet: history-aware action-to-video world model with dual action conditioning (SPEC 2.1-2.5).
 
-Backbone: diffusers ``CosmosTransformer3DModel`` used Cosmos-Predict2 Video2World style. The clip latents are
+Two backbones share every interface (training loss, generation, rollouts, history, both action streams, the success
+head, LoRA, ``save_pretrained``): ``backbone="cosmos"`` (below; the paper's, and the real-scale 2B config) and
+``backbone="unet"`` (a diffusers ``UNet2DModel`` in pixel space under EDM, the embedded CPU default; see
+:mod:`lightning_prophrl.models.unet_backbone`).
+
+Cosmos backbone: diffusers ``CosmosTransformer3DModel`` used Cosmos-Predict2 Video2World style. The clip latents are
 ``[cond latent frame(s), future latents]`` along time with a condition-mask channel; the conditioning frames are clean
 (timestep ``cond_t``) and the loss is on the future latents only. Text conditioning is zeroed (SPEC 2.1): the
 cross-attention context is a zero (or learned null) sequence of ``null_context_tokens`` tokens.
@@ -74,6 +79,16 @@ from lightning_prophrl.models.action_frames import (
 )
 from lightning_prophrl.models.history import HistoryBuffer, HistoryEncoder, MemoryContext, install_memory_attention
 from lightning_prophrl.models.latent import CodecKind, build_codec
+from lightning_prophrl.models.unet_backbone import (
+    UNET_LORA_TARGETS,
+    build_unet,
+    check_sigma,
+    edm_coefficients,
+    edm_loss_weight,
+    karras_sigmas,
+    log_normal_sigmas,
+    time_embed_dim,
+)
 
 _MIN_T = 1e-3  # smallest t in the data -> velocity conversion of parameterization="data"
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -150,6 +165,12 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
     ``configs/prophet/model_tiny.yaml`` for the CPU configuration. Values the paper does not give are marked UNKNOWN.
 
     Args:
+        backbone: ``"cosmos"`` (the Cosmos DiT: every argument below) or ``"unet"`` (a ``UNet2DModel`` over the
+            frames stacked as channels, EDM preconditioning: ``unet_kwargs``, ``sigma_data``, ``edm_p_mean``,
+            ``edm_p_std``, ``sigma_min``, ``sigma_max``, ``edm_rho``; the DiT, null-context, ``flow_shift``/``t_*``,
+            ``cond_t``/``timestep_scale``, ``parameterization``, ``action_tokens``, ``cond_concat`` and ``prev_concat``
+            arguments are then unused, the memory is the stacked past frames and the success head reads the U-Net's
+            middle block).
         codec: ``"wan"`` (Wan2.1 VAE, learned latents) or ``"pixel"`` (fixed space-to-depth, pixel space).
         codec_kwargs: Constructor kwargs of the codec (see :mod:`lightning_prophrl.models.latent`).
         num_attention_heads: DiT heads (Cosmos-Predict2-2B: 16).
@@ -230,6 +251,14 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         prev_concat: Also concatenate the newest history latent (the frame before the conditioning frame; the
             conditioning frame itself where it is missing) to the input channels of every frame (beyond the paper;
             see the module docstring). Needs ``history_length >= 1``; off for Cosmos checkpoints.
+        unet_kwargs: ``UNet2DModel`` arguments over :data:`~lightning_prophrl.models.unet_backbone.DEFAULT_UNET`
+            (``backbone="unet"``).
+        sigma_data: EDM data standard deviation of the generated target (frames in ``[-1, 1]``: 0.5).
+        edm_p_mean: Mean of the training ``ln sigma`` (DIAMOND: -0.4).
+        edm_p_std: Standard deviation of the training ``ln sigma`` (1.2).
+        sigma_min: Smallest sampling noise level (the success head's clean pass also uses it).
+        sigma_max: Largest sampling noise level (the 1-step prediction starts there).
+        edm_rho: Karras schedule exponent.
     """
 
     _supports_gradient_checkpointing = True
@@ -283,8 +312,25 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         target_scale: float = 1.0,
         cond_concat: bool = False,
         prev_concat: bool = False,
+        backbone: Literal["cosmos", "unet"] = "cosmos",
+        unet_kwargs: dict[str, Any] | None = None,
+        sigma_data: float = 0.5,
+        edm_p_mean: float = -0.4,
+        edm_p_std: float = 1.2,
+        sigma_min: float = 2e-3,
+        sigma_max: float = 5.0,
+        edm_rho: float = 7.0,
     ) -> None:
         super().__init__()
+        if backbone not in ("cosmos", "unet"):
+            raise ValueError(f"`backbone` must be 'cosmos' or 'unet', got {backbone!r}")
+        for name, value in (("sigma_data", sigma_data), ("sigma_min", sigma_min), ("sigma_max", sigma_max),
+                            ("edm_p_std", edm_p_std), ("edm_rho", edm_rho)):  # fmt: skip
+            check_sigma(value, name)
+        if sigma_min >= sigma_max:
+            raise ValueError(f"`sigma_min` ({sigma_min}) must be below `sigma_max` ({sigma_max})")
+        if backbone == "unet" and (action_tokens or pretrained_backbone_path is not None):
+            raise ValueError("`action_tokens` and `pretrained_backbone_path` need backbone='cosmos'")
         if not target_scale > 0:
             raise ValueError(f"`target_scale` must be > 0, got {target_scale}")
         if not flow_shift > 0:
@@ -311,16 +357,27 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         if (codec_kwargs or {}).get("pretrained_path") is not None:
             self.register_to_config(codec_kwargs=self.latent_codec.export_kwargs())
         channels = self.latent_codec.latent_channels
+        self._state = _ForwardState()
+        self._memory = MemoryContext()
 
-        # 2. DiT backbone
-        self.transformer = self._build_backbone(channels, pretrained_backbone_path)
-        cfg = self.transformer.config
-        hidden = cfg.num_attention_heads * cfg.attention_head_dim
-        if tuple(cfg.patch_size)[0] != 1:
-            raise ValueError(f"`patch_size` must have a temporal patch of 1, got {tuple(cfg.patch_size)}")
+        # 2. Backbone: the U-Net over stacked frames, or the DiT
+        if backbone == "unet":
+            future = self.latent_codec.num_latent_frames(1 + action_chunk_length) - 1
+            stacked = channels * (future + 1 + history_length) + history_length  # noisy, current, past + masks
+            stacked += channels * future * int(self._concat_action_frames)
+            self.unet = build_unet(stacked, channels * future, 64, unet_kwargs)
+            hidden = time_embed_dim(self.unet)
+            self.unet.mid_block.register_forward_hook(self._keep_last_hidden)
+            success_width = int(self.unet.config.block_out_channels[-1])
+        else:
+            self.transformer = self._build_backbone(channels, pretrained_backbone_path)
+            cfg = self.transformer.config
+            hidden = success_width = cfg.num_attention_heads * cfg.attention_head_dim
+            if tuple(cfg.patch_size)[0] != 1:
+                raise ValueError(f"`patch_size` must have a temporal patch of 1, got {tuple(cfg.patch_size)}")
+            if null_context == "learned":
+                self.null_context_embeds = nn.Parameter(torch.zeros(null_context_tokens, cfg.text_embed_dim))
         self.hidden_size = hidden
-        if null_context == "learned":
-            self.null_context_embeds = nn.Parameter(torch.zeros(null_context_tokens, cfg.text_embed_dim))
 
         # 3. Dual action conditioning
         self.action_encoder = ScalarActionEncoder(
@@ -332,10 +389,8 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
                 channels, action_frame_channels, hidden, zero_init_conditioning
             )
 
-        # 4. History memory
-        self._state = _ForwardState()
-        self._memory = MemoryContext()
-        if history_length > 0:
+        # 4. History memory (the U-Net stacks the past frames instead)
+        if history_length > 0 and backbone == "cosmos":
             self.history_encoder = HistoryEncoder(
                 channels, hidden, history_length, history_scales, history_scale_frames, history_pos_dim
             )
@@ -344,16 +399,36 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
                 nn.Linear(2 * action_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden)
             )
             self.action_token_pos = nn.Parameter(torch.randn(action_chunk_length, hidden) * 0.02)
-        if history_length > 0 or action_tokens:
+        if backbone == "cosmos" and (history_length > 0 or action_tokens):
             install_memory_attention(self.transformer, self._memory)
 
         # 5. Success head
         if success_head:
             self.success_mlp = nn.Sequential(
-                nn.LayerNorm(hidden), nn.Linear(hidden, success_hidden_dim), nn.SiLU(), nn.Linear(success_hidden_dim, 1)
+                nn.LayerNorm(success_width),
+                nn.Linear(success_width, success_hidden_dim),
+                nn.SiLU(),
+                nn.Linear(success_hidden_dim, 1),
             )
-            self.transformer.transformer_blocks[-1].register_forward_hook(self._keep_last_hidden)
-        self.transformer.time_embed.register_forward_hook(self._add_action_embedding)
+            if backbone == "cosmos":
+                self.transformer.transformer_blocks[-1].register_forward_hook(self._keep_last_hidden)
+        if backbone == "cosmos":
+            self.transformer.time_embed.register_forward_hook(self._add_action_embedding)
+
+    @property
+    def is_unet(self) -> bool:
+        """Whether the backbone is the U-Net (EDM noise levels) rather than the Cosmos DiT (flow times)."""
+        return self.config.backbone == "unet"
+
+    @property
+    def uses_history(self) -> bool:
+        """Whether the model reads past frames (``history_length > 0``)."""
+        return int(self.config.history_length) > 0
+
+    @property
+    def clean_level(self) -> float:
+        """The noise level of a clean pass (the success head's): flow time 0 (DiT) or ``sigma_min`` (U-Net)."""
+        return float(self.config.sigma_min) if self.is_unet else 0.0
 
     @property
     def _concat_action_frames(self) -> bool:
@@ -456,13 +531,16 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             )
         t_c = cond_latents.shape[2]
         timestep = torch.as_tensor(timestep, device=noisy_latents.device, dtype=torch.float32).reshape(-1).expand(b)
-
-        # 1. Action embedding per latent frame: f_sa everywhere, + f_af on the future frames of camera samples
-        extra = self.action_encoder(actions, action_mask)[:, None].expand(b, t_c + t_f, self.hidden_size)
         if action_frame_latents is not None and action_frame_latents.shape != noisy_latents.shape:
             raise ValueError(
                 f"`action_frame_latents` must have shape {tuple(noisy_latents.shape)}, got {action_frame_latents.shape}"
             )
+        if self.is_unet:
+            return self._forward_unet(noisy_latents, timestep, cond_latents, actions, action_mask, history_latents,
+                                      history_mask, action_frame_latents, has_camera)  # fmt: skip
+
+        # 1. Action embedding per latent frame: f_sa everywhere, + f_af on the future frames of camera samples
+        extra = self.action_encoder(actions, action_mask)[:, None].expand(b, t_c + t_f, self.hidden_size)
         if action_frame_latents is not None and hasattr(self, "action_frame_encoder"):
             f_af = self.action_frame_encoder(action_frame_latents)  # (B, T_f, D)
             if has_camera is not None:
@@ -527,6 +605,73 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             velocity = (noisy_latents.to(pred.dtype) - pred) / t_b
         return ProphetOutput(velocity=velocity, success_logit=logit, prediction=pred)
 
+    def _forward_unet(
+        self,
+        noisy: torch.Tensor,
+        sigma: torch.Tensor,
+        cond_latents: torch.Tensor,
+        actions: torch.Tensor,
+        action_mask: torch.Tensor | None,
+        history_latents: torch.Tensor | None,
+        history_mask: torch.Tensor | None,
+        action_frame_latents: torch.Tensor | None,
+        has_camera: torch.Tensor | None,
+    ) -> ProphetOutput:
+        """The U-Net forward (``timestep`` is the EDM noise level ``sigma``); see :mod:`..unet_backbone`."""
+        b, c, t_f, h, w = noisy.shape
+        if bool((sigma <= 0).any()):
+            raise ValueError("the U-Net backbone needs noise levels sigma > 0 (use `clean_level` for a clean pass)")
+        # 1. Action vector: the chunk MLP + the pooled action frames (camera samples), added to the noise embedding
+        emb = self.action_encoder(actions, action_mask)
+        if action_frame_latents is not None and hasattr(self, "action_frame_encoder"):
+            f_af = self.action_frame_encoder(action_frame_latents).mean(1)
+            if has_camera is not None:
+                f_af = torch.where(has_camera.bool().view(b, 1), f_af, torch.zeros_like(f_af))
+            emb = emb + f_af
+        # 2. Stacked input: c_in * noisy future, current frame, past frames (+ their masks), action frames
+        c_skip, c_out, c_in, c_noise = (x.view(b, 1, 1, 1).to(self.dtype) for x in
+                                        edm_coefficients(sigma.to(torch.float32), self.config.sigma_data))  # fmt: skip
+        x = noisy.to(self.dtype).flatten(1, 2)
+        current = cond_latents[:, :, -1].to(self.dtype)
+        parts = [c_in * x, current]
+        if self.uses_history:
+            parts += self._stacked_history(current, history_latents, history_mask)
+        if self._concat_action_frames:
+            af = x.new_zeros(b, c * t_f, h, w)
+            if action_frame_latents is not None:
+                keep = torch.ones(b, dtype=torch.bool, device=x.device) if has_camera is None else has_camera.bool()
+                af = action_frame_latents.to(x.dtype).flatten(1, 2) * keep.view(b, 1, 1, 1).to(x.dtype)
+            parts.append(af)
+        out = self.unet(torch.cat(parts, 1), c_noise.view(b), class_labels=emb.to(self.dtype)).sample
+        pred = (c_skip * x + c_out * out).view(b, c, t_f, h, w)
+        # 3. Success logit from the middle block
+        logit = None
+        if hasattr(self, "success_mlp"):
+            hidden = self._state.last_hidden
+            self._state.last_hidden = None
+            logit = self.success_mlp(hidden.mean((-2, -1))).squeeze(-1)
+        velocity = (noisy.to(pred.dtype) - pred) / sigma.view(b, 1, 1, 1, 1).to(pred.dtype)  # dx / dsigma
+        return ProphetOutput(velocity=velocity, success_logit=logit, prediction=pred)
+
+    def _stacked_history(
+        self, current: torch.Tensor, history_latents: torch.Tensor | None, history_mask: torch.Tensor | None
+    ) -> list[torch.Tensor]:
+        """``history_length`` past latents as channels ``(B, C * H, h, w)`` (oldest first, right-aligned; a missing
+        frame is the current one) and their validity ``(B, H, h, w)``."""
+        b, c, h, w = current.shape
+        slots = int(self.config.history_length)
+        frames = current[:, :, None].expand(b, c, slots, h, w).clone()
+        valid = current.new_zeros(b, slots)
+        if history_latents is not None and history_latents.shape[2] > 0:
+            past = history_latents[:, :, -slots:].to(current.dtype)
+            n = past.shape[2]
+            mask = (torch.ones(b, n, device=current.device) if history_mask is None
+                    else history_mask[:, -slots:].to(current.device).float())  # fmt: skip
+            m = mask.view(b, 1, n, 1, 1).to(current.dtype)
+            frames[:, :, slots - n :] = m * past + (1 - m) * current[:, :, None]
+            valid[:, slots - n :] = mask.to(current.dtype)
+        return [frames.flatten(1, 2), valid.view(b, slots, 1, 1).expand(b, slots, h, w)]
+
     def _previous_latent(
         self, cond_latents: torch.Tensor, history_latents: torch.Tensor | None, history_mask: torch.Tensor | None
     ) -> torch.Tensor:
@@ -566,17 +711,23 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         self,
         rank: int = 16,
         alpha: float | None = None,
-        target_modules: tuple[str, ...] | list[str] = DEFAULT_LORA_TARGETS,
+        target_modules: tuple[str, ...] | list[str] | None = None,
         dropout: float = 0.0,
         adapter_name: str = "default",
     ) -> None:
-        """Add a LoRA adapter (SPEC 2.7: rank 16) to the DiT attention; only adapter parameters stay trainable.
+        """Add a LoRA adapter (SPEC 2.7: rank 16); only adapter parameters stay trainable.
+
+        ``target_modules=None`` picks the backbone's default: the DiT attention projections
+        (``DEFAULT_LORA_TARGETS``) or the U-Net's convolutions, noise-embedding projections and attention
+        (``UNET_LORA_TARGETS``).
 
         Save / load with diffusers: ``save_lora_adapter(dir)`` and
         ``load_lora_adapter(dir, weight_name="pytorch_lora_weights.safetensors", prefix=None)``.
         """
         from peft import LoraConfig
 
+        if target_modules is None:
+            target_modules = UNET_LORA_TARGETS if self.is_unet else DEFAULT_LORA_TARGETS
         config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(target_modules), lora_dropout=dropout)
         self.add_adapter(config, adapter_name=adapter_name)
 
@@ -591,7 +742,7 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
 
         Returns ``(None, None)`` when the model has no memory or ``history`` is None / empty.
         """
-        if history is None or not hasattr(self, "history_encoder") or history.shape[1] == 0:
+        if history is None or not self.uses_history or history.shape[1] == 0:
             return None, None
         history = history[:, -self.config.history_length :]
         if history_mask is not None:
@@ -638,8 +789,11 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         return self.latent_codec.encode(frames)[:, :, 1:], has_camera
 
     def sample_t(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Training times ``(B,)`` in ``(0, 1)``: logit-normal or uniform, then shifted by ``flow_shift``."""
+        """Training noise ``(B,)``: flow times in ``(0, 1)`` (DiT: logit-normal or uniform, then shifted by
+        ``flow_shift``) or EDM noise levels (U-Net: log-normal)."""
         cfg = self.config
+        if self.is_unet:
+            return log_normal_sigmas(_randn((batch_size,), generator, device), cfg.edm_p_mean, cfg.edm_p_std)
         if cfg.t_sampling == "uniform":
             t = _rand((batch_size,), generator, device)
         else:
@@ -695,14 +849,17 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             tuple(cond.shape[-2:]),
         )
 
-        # 2. Rectified flow: z_t = (1 - t) z0 + t eps, target v = eps - z0 (z0 in the `prediction_target` space)
+        # 2. Rectified flow: z_t = (1 - t) z0 + t eps, target v = eps - z0 (z0 in the `prediction_target` space);
+        #    U-Net: EDM, x = z0 + sigma eps, weighted loss on the denoised z0
         t = self.sample_t(z0.shape[0], z0.device, generator)
         noise = _randn(z0.shape, generator, z0.device, z0.dtype)
         t_b = t.view(-1, 1, 1, 1, 1).to(z0.dtype)
-        out = self(
-            (1 - t_b) * z0 + t_b * noise, t, cond_lat, actions, batch.get(ACTION_MASK), hist, hist_mask, af, has_cam
-        )
-        if self.config.parameterization == "data":
+        noisy = z0 + t_b * noise if self.is_unet else (1 - t_b) * z0 + t_b * noise
+        out = self(noisy, t, cond_lat, actions, batch.get(ACTION_MASK), hist, hist_mask, af, has_cam)
+        if self.is_unet:
+            weight = edm_loss_weight(t, self.config.sigma_data).view(-1, 1, 1, 1, 1)
+            flow_loss = (weight * (out.prediction.float() - z0.float()) ** 2).mean()
+        elif self.config.parameterization == "data":
             flow_loss = F.mse_loss(out.prediction.float(), z0.float())
         else:
             flow_loss = F.mse_loss(out.velocity.float(), (noise - z0).float())
@@ -755,13 +912,11 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             has_camera: ``(B,)`` bool.
             num_steps: Euler steps (1 = one-step prediction).
             generator: RNG of the initial noise.
-            score_success: Also return the success logit of a clean (``t = 0``) pass over the generated latents.
+            score_success: Also return the success logit of a clean (``clean_level``) pass over the generated latents.
 
         Returns:
             :class:`ProphetGeneration` (frames ``(B, L, 3, H, W)``, latents, success logit).
         """
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
         if cond_frame.ndim != 4 or cond_frame.shape[1] != 3:
             raise ValueError(f"`cond_frame` must have shape (B, 3, H, W), got {tuple(cond_frame.shape)}")
         if num_steps < 1:
@@ -783,21 +938,48 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             action_frame_latents=af,
             has_camera=has_cam,
         )
-        # 2. Euler integration of the velocity from t = 1 (noise) to t = 0
+        # 2. Euler integration of the velocity from t = 1 (noise) to t = 0 (U-Net: EDM Euler from sigma_max to 0)
         t_f = self.latent_codec.num_latent_frames(1 + self.config.action_chunk_length) - 1
-        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=self.config.flow_shift)
-        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1.0 / num_steps, num_steps), device=device)
-        x = _randn((b, cond_lat.shape[1], t_f, *cond_lat.shape[-2:]), generator, device, cond_lat.dtype)
-        for i, timestep in enumerate(scheduler.timesteps):
-            velocity = self(x, scheduler.sigmas[i].expand(b), **inputs).velocity
-            x = scheduler.step(velocity, timestep, x).prev_sample
+        shape = (b, cond_lat.shape[1], t_f, *cond_lat.shape[-2:])
+        if self.is_unet:
+            x = self._sample_edm(shape, num_steps, generator, inputs)
+        else:
+            x = self._sample_flow(shape, num_steps, generator, inputs)
         # 3. Decode (the conditioning latent is decoded too, for the causal codec) and score
         latents = self._from_target(x, cond_lat)
         frames = self.latent_codec.decode(torch.cat([cond_lat, latents], 2))[:, 1:].clamp(-1, 1)
         logit = None
         if score_success and hasattr(self, "success_mlp"):
-            logit = self(x, torch.zeros(b, device=device), **inputs).success_logit
+            logit = self(x, torch.full((b,), self.clean_level, device=device), **inputs).success_logit
         return ProphetGeneration(frames=frames, latents=latents, success_logit=logit)
+
+    def _sample_flow(
+        self, shape: tuple[int, ...], num_steps: int, generator: torch.Generator | None, inputs: dict[str, Any]
+    ) -> torch.Tensor:
+        """Euler integration of the rectified-flow velocity from ``t = 1`` to 0 (the DiT)."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        b, device = shape[0], inputs["cond_latents"].device
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=self.config.flow_shift)
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1.0 / num_steps, num_steps), device=device)
+        x = _randn(shape, generator, device, inputs["cond_latents"].dtype)
+        for i, timestep in enumerate(scheduler.timesteps):
+            velocity = self(x, scheduler.sigmas[i].expand(b), **inputs).velocity
+            x = scheduler.step(velocity, timestep, x).prev_sample
+        return x
+
+    def _sample_edm(
+        self, shape: tuple[int, ...], num_steps: int, generator: torch.Generator | None, inputs: dict[str, Any]
+    ) -> torch.Tensor:
+        """EDM Euler steps on the Karras schedule (the U-Net); one step returns ``D(sigma_max * eps)``."""
+        cfg = self.config
+        b, device = shape[0], inputs["cond_latents"].device
+        sigmas = karras_sigmas(num_steps, cfg.sigma_min, cfg.sigma_max, cfg.edm_rho)
+        x = _randn(shape, generator, device, inputs["cond_latents"].dtype) * sigmas[0]
+        for sigma, nxt in zip(sigmas[:-1], sigmas[1:]):
+            denoised = self(x, torch.full((b,), sigma, device=device), **inputs).prediction
+            x = denoised if nxt == 0 else x + (nxt - sigma) * (x - denoised) / sigma
+        return x
 
     def _augment(self, latents: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """``latents + cond_noise * |n| * eps`` with one ``n ~ N(0, 1)`` per sample (see ``cond_noise``)."""
@@ -860,7 +1042,7 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         """
         if action_chunks.ndim != 4:
             raise ValueError(f"`action_chunks` must have shape (B, S, L, A), got {tuple(action_chunks.shape)}")
-        buffer = HistoryBuffer(self.config.history_length if hasattr(self, "history_encoder") else 0)
+        buffer = HistoryBuffer(self.config.history_length if self.uses_history else 0)
         lat, mask = self.encode_history(history, history_mask)
         if lat is not None:
             buffer.push(lat.transpose(1, 2), mask)

@@ -7,6 +7,8 @@ evaluation and video logging are callbacks (``lightning_prophrl.callbacks``).
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -81,6 +83,8 @@ class ProphetPretrainModule(ProphetTrainingBase):
             INFERRED from A2World, SPEC 2.6; Prophet's own optimizer settings are UNKNOWN).
         lr_scheduler: optional scheduler factory, stepped every optimizer step.
         export_dir: directory for ``save_pretrained`` at the end of training (None: no export).
+        stats_from: dataset directory whose ``stats.json`` (the action normalization the model was trained with) is
+            copied into the export, so the exported directory is all a user of the model needs.
         val_seed: seed of the validation noise and times (validation losses are comparable across epochs).
     """
 
@@ -91,9 +95,12 @@ class ProphetPretrainModule(ProphetTrainingBase):
         lr_scheduler: LRSchedulerCallable | None = None,
         export_dir: str | None = None,
         val_seed: int = 0,
+        stats_from: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
+        if stats_from is not None and not (Path(stats_from) / K.STATS_FILE).exists():
+            raise FileNotFoundError(f"`stats_from`: {Path(stats_from) / K.STATS_FILE} not found")
         if not isinstance(model, Prophet):
             raise TypeError(f"`model` must be a lightning_prophrl.models.prophet.Prophet, got {type(model).__name__}")
         self.model = model
@@ -105,5 +112,7 @@ class ProphetPretrainModule(ProphetTrainingBase):
             self.export(self.hparams.export_dir)
 
     def export(self, path: str) -> None:
-        """Write the Prophet with ``save_pretrained(path)`` (config + safetensors)."""
+        """Write the Prophet with ``save_pretrained(path)`` (config + safetensors) and the ``stats_from`` stats."""
         self.model.save_pretrained(path)
+        if self.hparams.stats_from is not None:
+            shutil.copy(Path(self.hparams.stats_from) / K.STATS_FILE, Path(path) / K.STATS_FILE)
