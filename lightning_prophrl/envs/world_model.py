@@ -169,7 +169,7 @@ class WorldModelEnv(BatchedEnvBase):
                     self.target[i * g : (i + 1) * g] = torch.as_tensor(p.initial_target, dtype=torch.float32)[:3]
         self.instructions = [p.instruction or p.task for p in ps for _ in range(g)]
         self.history = HistoryBuffer(
-            int(self.prophet.config.history_length) if hasattr(self.prophet, "history_encoder") else 0
+            int(self.prophet.config.history_length) if self.prophet.uses_history else 0
         )
         self._push_prompt_history(ps)
         self.video_frames = [self.frame.clone()]
