@@ -1,7 +1,7 @@
 """Fast headless MuJoCo rendering with a calibrated pinhole camera (intrinsics K and OpenCV extrinsics).
 
 MuJoCo's default offscreen path renders a 4096 shadow map with 4x MSAA, about 90 ms per frame on a CPU. The fast path
-of ``FastRenderer`` (STACK.md "Simulators") sets ``model.vis.quality.offsamples = 0`` *before* the render context
+of ``FastRenderer`` sets ``model.vis.quality.offsamples = 0`` *before* the render context
 exists and clears the shadow and reflection flags of the scene once, which brings a 64x64 frame to 5-10 ms; images are
 pixel-identical to ``mujoco.Renderer`` with the same settings. All renderers share one GL context per process and
 skip the shadow map, so building one costs about 0.1 s instead of 0.5 s.
@@ -10,7 +10,7 @@ Cameras are either a free camera (``FreeCamera``: lookat, distance, azimuth, ele
 camera named in the model. Two free-camera presets are tuned for Meta-World's Sawyer table (``CAMERA_PRESETS``):
 
 * ``"overview"``: lookat (0, 0.7, 0.1), distance 1.1, azimuth 145, elevation -35. The whole arm, every object and the
-  goal markers are in view (CALIBRATION.md); at 64 px a puck is only 2-3 px wide.
+  goal markers are in view (docs/results.md); at 64 px a puck is only 2-3 px wide.
 * ``"workspace"``: lookat (-0.05, 0.68, 0.15), distance 0.85, azimuth 165, elevation -35. Zoomed on the table: an
   object is 1.3x wider in pixels than in ``"overview"`` (a 4 cm object spans 3.7 px at 64 px against 2.8 px) and the
   empty background above the table is gone. Chosen by a grid search over free cameras that maximises the projected

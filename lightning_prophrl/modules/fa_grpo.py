@@ -1,4 +1,4 @@
-"""FA-GRPO (+ FlowScale) policy optimization against any batched environment (SPEC 4, 5).
+"""FA-GRPO (+ FlowScale) policy optimization against any batched environment (the paper's method).
 
 One ``training_step`` is one RL update (``self.updates`` counts them; ``trainer.global_step`` counts optimizer steps,
 ``ppo_epochs`` x minibatches per update, so bound runs with ``max_epochs`` x ``PromptDataModule.updates_per_epoch``):
@@ -55,7 +55,7 @@ class FAGRPOModule(L.LightningModule):
     Args:
         policy: the flow-matching policy being optimized.
         env: the batched environment (``MetaWorldEnv``, ``WorldModelEnv``, ...): ``num_envs = P * G``.
-        group_size: G rollouts per prompt (UNKNOWN in SPEC; 8 as CALIBRATION.md).
+        group_size: G rollouts per prompt (not given by the paper; 8 measured, docs/results.md).
         max_queries: policy queries per episode (horizon in chunks).
         sft_checkpoint: SFT Lightning checkpoint whose ``policy.*`` weights (and action statistics) initialise both
             the policy and the frozen reference.
@@ -64,19 +64,19 @@ class FAGRPOModule(L.LightningModule):
         action_target: what the env executes: ``metaworld`` 4-D raw actions or ``unified`` 14-D raw actions.
         loss: ``fa_grpo`` (one ratio per action element) or ``flow_grpo`` (the per-step-ratio baseline).
         flowscale: apply FlowScale weights.
-        flowscale_mode: ``rescale_grad`` (SPEC 5 option A) or ``per_step_adv`` (option B).
+        flowscale_mode: ``rescale_grad`` (FlowScale option A) or ``per_step_adv`` (option B).
         flowscale_p, flowscale_alpha, flowscale_w_min, flowscale_w_max, flowscale_eps: the weights' parameters.
-        eps_low: lower clip (UNKNOWN in SPEC; 0.2 as CALIBRATION.md).
-        eps_high: upper clip (UNKNOWN in SPEC; 0.2, symmetric by default; DAPO-style 0.28 is a common choice).
-        beta_kl: weight of the KL to the SFT policy (UNKNOWN in SPEC; 0.0 in the simulator, 0.04 in CALIBRATION's
-            world-model probe).
+        eps_low: lower clip (not given by the paper; 0.2 measured, docs/results.md).
+        eps_high: upper clip (not given by the paper; 0.2, symmetric by default; DAPO-style 0.28 is a common choice).
+        beta_kl: weight of the KL to the SFT policy (not given by the paper; 0.0 in the simulator, 0.04 inside
+            Prophet, docs/results.md).
         kl_estimator: ``k3`` (sampled, per element, summed over flow steps) or ``gaussian_mean`` (closed form per step).
         ppo_epochs: passes over the rollouts per update (UNKNOWN; 2).
         minibatch_size: policy queries per minibatch (UNKNOWN; 256).
         max_grad_norm: gradient clipping.
         noise_level: SDE noise level ``a`` for rollouts (default: the policy's).
         reward_model: optional callable ``RolloutBatch -> (N,) rewards``; default the env's success.
-        optimizer: optimizer factory (default Adam 3e-5, CALIBRATION.md's stable learning rate).
+        optimizer: optimizer factory (default Adam 3e-5, the stable learning rate of docs/results.md).
         step_grad_every: every this many updates, log the gradient norm contributed by each flow step (K extra
             backward passes on one minibatch; 0 disables).
         seed: seeds the sampler noise of the rollouts.

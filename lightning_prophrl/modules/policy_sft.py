@@ -38,9 +38,9 @@ class PolicySFTModule(L.LightningModule):
 
     Args:
         policy: the flow-matching policy (its ``forward(batch)`` returns the BC loss).
-        optimizer: optimizer factory (LightningCLI injects it; default Adam 3e-4 as CALIBRATION.md).
+        optimizer: optimizer factory (LightningCLI injects it; default Adam 3e-4, docs/results.md).
         lr_scheduler: optional scheduler factory.
-        shift_pad: random-shift augmentation in pixels (CALIBRATION.md used +-4 at 64 px; 0 disables).
+        shift_pad: random-shift augmentation in pixels (+-4 at 64 px by default in the demo; 0 disables).
         action_stats: the ``stats.json`` content that normalized the demonstrations; stored in the checkpoint so
             that the policy's actions can be unnormalized wherever it is loaded.
         action_dims: the unified action dims the policy models (as in ``PolicyDataModule``).

@@ -1,4 +1,4 @@
-"""Training the per-frame video success classifier behind ``ClassifierReward`` (SPEC 3, CALIBRATION.md part 2)."""
+"""Training the per-frame video success classifier behind ``ClassifierReward`` (the paper's reward model)."""
 
 from __future__ import annotations
 
@@ -28,10 +28,10 @@ class RewardModelModule(L.LightningModule):
 
     Args:
         classifier: the per-frame success classifier.
-        optimizer: optimizer factory (default Adam 3e-4, CALIBRATION.md's rate for the small CNNs).
+        optimizer: optimizer factory (default Adam 3e-4, the rate measured for the small CNNs, docs/results.md).
         lr_scheduler: optional scheduler factory (stepped every optimizer step).
-        pos_weight: weight of positive frames in the BCE (success frames are rare; UNKNOWN in SPEC, 3 as
-            CALIBRATION.md part 3's success head).
+        pos_weight: weight of positive frames in the BCE (success frames are rare; not given by the paper,
+            3 as the success head's).
         shift_pad: random-shift augmentation in pixels, the same shift for every frame of a stack (0 disables).
         threshold: probability threshold of the frame-level validation precision / recall.
     """
