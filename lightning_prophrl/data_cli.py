@@ -1,6 +1,7 @@
 """``prophrl-data``: generate, convert and inspect episode shards.
 
 prophrl-data metaworld --tasks pick-place-v3,push-v3 --episodes 20 --noise 0.1 --size 64 --seed 0 --out DIR
+prophrl-data corpus --out DIR --workspace 24 --overview 8 --workers 2
 prophrl-data convert lerobot SRC --out DIR --action-convention ee_abs_quat
 prophrl-data convert hdf5 SRC --out DIR --action-convention ee_abs_quat --layout libero --action-key ee_poses
 prophrl-data stats DIR [--recompute]
@@ -36,7 +37,24 @@ def build_parser() -> argparse.ArgumentParser:
     mw.add_argument("--no-stop-at-success", action="store_true", help="run every episode to the step cap")
     mw.add_argument("--seed", type=int, default=0, help="first seed; episode i of a task uses seed + i")
     mw.add_argument("--per-shard", type=int, default=10, help="episodes per shard")
+    mw.add_argument("--excursion", type=float, default=0.0, help="rate of smooth random excursions (0: none)")
+    mw.add_argument("--driver", default=None,
+                    help="who acts: another task's expert (its name) or 'random' smooth motions (default: the task's "
+                         "own expert)")  # fmt: skip
     mw.add_argument("--out", required=True, help="output directory (one dataset)")
+
+    co = sub.add_parser("corpus", help="Prophet's multi-task pretraining corpus (pretraining tasks only)")
+    co.add_argument("--out", required=True, help="corpus directory (finished datasets are kept on a rerun)")
+    co.add_argument("--tasks", type=_csv, default=None, help="subset of the pretraining tasks (default: all)")
+    co.add_argument("--workspace", type=int, default=24, help="episodes per task from the workspace camera")
+    co.add_argument("--overview", type=int, default=8, help="episodes per task from the overview camera")
+    co.add_argument("--noise", type=float, default=0.1, help="lower end of the per-episode action-noise std")
+    co.add_argument("--noise-max", type=float, default=1.0, help="upper end of the per-episode action-noise std")
+    co.add_argument("--excursion", type=float, default=0.5, help="rate of smooth random excursions")
+    co.add_argument("--excursion-share", type=float, default=0.5, help="fraction of episodes with excursions")
+    co.add_argument("--size", type=int, default=64, help="rendered frame size (square)")
+    co.add_argument("--seed", type=int, default=0, help="first seed; episode i of a task uses seed + i")
+    co.add_argument("--workers", type=int, default=2, help="parallel generator processes")
 
     conv = sub.add_parser("convert", help="convert a LeRobot or robomimic/LIBERO dataset")
     csub = conv.add_subparsers(dest="source", required=True)
@@ -74,7 +92,19 @@ def main(argv: list[str] | None = None) -> None:
             tasks=args.tasks, episodes=args.episodes, out=args.out, noise=args.noise, noise_max=args.noise_max,
             size=args.size, camera=args.camera, max_steps=args.max_steps,
             stop_at_success=not args.no_stop_at_success, seed=args.seed, per_shard=args.per_shard,
+            excursion=args.excursion, driver=args.driver,
         )  # fmt: skip
+    elif args.command == "corpus":
+        from lightning_prophrl.datamodules.metaworld_corpus import generate_corpus
+        from lightning_prophrl.envs.task_split import PRETRAIN_TASKS
+
+        cameras = {k: v for k, v in (("workspace", args.workspace), ("overview", args.overview)) if v > 0}
+        summary = generate_corpus(
+            args.out, tasks=args.tasks or PRETRAIN_TASKS, cameras=cameras, noise=args.noise, noise_max=args.noise_max,
+            excursion=args.excursion, excursion_share=args.excursion_share, size=args.size, seed=args.seed,
+            workers=args.workers,
+        )  # fmt: skip
+        summary.pop("success_rate", None)
     elif args.command == "convert":
         kwargs = {"action_convention": args.action_convention, "frame_format": args.frame_format,
                   "max_episodes": args.max_episodes, "on_error": args.on_error}  # fmt: skip

@@ -21,6 +21,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lightning_prophrl.actions import ActionStats
 from lightning_prophrl.constants import STATS_FILE
 from lightning_prophrl.envs.task_split import PRETRAIN_TASKS
@@ -48,8 +50,6 @@ def pooled_stats(dirs: Sequence[str | Path]) -> ActionStats:
             masks.append(ep.action_mask)
     if not chunks:
         raise ValueError(f"no episodes in {list(map(str, dirs))}")
-    import numpy as np
-
     return ActionStats.compute(chunks, mask=np.any(np.stack(masks), 0))
 
 
@@ -66,7 +66,8 @@ def generate_corpus(
     seed: int = 0,
     workers: int = 2,
 ) -> dict[str, Any]:
-    """Write the pretraining corpus (see the module docstring); returns ``{"datasets": [...], "stats": path}``.
+    """Write the pretraining corpus (see the module docstring); returns the ``corpus.json`` it writes
+    (datasets and stats file relative to ``out``, frames, per-dataset success rates).
 
     Args:
         out: corpus directory.
@@ -101,8 +102,8 @@ def generate_corpus(
     stats = pooled_stats(datasets)
     stats.extra = {"datasets": len(datasets), "episodes": sum(s["episodes"] for s in summaries)}
     (out / STATS_FILE).write_text(json.dumps(stats.to_dict(), indent=2))
-    info = {"datasets": datasets, "stats": str(out / STATS_FILE), "cameras": cameras, "tasks": list(tasks),
+    info = {"datasets": [str(Path(d).relative_to(out)) for d in datasets], "stats": STATS_FILE, "cameras": cameras, "tasks": list(tasks),
             "frames": sum(s["frames"] for s in summaries),
-            "success_rate": {s["path"]: s["tasks"][s["path"].split("/")[-1]]["success_rate"] for s in summaries}}
+            "success_rate": {str(Path(s["path"]).relative_to(out)): s["tasks"][s["path"].split("/")[-1]]["success_rate"] for s in summaries}}
     (out / "corpus.json").write_text(json.dumps(info, indent=2))
     return info

@@ -76,6 +76,7 @@ def generate_metaworld(
     progress: bool = True,
     excursion: float = 0.0,
     excursion_share: float = 1.0,
+    driver: str | None = None,
 ) -> dict[str, Any]:
     """Write ``episodes`` expert demonstrations per task into one shard dataset.
 
@@ -96,6 +97,7 @@ def generate_metaworld(
         progress: show a progress bar.
         excursion: rate of smooth random excursions in an episode (``ScriptedExpert.run``; 0 = none).
         excursion_share: fraction of the episodes that get excursions (drawn per episode with the seed).
+        driver: who acts (``ScriptedExpert``): None (each task's expert), another task's name or ``"random"``.
 
     Returns:
         a summary: episodes, successes and success rate per task, frames, output directory.
@@ -115,7 +117,7 @@ def generate_metaworld(
     with ShardWriter(out, dataset or "metaworld", max_count=per_shard) as writer:
         for task in tasks:
             expert = ScriptedExpert(task, image_size=size, camera=camera, max_steps=max_steps,
-                                    stop_at_success=stop_at_success)  # fmt: skip
+                                    stop_at_success=stop_at_success, driver=driver)  # fmt: skip
             env = expert.slot.env
             fps = 1.0 / (env.model.opt.timestep * env.frame_skip)
             rng = np.random.default_rng([seed, len(task)])
@@ -127,6 +129,7 @@ def generate_metaworld(
                     ep = expert.run(seed + i, sigma=sigma, excursion=rate)
                     episode = expert_to_episode(ep, fps, dataset or "metaworld", (size, size))
                     episode.meta["excursion"] = rate
+                    episode.meta["driver"] = driver or task
                     writer.write(episode)
                     wins += int(ep.episode_success)
                     summary["frames"] += len(episode)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -15,21 +17,40 @@ from lightning_prophrl.datamodules.clips import ClipIterable, DatasetSpec
 from lightning_prophrl.datamodules.shards import OnError, load_stats
 
 
-def dataset_specs(datasets: list[DatasetSpec | dict[str, Any] | str]) -> list[DatasetSpec]:
+def dataset_specs(datasets: list[DatasetSpec | dict[str, Any] | str], stride: int = 1) -> list[DatasetSpec]:
+    """Mixture entries -> ``DatasetSpec``; a path to a corpus (a directory with ``corpus.json``, written by
+    ``prophrl-data corpus``) stands for all its datasets at equal weight; ``stride`` is the default of entries that
+    do not set their own."""
     out = []
     for d in datasets:
         if isinstance(d, DatasetSpec):
             out.append(d)
         elif isinstance(d, str):
-            out.append(DatasetSpec(path=d))
+            corpus = Path(d) / "corpus.json"
+            if corpus.is_file():
+                out.extend(DatasetSpec(path=p, stride=stride) for p in corpus_datasets(d))
+            else:
+                out.append(DatasetSpec(path=d, stride=stride))
         elif isinstance(d, dict):
             unknown = set(d) - {"path", "weight", "stride", "name"}
             if unknown or "path" not in d:
                 raise ValueError(f"dataset entry {d}: needs 'path' and only path/weight/stride/name, got {sorted(d)}")
-            out.append(DatasetSpec(**d))
+            out.append(DatasetSpec(**{"stride": stride, **d}))
         else:
             raise TypeError(f"dataset entry must be a path, a dict or a DatasetSpec, got {type(d).__name__}")
     return out
+
+
+def corpus_datasets(corpus_dir: str | Path) -> list[str]:
+    """The dataset directories of a corpus, ``<corpus_dir>/<camera>/<task>`` as listed in its ``corpus.json``."""
+    corpus_dir = Path(corpus_dir)
+    info = json.loads((corpus_dir / "corpus.json").read_text())
+    paths = [str(corpus_dir.joinpath(*Path(p).parts[-2:])) for p in info.get("datasets", [])]
+    missing = [p for p in paths if not Path(p).is_dir()]
+    if not paths or missing:
+        raise FileNotFoundError(f"{corpus_dir}/corpus.json: datasets {missing or '(none listed)'} not found; "
+                                f"rerun `prophrl-data corpus --out {corpus_dir}` (finished datasets are kept)")  # fmt: skip
+    return paths
 
 
 class _ClipDataModuleBase(L.LightningDataModule):
@@ -52,7 +73,8 @@ class RobotClipDataModule(_ClipDataModuleBase):
     ``SUCCESS``, ``CLIP_SUCCESS`` of ``lightning_prophrl.constants``.
 
     Args:
-        datasets: the training mixture: paths, or dicts / ``DatasetSpec`` with ``path``, ``weight``, ``stride``.
+        datasets: the training mixture: paths, or dicts / ``DatasetSpec`` with ``path``, ``weight``, ``stride``; a
+            corpus directory (``prophrl-data corpus``) stands for all its datasets.
         val_datasets: held-out datasets read in one deterministic pass (defaults to none).
         history_len: past frames per clip.
         chunk_len: action chunk length L (SPEC 2.5: 20).
@@ -67,6 +89,7 @@ class RobotClipDataModule(_ClipDataModuleBase):
         on_error: ``raise`` (default) or ``skip`` invalid samples.
         stats_from: directory whose ``stats.json`` normalizes every dataset (e.g. a multi-task corpus's pooled
             statistics: one normalization of the unified action space); None: each dataset's own.
+        stride: source frames per model frame for the entries that do not set their own.
     """
 
     def __init__(
@@ -85,11 +108,12 @@ class RobotClipDataModule(_ClipDataModuleBase):
         seed: int = 0,
         on_error: OnError = "raise",
         stats_from: str | None = None,
+        stride: int = 1,
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.specs = dataset_specs(datasets)
-        self.val_specs = dataset_specs(val_datasets or [])
+        self.specs = dataset_specs(datasets, stride)
+        self.val_specs = dataset_specs(val_datasets or [], stride)
         self.train_set: ClipIterable | None = None
         self.val_set: ClipIterable | None = None
 

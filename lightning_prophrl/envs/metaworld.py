@@ -479,11 +479,11 @@ class _Excursions:
     """Smooth random excursions of :meth:`ScriptedExpert.run`: ``action()`` is the excursion's action, or None
     while the expert is in control."""
 
-    def __init__(self, rate: float, rng: np.random.Generator) -> None:
-        self.rate, self.rng, self.left, self.current = rate, rng, 0, np.zeros(4)
+    def __init__(self, rate: float, rng: np.random.Generator, always: bool = False) -> None:
+        self.rate, self.rng, self.left, self.current, self.always = rate, rng, 0, np.zeros(4), always
 
     def action(self) -> np.ndarray | None:
-        if self.left == 0 and self.rng.random() < self.rate / 16:
+        if self.left == 0 and (self.always or self.rng.random() < self.rate / 16):
             direction = self.rng.standard_normal(3)
             speed = self.rng.uniform(0.3, 1.0)
             grip = self.rng.choice([-1.0, 1.0])
@@ -507,6 +507,9 @@ class ScriptedExpert:
         stop_at_success: end the episode at its first successful step.
         state_mode: ``"proprio"`` (4-D) or ``"full"`` (39-D), as in ``MetaWorldEnv``.
         render: render a frame before every action (off: no frames, for fast replays and statistics).
+        driver: who chooses the actions: None (the task's own expert), another task's name (that task's expert acting
+            on this task's observations: motions unlike the task's data) or ``"random"`` (back-to-back smooth random
+            excursions, see ``run``; the expert never acts).
     """
 
     def __init__(
@@ -518,15 +521,18 @@ class ScriptedExpert:
         stop_at_success: bool = True,
         state_mode: StateMode = "proprio",
         render: bool = True,
+        driver: str | None = None,
     ) -> None:
         if not 1 <= max_steps <= RAW_MAX_STEPS:
             raise ValueError(f"max_steps must lie in [1, {RAW_MAX_STEPS}], got {max_steps}")
         from metaworld.policies import ENV_POLICY_MAP
 
+        if driver not in (None, "random") and driver not in ENV_POLICY_MAP:
+            raise ValueError(f"driver must be None, 'random' or a Meta-World v3 task name, got {driver!r}")
         self.task, self.max_steps, self.stop_at_success = task, max_steps, stop_at_success
-        self.state_mode, self.render = state_mode, render
+        self.state_mode, self.render, self.driver = state_mode, render, driver
         self.slot = _Slot(task, image_size, camera)
-        self.policy = ENV_POLICY_MAP[task]()
+        self.policy = ENV_POLICY_MAP[task if driver in (None, "random") else driver]()
 
     def run(self, seed: int, sigma: float = 0.0, noise_seed: int | None = None, excursion: float = 0.0) -> ExpertEpisode:
         """One episode from the initial state of ``seed``.
@@ -546,7 +552,9 @@ class ScriptedExpert:
             raise ValueError(f"sigma must be >= 0 and excursion in [0, 1], got {sigma}, {excursion}")
         env, renderer = self.slot.env, self.slot.renderer
         rng = np.random.default_rng(seed if noise_seed is None else noise_seed)
-        detour = _Excursions(excursion, np.random.default_rng([seed if noise_seed is None else noise_seed, 7919]))
+        random_only = self.driver == "random"
+        detour = _Excursions(excursion, np.random.default_rng([seed if noise_seed is None else noise_seed, 7919]),
+                             always=random_only)  # fmt: skip
         obs = reset_seeded(env, seed)
         frames, actions, states, success = [], [], [], []
         poses, objects = [ee_pose(env)], [np.array(env._get_pos_objects(), dtype=np.float64)]
@@ -557,7 +565,7 @@ class ScriptedExpert:
                 if self.render:
                     frames.append(renderer.render())
                 states.append(proprio(obs, self.state_mode).astype(np.float32))
-                planned = detour.action() if excursion > 0 else None
+                planned = detour.action() if excursion > 0 or random_only else None
                 base = self.policy.get_action(obs) if planned is None else planned
                 action = np.clip(base + sigma * rng.standard_normal(4), -1.0, 1.0)
                 obs, _, _, _, info = env.step(action)

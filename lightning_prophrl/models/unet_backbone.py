@@ -28,7 +28,7 @@ from diffusers import UNet2DModel
 
 # A ~4 M parameter U-Net for 64 px: attention only at 8 x 8 (the lowest resolution) and in the middle block.
 DEFAULT_UNET: dict[str, Any] = {
-    "block_out_channels": [48, 96, 144, 192],
+    "block_out_channels": [32, 64, 96, 128],
     "layers_per_block": 1,
     "down_block_types": ["DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
     "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"],
