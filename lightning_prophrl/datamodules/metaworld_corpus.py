@@ -102,8 +102,15 @@ def generate_corpus(
     stats = pooled_stats(datasets)
     stats.extra = {"datasets": len(datasets), "episodes": sum(s["episodes"] for s in summaries)}
     (out / STATS_FILE).write_text(json.dumps(stats.to_dict(), indent=2))
-    info = {"datasets": [str(Path(d).relative_to(out)) for d in datasets], "stats": STATS_FILE, "cameras": cameras, "tasks": list(tasks),
-            "frames": sum(s["frames"] for s in summaries),
-            "success_rate": {str(Path(s["path"]).relative_to(out)): s["tasks"][s["path"].split("/")[-1]]["success_rate"] for s in summaries}}
+    names = [str(Path(d).relative_to(out)) for d in datasets]
+    rates = [s["tasks"][Path(s["path"]).name]["success_rate"] for s in summaries]
+    info = {
+        "datasets": names,
+        "stats": STATS_FILE,
+        "cameras": cameras,
+        "tasks": list(tasks),
+        "frames": sum(s["frames"] for s in summaries),
+        "success_rate": dict(zip(names, rates)),
+    }
     (out / "corpus.json").write_text(json.dumps(info, indent=2))
     return info

@@ -534,7 +534,9 @@ class ScriptedExpert:
         self.slot = _Slot(task, image_size, camera)
         self.policy = ENV_POLICY_MAP[task if driver in (None, "random") else driver]()
 
-    def run(self, seed: int, sigma: float = 0.0, noise_seed: int | None = None, excursion: float = 0.0) -> ExpertEpisode:
+    def run(
+        self, seed: int, sigma: float = 0.0, noise_seed: int | None = None, excursion: float = 0.0
+    ) -> ExpertEpisode:
         """One episode from the initial state of ``seed``.
 
         Args:

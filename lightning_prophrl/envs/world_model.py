@@ -168,9 +168,7 @@ class WorldModelEnv(BatchedEnvBase):
                 if p.initial_target is not None:
                     self.target[i * g : (i + 1) * g] = torch.as_tensor(p.initial_target, dtype=torch.float32)[:3]
         self.instructions = [p.instruction or p.task for p in ps for _ in range(g)]
-        self.history = HistoryBuffer(
-            int(self.prophet.config.history_length) if self.prophet.uses_history else 0
-        )
+        self.history = HistoryBuffer(int(self.prophet.config.history_length) if self.prophet.uses_history else 0)
         self._push_prompt_history(ps)
         self.video_frames = [self.frame.clone()]
         self.lengths = torch.ones(self.num_envs, dtype=torch.long)
