@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from typing_extensions import override
 
-from lightning_prophrl.models.prophet import DEFAULT_LORA_TARGETS, Prophet
+from lightning_prophrl.models.prophet import Prophet
 from lightning_prophrl.modules.prophet_pretrain import ProphetTrainingBase
 
 CONDITIONING_PREFIXES = ("action_encoder.", "action_frame_encoder.", "history_encoder.", "success_mlp.",
@@ -73,7 +73,8 @@ class ProphetAdaptModule(ProphetTrainingBase):
         mode: ``"lora"`` (SPEC 2.7 [N]: LoRA rank 16) or ``"full"`` (the released checkpoints [HF]).
         lora_rank: LoRA rank.
         lora_alpha: LoRA alpha (None: equal to the rank, i.e. scale 1; UNKNOWN in the paper).
-        lora_target_modules: module names that get adapters (default the attention projections).
+        lora_target_modules: module names that get adapters (None: the backbone's default, see
+            ``Prophet.add_lora``: the DiT attention projections, or the U-Net's convolutions and attention).
         lora_dropout: LoRA dropout.
         train_conditioning: in LoRA mode, also train the action encoders, history encoder, success head and a learned
             null context (a new embodiment has new action statistics; UNKNOWN whether the paper does).
@@ -90,7 +91,7 @@ class ProphetAdaptModule(ProphetTrainingBase):
         mode: Literal["lora", "full"] = "lora",
         lora_rank: int = 16,
         lora_alpha: float | None = None,
-        lora_target_modules: tuple[str, ...] = DEFAULT_LORA_TARGETS,
+        lora_target_modules: tuple[str, ...] | None = None,
         lora_dropout: float = 0.0,
         train_conditioning: bool = True,
         optimizer: OptimizerCallable = lambda p: torch.optim.AdamW(p, lr=1e-4, weight_decay=0.0),
@@ -117,7 +118,8 @@ class ProphetAdaptModule(ProphetTrainingBase):
 
         # 2. Adapters and the trainable set (one filter for freezing and for saving)
         if mode == "lora":
-            self.model.add_lora(lora_rank, lora_alpha, tuple(lora_target_modules), lora_dropout)
+            self.model.add_lora(lora_rank, lora_alpha, None if lora_target_modules is None else tuple(lora_target_modules),
+                                lora_dropout)  # fmt: skip
             for name, param in self.model.named_parameters():
                 param.requires_grad_(is_adapted_parameter(name, train_conditioning))
 

@@ -211,9 +211,11 @@ def prophet_config(
 
 
 def _fit(module: Any, datasets: list[Any], log_dir: str, name: str, steps: int, seed: int, stride: int, chunk_len: int,
-         history_len: int, image_size: int, batch_size: int, ema_decay: float | None) -> dict[str, Any]:  # fmt: skip
+         history_len: int, image_size: int, batch_size: int, ema_decay: float | None,
+         stats_from: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Train ``module`` for ``steps`` optimizer steps on clips of ``datasets`` (paths, or ``{"path", "weight"}``
-    dicts of a weighted mixture; TensorBoard: ``<log_dir>/<name>``)."""
+    dicts of a weighted mixture; TensorBoard: ``<log_dir>/<name>``), actions normalized by ``stats_from``'s
+    ``stats.json`` (None: each dataset's own)."""
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -226,7 +228,7 @@ def _fit(module: Any, datasets: list[Any], log_dir: str, name: str, steps: int, 
     dm = RobotClipDataModule(specs, history_len=history_len,
                              chunk_len=chunk_len, image_size=image_size, batch_size=batch_size,
                              samples_per_epoch=steps * batch_size, windows_per_episode=8,
-                             shuffle_buffer=min(64, 4 * batch_size), seed=seed)  # fmt: skip
+                             shuffle_buffer=min(64, 4 * batch_size), seed=seed, stats_from=stats_from)  # fmt: skip
     callbacks = [EMACallback(decay=ema_decay, warmup=True)] if ema_decay else []
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, max_epochs=-1, gradient_clip_val=1.0,
                         logger=TensorBoardLogger(log_dir, name=name), callbacks=callbacks,
@@ -324,6 +326,7 @@ def adapt_prophet(
     ema_decay: float | None = 0.999,
     model_config: dict[str, Any] | None = None,
     log_dir: str | Path | None = None,
+    stats_from: str | None = None,
 ) -> str:
     """Adapt a pretrained Prophet to the target episodes, or (``pretrained_dir=None``) train one from scratch on them.
 
@@ -341,6 +344,8 @@ def adapt_prophet(
             :func:`pretrain_prophet`.
         lora_rank: LoRA rank (alpha = rank).
         model_config: ``Prophet`` kwargs of the scratch network.
+        stats_from: directory whose ``stats.json`` normalizes the target actions and is copied to the model (e.g. the
+            pretrained model's own, pooled over its corpus); None: the (first) target dataset's.
     """
     import lightning as L
 
@@ -367,10 +372,10 @@ def adapt_prophet(
     if not datasets:
         raise ValueError("`target_dir` is an empty mixture")
     info = _fit(module, datasets, str(log_dir or out / "tb"), f"{out.parent.name}_{out.name}", steps, seed,
-                stride, chunk_len, history_len, image_size, batch_size, ema_decay)  # fmt: skip
+                stride, chunk_len, history_len, image_size, batch_size, ema_decay, stats_from)  # fmt: skip
     merge_lora(module.model).save_pretrained(str(out / "model"))
     first = datasets[0] if isinstance(datasets[0], str) else datasets[0]["path"]
-    shutil.copy(Path(first) / K.STATS_FILE, out / "model" / K.STATS_FILE)
+    shutil.copy(Path(stats_from or first) / K.STATS_FILE, out / "model" / K.STATS_FILE)
     mark_done(out, {**info, "mode": mode, "pretrained": pretrained_dir, "trainable_parameters": trainable})
     return str(out / "model")
 

@@ -206,7 +206,10 @@ def test_model_configs_parse_as_the_nested_model(name, capsys, monkeypatch):
     cfg = print_config(["--config", str(CONFIGS / "pretrain_tiny.yaml"), "--model.init_args.model",
                         str(CONFIGS / name)], capsys, monkeypatch)  # fmt: skip
     expected = yaml.safe_load((CONFIGS / name).read_text())["init_args"]
-    assert cfg["model"]["init_args"]["model"]["init_args"]["num_layers"] == expected["num_layers"]
+    parsed = cfg["model"]["init_args"]["model"]["init_args"]
+    for key in ("codec", "action_chunk_length", "history_length", "backbone", "num_layers"):
+        assert parsed[key] == expected.get(key, parsed[key] if key in ("backbone", "num_layers") else None)
+    assert parsed["backbone"] == expected.get("backbone", "cosmos")
 
 
 def test_trainer_config_composes(capsys, monkeypatch):

@@ -1,0 +1,214 @@
+"""The pretrained Prophet on Meta-World tasks held out of its pretraining: few-shot adaptation, open-loop and
+counterfactual-action reports.
+
+``python -m lightning_prophrl.studies.heldout --model lightning_prophrl/assets/prophet_metaworld --out runs/heldout``
+
+Stages (each cached with ``done.json`` in its own directory, so a rerun resumes; everything is seeded):
+
+1. :func:`heldout_data`, per task of ``--tasks`` (every one in ``lightning_prophrl.envs.task_split.HELDOUT_TASKS``,
+   i.e. never in the pretraining corpus): ``adapt`` (<= 20 noisy-expert episodes, initial-state seeds ``500 + i``),
+   ``eval`` (20 noisy-expert episodes, seeds ``800 + i``) and two counterfactual sets from the *same* initial states
+   as ``eval``: ``cf_random`` (smooth random motions, back to back: ``ScriptedExpert(driver="random")``) and
+   ``cf_expert`` (another task's scripted expert acting on this task's observations, ``driver=COUNTERFACTUAL_EXPERT``).
+   Counterfactual actions are what an exploring policy will try and the task's data never shows. Episodes run to the
+   step cap (150 steps = 38 model frames at stride 4).
+2. :func:`adapt` (per task and seed): LoRA (rank 16 on the U-Net's convolutions, noise-embedding projections and
+   attention) or full fine-tuning of the pretrained model on ``adapt`` with the model's own action statistics
+   (one normalization of the unified action space, so what pretraining learned about actions carries over); the
+   adapters are fused into the exported ``save_pretrained`` directory.
+3. :func:`task_report`: ``studies.prophet.world_model_report`` of a model on ``eval`` and on each counterfactual set:
+   whole episodes (38 segments of one model frame) rolled out from the first frame under the recorded actions,
+   against the simulator's video; copy-last (the first frame held still) and the same model under shuffled actions
+   (actions of another episode) as baselines; a contact sheet per set.
+4. :func:`run_study`: stages 1-3 for the zero-shot model and the adapted models of every seed; ``results.md`` and
+   ``results.json`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from lightning_prophrl.envs.task_split import HELDOUT_TASKS
+from lightning_prophrl.stage_cache import is_done, load_done, mark_done
+
+STUDY_TASKS = ("window-open-v3", "faucet-open-v3", "plate-slide-v3")
+COUNTERFACTUAL_EXPERT = "push-v3"
+SETS = ("eval", "cf_random", "cf_expert")
+ADAPT_SEED, EVAL_SEED = 500, 800
+METRICS = ("psnr", "dyn_psnr", "ssim", "flow_epe", "flow_cos")
+
+
+def heldout_data(
+    task: str,
+    out: str | Path,
+    adapt_episodes: int = 20,
+    eval_episodes: int = 20,
+    cf_episodes: int = 10,
+    size: int = 64,
+    camera: str = "workspace",
+    max_steps: int = 150,
+    noise: float = 0.1,
+    noise_max: float = 0.6,
+) -> dict[str, str]:
+    """The four datasets of one held-out task (see the module docstring); returns ``{set name: directory}``.
+
+    Args:
+        task: a held-out Meta-World v3 task.
+        out: directory of the task's datasets (``<out>/adapt``, ``<out>/eval``, ``<out>/cf_random``, ...).
+        adapt_episodes: few-shot adaptation episodes (at most 20).
+        eval_episodes: evaluation episodes under the task's noisy expert.
+        cf_episodes: episodes per counterfactual set (the first initial states of ``eval``).
+        size, camera, max_steps: rendering and step cap, as in pretraining.
+        noise, noise_max: range of the per-episode action-noise std of the noisy expert (``cf_expert``: ``noise``).
+    """
+    from lightning_prophrl.datamodules.metaworld_gen import generate_metaworld
+
+    if task not in HELDOUT_TASKS:
+        raise ValueError(f"{task!r} is not a held-out task (lightning_prophrl.envs.task_split.HELDOUT_TASKS)")
+    if not 1 <= adapt_episodes <= 20 or eval_episodes < 1 or not 1 <= cf_episodes <= eval_episodes:
+        raise ValueError(
+            f"need 1 <= adapt_episodes <= 20, eval_episodes >= 1 and 1 <= cf_episodes <= eval_episodes, got "
+            f"{adapt_episodes}, {eval_episodes}, {cf_episodes}"
+        )
+    out = Path(out)
+    common = dict(tasks=[task], size=size, camera=camera, max_steps=max_steps, stop_at_success=False, progress=False)
+    jobs = {
+        "adapt": dict(episodes=adapt_episodes, seed=ADAPT_SEED, noise=noise, noise_max=noise_max),
+        "eval": dict(episodes=eval_episodes, seed=EVAL_SEED, noise=noise, noise_max=noise_max),
+        "cf_random": dict(episodes=cf_episodes, seed=EVAL_SEED, noise=0.0, driver="random"),
+        "cf_expert": dict(episodes=cf_episodes, seed=EVAL_SEED, noise=noise, driver=COUNTERFACTUAL_EXPERT),
+    }
+    for name, job in jobs.items():
+        path = out / name
+        if not is_done(path):
+            shutil.rmtree(path, ignore_errors=True)  # a partial dataset of an interrupted run
+            mark_done(path, generate_metaworld(out=str(path), **common, **job))
+    return {name: str(out / name) for name in jobs}
+
+
+def adapt(
+    pretrained_dir: str,
+    adapt_dir: str,
+    out: str | Path,
+    steps: int = 600,
+    mode: Literal["lora", "full"] = "lora",
+    seed: int = 0,
+    batch_size: int = 16,
+    lr: float | None = None,
+    lora_rank: int = 16,
+) -> str:
+    """Adapt the pretrained model to one task's ``adapt`` episodes; returns the adapted ``save_pretrained`` dir.
+
+    Args:
+        pretrained_dir: the pretrained model (with its ``stats.json``).
+        adapt_dir: the few-shot dataset.
+        out: stage directory (``<out>/model``).
+        steps: optimizer steps.
+        mode: ``"lora"`` (adapters only) or ``"full"``.
+        seed: seeds the adapters, the clip stream and the noise.
+        batch_size: clips per step.
+        lr: AdamW learning rate (None: 1e-3 for LoRA, 1e-4 for full fine-tuning).
+        lora_rank: LoRA rank (alpha = rank).
+    """
+    from lightning_prophrl.models.prophet import Prophet
+    from lightning_prophrl.studies.prophet import adapt_prophet
+
+    config = Prophet.load_config(pretrained_dir)
+    return adapt_prophet(
+        pretrained_dir, adapt_dir, out, steps=steps, mode=mode, seed=seed, chunk_len=int(config["action_chunk_length"]),
+        history_len=int(config["history_length"]), batch_size=batch_size, lr=lr or (1e-3 if mode == "lora" else 1e-4),
+        lora_rank=lora_rank, stats_from=pretrained_dir,
+    )  # fmt: skip
+
+
+def task_report(model_dir: str, data: dict[str, str], out: str | Path, num_steps: int = 1, seed: int = 0,
+                num_segments: int = 38) -> dict[str, Any]:  # fmt: skip
+    """``world_model_report`` of ``model_dir`` on every evaluation set of ``data`` (``{set: report}``)."""
+    from lightning_prophrl.studies.prophet import world_model_report
+
+    return {name: world_model_report(model_dir, data[name], Path(out) / name, num_episodes=20,
+                                     num_segments=num_segments, num_steps=num_steps, seed=seed)
+            for name in SETS}  # fmt: skip
+
+
+def run_study(
+    model: str,
+    out: str | Path = "runs/heldout",
+    tasks: Sequence[str] = STUDY_TASKS,
+    seeds: Sequence[int] = (0, 1, 2),
+    adapt_steps: int = 600,
+    mode: Literal["lora", "full"] = "lora",
+    num_steps: int = 1,
+) -> dict[str, Any]:
+    """Stages 1-4 of the module docstring; writes ``<out>/results.json`` and ``<out>/results.md``."""
+    out = Path(out)
+    results: dict[str, Any] = {"model": model, "mode": mode, "adapt_steps": adapt_steps, "seeds": list(seeds),
+                               "num_steps": num_steps, "tasks": {}}  # fmt: skip
+    for task in tasks:
+        data = heldout_data(task, out / "data" / task)
+        rows = {"zero_shot": [task_report(model, data, out / task / "zero_shot", num_steps)]}
+        rows[mode] = []
+        for seed in seeds:
+            adapted = adapt(model, data["adapt"], out / task / f"{mode}_seed{seed}", adapt_steps, mode, seed)
+            rows[mode].append(task_report(adapted, data, out / task / f"{mode}_seed{seed}" / "report", num_steps))
+            rows[mode][-1]["adapt_seconds"] = load_done(out / task / f"{mode}_seed{seed}")["seconds"]
+        results["tasks"][task] = rows
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(results_table(results))
+    return results
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    return f"{np.mean(values):.2f}" + (f" ± {np.std(values):.2f}" if len(values) > 1 else "")
+
+
+def results_table(results: dict[str, Any]) -> str:
+    """Markdown: per task and evaluation set, copy-last, the zero-shot and the adapted model (mean ± std over
+    seeds), the model under shuffled actions."""
+    lines = []
+    for task, rows in results["tasks"].items():
+        lines += [f"\n**{task}** (held out of pretraining)\n", "| set | model | " + " | ".join(METRICS) + " |",
+                  "|---|---|" + "---|" * len(METRICS)]  # fmt: skip
+        for name in SETS:
+            first = rows["zero_shot"][0][name]
+            lines.append(
+                f"| {name} | copy-last | " + " | ".join(f"{first[f'{m}_copy_last']:.2f}" for m in METRICS) + " |"
+            )
+            for label, reports in rows.items():
+                for suffix, tag in (("", ""), ("_shuffled", ", shuffled actions")):
+                    cells = [_mean_std([r[name][f"{m}{suffix}"] for r in reports]) for m in METRICS]
+                    lines.append(f"| {name} | {label}{tag} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="pretrained Prophet (save_pretrained directory with stats.json)")
+    ap.add_argument("--out", default="runs/heldout")
+    ap.add_argument("--tasks", default=",".join(STUDY_TASKS), help="comma-separated held-out tasks")
+    ap.add_argument("--seeds", default="0,1,2", help="adaptation seeds")
+    ap.add_argument("--adapt-steps", type=int, default=600)
+    ap.add_argument("--mode", choices=["lora", "full"], default="lora")
+    ap.add_argument("--num-steps", type=int, default=1, help="sampling steps per generated frame")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("PROPHRL_THREADS", 2)))
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    results = run_study(args.model, args.out, [t for t in args.tasks.split(",") if t],
+                        [int(s) for s in args.seeds.split(",") if s], args.adapt_steps, args.mode, args.num_steps)  # fmt: skip
+    print((Path(args.out) / "results.md").read_text())
+    return results
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    main()

@@ -1,0 +1,63 @@
+"""The held-out-task study on real Meta-World data: counterfactual sets share the evaluation starts, adaptation keeps
+the pretrained action normalization, the reports cover every set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_prophrl import constants as K
+from lightning_prophrl.datamodules.shards import iter_episodes
+from lightning_prophrl.models.prophet import Prophet
+from lightning_prophrl.studies.heldout import SETS, adapt, heldout_data, results_table, task_report
+
+UNET = dict(backbone="unet", codec="pixel", codec_kwargs={"factor": 1}, action_chunk_length=1, history_length=2,
+            use_action_frames=False, success_hidden_dim=8,
+            unet_kwargs={"block_out_channels": [8, 16], "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+                         "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "attention_head_dim": 8,
+                         "norm_num_groups": 4})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("heldout")
+    return heldout_data("window-open-v3", out, adapt_episodes=2, eval_episodes=2, cf_episodes=1, size=16,
+                        max_steps=16)  # fmt: skip
+
+
+def test_only_heldout_tasks_are_accepted(tmp_path):
+    with pytest.raises(ValueError, match="not a held-out task"):
+        heldout_data("reach-v3", tmp_path)
+
+
+def test_counterfactual_sets_start_where_the_evaluation_starts_and_act_differently(data):
+    ev, rnd, other = (next(iter(iter_episodes(data[k]))) for k in ("eval", "cf_random", "cf_expert"))
+    assert np.array_equal(ev.frames[0], rnd.frames[0]) and np.array_equal(ev.frames[0], other.frames[0])
+    assert not np.allclose(ev.actions, rnd.actions) and not np.allclose(ev.actions, other.actions)
+    assert (
+        rnd.meta["driver"] == "random" and other.meta["driver"] == "push-v3" and ev.meta["driver"] == "window-open-v3"
+    )
+
+
+def test_adaptation_keeps_the_pretrained_stats_and_reports_cover_every_set(data, tmp_path):
+    torch.manual_seed(0)
+    pretrained = tmp_path / "pretrained"
+    Prophet(**UNET).save_pretrained(pretrained)
+    stats = json.loads((Path(data["adapt"]) / K.STATS_FILE).read_text())
+    stats["mean"] = [0.5 * v for v in stats["mean"]]  # pooled statistics differ from the task's own
+    (pretrained / "stats.json").write_text(json.dumps(stats))
+    model_dir = adapt(str(pretrained), data["adapt"], tmp_path / "lora", steps=3, batch_size=2)
+    assert json.loads((tmp_path / "lora" / "model" / K.STATS_FILE).read_text()) == stats
+    base, tuned = Prophet.from_pretrained(pretrained), Prophet.from_pretrained(model_dir)
+    moved = [n for n, p in tuned.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
+    assert any("conv" in n for n in moved)  # LoRA on the convolutions, fused into the exported weights
+    report = task_report(model_dir, data, tmp_path / "report", num_segments=3)
+    assert set(report) == set(SETS)
+    for r in report.values():
+        assert r["segments"] == 3 and np.isfinite([r["psnr"], r["psnr_copy_last"], r["dyn_psnr_shuffled"]]).all()
+    table = results_table({"tasks": {"window-open-v3": {"zero_shot": [report], "lora": [report, report]}}})
+    assert table.count("| cf_random |") == 5 and "±" in table
