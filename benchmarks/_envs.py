@@ -88,6 +88,7 @@ def env_throughput(
     warmup: int = 1,
     rounds: int = 1,
     seed: int = 0,
+    prophet_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Imagined (``WorldModelEnv``) vs real (``MetaWorldEnv``) environment steps per second (module docstring).
 
@@ -105,6 +106,8 @@ def env_throughput(
         warmup: untimed ``step`` calls at the start of each episode.
         rounds: episodes per world (rates are medians over them).
         seed: seeds the weights, the actions, the prompts and the sampling noise.
+        prophet_kwargs: the world model's ``Prophet`` arguments (default: ``prophet_config`` of the DiT with
+            ``wm_chunk_len`` and ``history_len``).
 
     Returns:
         Settings, ``real_steps_per_s``, and per sampling-step count ``k``: ``imagined_steps_per_s_{k}step``,
@@ -133,7 +136,7 @@ def env_throughput(
     try:
         t0 = time.perf_counter()
         torch.manual_seed(seed)
-        prophet = Prophet(**prophet_config(image_size, wm_chunk_len, history_len))
+        prophet = Prophet(**(prophet_kwargs or prophet_config(image_size, wm_chunk_len, history_len)))
         poses = CommandedPoses.metaworld(task, image_size, camera) if prophet.config.use_action_frames else None
         stats = uniform_action_stats(seed=seed)
         worlds = {k: WorldModelEnv(prophet, stats, num_prompts=num_prompts, group_size=group_size,
