@@ -11,14 +11,25 @@ from lightning_prophrl.envs.base import Prompt
 from lightning_prophrl.envs.world_model import WorldModelEnv, group_actions
 from lightning_prophrl.models.prophet import Prophet
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "prophet" / "model_tiny.yaml"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "prophet"
+TINY_UNET = {"block_out_channels": [8, 16], "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+             "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "attention_head_dim": 8, "norm_num_groups": 4}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def prophet():
+@pytest.fixture(scope="module", params=["cosmos", "unet"])
+def prophet(request):
+    """Both embedded backbones, from their shipped YAMLs at test sizes."""
     torch.manual_seed(0)
-    kwargs = yaml.safe_load(CONFIG.read_text())["init_args"]
-    return Prophet(**{**kwargs, "action_chunk_length": 2, "history_length": 4, "history_scale_frames": [1, 1, 2]})
+    if request.param == "cosmos":
+        kwargs = yaml.safe_load((CONFIGS / "model_tiny.yaml").read_text())["init_args"]
+        return Prophet(**{**kwargs, "action_chunk_length": 2, "history_length": 4, "history_scale_frames": [1, 1, 2]})
+    kwargs = yaml.safe_load((CONFIGS / "model_unet.yaml").read_text())["init_args"]
+    model = Prophet(**{**kwargs, "action_chunk_length": 2, "history_length": 4, "unet_kwargs": TINY_UNET,
+                       "action_frame_channels": 8, "action_hidden_dim": 32})  # fmt: skip
+    with torch.no_grad():  # the action MLP's last layer starts at zero (zero_init_conditioning), as before training
+        for p in model.action_encoder.parameters():
+            p.add_(torch.randn_like(p))
+    return model
 
 
 def stats():
