@@ -116,3 +116,33 @@ class ProphetPretrainModule(ProphetTrainingBase):
         self.model.save_pretrained(path)
         if self.hparams.stats_from is not None:
             shutil.copy(Path(self.hparams.stats_from) / K.STATS_FILE, Path(path) / K.STATS_FILE)
+
+
+def export_checkpoint(
+    ckpt_path: str | Path, model_config: str | Path, out: str | Path, stats_from: str | None = None, ema: bool = True
+) -> str:
+    """Write the Prophet of a pretraining checkpoint as a ``save_pretrained`` directory (any step of a long run).
+
+    Args:
+        ckpt_path: a ``ProphetPretrainModule`` checkpoint (e.g. ``ModelCheckpoint``'s ``step=N`` or ``last.ckpt``).
+        model_config: the run's model YAML (``class_path``/``init_args`` of ``Prophet``, as in the fit config).
+        out: output directory.
+        stats_from: directory whose ``stats.json`` is copied along (the run's ``stats_from``).
+        ema: write the ``EMACallback`` average stored in the checkpoint (an error when it holds none); False: the raw
+            weights.
+    """
+    import yaml
+
+    config = yaml.safe_load(Path(model_config).read_text())
+    model = Prophet(**config.get("init_args", config))
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    weights = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    if ema:
+        states = [s for k, s in ckpt.get("callbacks", {}).items() if k.startswith("EMACallback") and s.get("ema")]
+        if not states:
+            raise KeyError(f"{ckpt_path}: no EMACallback average in the checkpoint (export the raw weights: ema=False)")
+        weights.update({k.removeprefix("model."): v for k, v in states[0]["ema"].items()})
+    model.load_state_dict(weights, strict=True)
+    module = ProphetPretrainModule(model, stats_from=stats_from)
+    module.export(str(out))
+    return str(out)

@@ -11,10 +11,11 @@ import torch
 import yaml
 
 from lightning_prophrl import constants as K
+from lightning_prophrl.callbacks import EMACallback
 from lightning_prophrl.datamodules.robot import RobotClipDataModule
 from lightning_prophrl.models.prophet import Prophet
 from lightning_prophrl.modules.prophet_adapt import ProphetAdaptModule, is_adapted_parameter, load_adapter
-from lightning_prophrl.modules.prophet_pretrain import ProphetPretrainModule
+from lightning_prophrl.modules.prophet_pretrain import ProphetPretrainModule, export_checkpoint
 from tests.conftest import write_coded_dataset
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "prophet"
@@ -57,6 +58,26 @@ def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------------------------------
 # Pretraining
 # ---------------------------------------------------------------------------------------------------------------------
+def test_a_checkpoint_exports_its_ema_average_or_its_raw_weights(data, tmp_path):
+    kwargs = yaml.safe_load((CONFIGS / "model_tiny.yaml").read_text())
+    kwargs["init_args"].update(num_layers=1, history_length=4, history_scale_frames=[1, 1, 2])
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(kwargs))
+    module = ProphetPretrainModule(tiny_prophet())
+    ema = EMACallback(decay=0.9, apply_at_end=False)  # the checkpoint holds the raw weights, as mid-run ones do
+    t = trainer(max_steps=3, limit_val_batches=0, callbacks=[ema], default_root_dir=tmp_path)
+    t.fit(module, data)
+    t.save_checkpoint(tmp_path / "run.ckpt")
+    raw = export_checkpoint(tmp_path / "run.ckpt", tmp_path / "model.yaml", tmp_path / "raw", ema=False)
+    avg = export_checkpoint(tmp_path / "run.ckpt", tmp_path / "model.yaml", tmp_path / "avg")
+    raw_sd, avg_sd = Prophet.from_pretrained(raw).state_dict(), Prophet.from_pretrained(avg).state_dict()
+    assert all(torch.equal(v, raw_sd[k]) for k, v in module.model.state_dict().items())
+    params = dict(module.model.named_parameters())
+    assert all(torch.equal(avg_sd[k], ema.ema[f"model.{k}"]) for k in params)
+    assert any(not torch.equal(avg_sd[k], raw_sd[k]) for k in params)
+    with pytest.raises(FileNotFoundError, match="stats_from"):
+        export_checkpoint(tmp_path / "run.ckpt", tmp_path / "model.yaml", tmp_path / "x", stats_from=str(tmp_path))
+
+
 @pytest.mark.slow
 def test_pretrain_fast_dev_run_logs_and_exports_exactly(data, tmp_path):
     module = ProphetPretrainModule(tiny_prophet(), export_dir=str(tmp_path / "export"))
