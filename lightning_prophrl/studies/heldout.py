@@ -166,6 +166,30 @@ def run_study(
     return results
 
 
+def compare_models(models: dict[str, tuple[str, int]], task: str, out: str | Path = "runs/heldout") -> str:
+    """Markdown table of several models on one held-out task's evaluation sets (no adaptation): ``models`` maps a
+    label to ``(save_pretrained dir, sampling steps)``; reports are cached under ``<out>/<task>/compare/<label>``."""
+    out = Path(out)
+    data = heldout_data(task, out / "data" / task)
+    lines = [f"**{task}**, every model zero-shot\n", "| set | model | " + " | ".join(METRICS) + " |",
+             "|---|---|" + "---|" * len(METRICS)]  # fmt: skip
+    reports = {
+        label: task_report(d, data, out / task / "compare" / label, steps) for label, (d, steps) in models.items()
+    }
+    for name in SETS:
+        for i, label in enumerate(models):
+            report = reports[label][name]
+            if i == 0:
+                lines.append(
+                    f"| {name} | copy-last | " + " | ".join(f"{report[f'{m}_copy_last']:.2f}" for m in METRICS) + " |"
+                )
+            for suffix, tag in (("", ""), ("_shuffled", ", shuffled actions")):
+                lines.append(
+                    f"| {name} | {label}{tag} | " + " | ".join(f"{report[f'{m}{suffix}']:.2f}" for m in METRICS) + " |"
+                )
+    return "\n".join(lines) + "\n"
+
+
 def _mean_std(values: Sequence[float]) -> str:
     return f"{np.mean(values):.2f}" + (f" ± {np.std(values):.2f}" if len(values) > 1 else "")
 
@@ -191,7 +215,7 @@ def results_table(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="pretrained Prophet (save_pretrained directory with stats.json)")
+    ap.add_argument("--model", default=None, help="pretrained Prophet (save_pretrained directory with stats.json)")
     ap.add_argument("--out", default="runs/heldout")
     ap.add_argument("--tasks", default=",".join(STUDY_TASKS), help="comma-separated held-out tasks")
     ap.add_argument("--seeds", default="0,1,2", help="adaptation seeds")
@@ -199,10 +223,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--mode", choices=["lora", "full"], default="lora")
     ap.add_argument("--num-steps", type=int, default=1, help="sampling steps per generated frame")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("PROPHRL_THREADS", 2)))
+    ap.add_argument("--compare", default=None,
+                    help="instead of the study: LABEL=DIR[:STEPS],... zero-shot on the first task of --tasks")  # fmt: skip
     args = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.compare:
+        models = {}
+        for item in args.compare.split(","):
+            label, _, spec = item.partition("=")
+            path, _, steps = spec.partition(":")
+            models[label] = (path, int(steps or args.num_steps))
+        table = compare_models(models, args.tasks.split(",")[0], args.out)
+        print(table)
+        return {"table": table}
+    if not args.model:
+        ap.error("--model is required (the pretrained Prophet's directory) unless --compare is given")
     results = run_study(args.model, args.out, [t for t in args.tasks.split(",") if t],
                         [int(s) for s in args.seeds.split(",") if s], args.adapt_steps, args.mode, args.num_steps)  # fmt: skip
     print((Path(args.out) / "results.md").read_text())

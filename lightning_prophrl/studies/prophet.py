@@ -262,6 +262,7 @@ def pretrain_prophet(
     ema_decay: float | None = 0.999,
     model_config: dict[str, Any] | None = None,
     log_dir: str | Path | None = None,
+    stats_from: str | None = None,
 ) -> str:
     """Pretrain a Prophet on the equal-weight mixture of ``data_dirs``; returns its ``save_pretrained`` directory.
 
@@ -279,6 +280,8 @@ def pretrain_prophet(
         ema_decay: EMA of the weights (with warm-up), exported at the end; None disables it.
         model_config: ``Prophet`` kwargs (default :func:`prophet_config` of the sizes above).
         log_dir: TensorBoard directory (default ``<out>/tb``); the run is named ``<out parent>_<out name>``.
+        stats_from: directory whose ``stats.json`` normalizes every dataset and is exported with the model (e.g. a
+            corpus's pooled statistics); None: each dataset's own, nothing exported.
     """
     import lightning as L
 
@@ -290,9 +293,10 @@ def pretrain_prophet(
         L.seed_everything(seed, workers=True, verbose=False)
         model = Prophet(**(model_config or prophet_config(image_size, chunk_len, history_len)))
         opt, sched = _optimizers(lr, steps)
-        module = ProphetPretrainModule(model, optimizer=opt, lr_scheduler=sched, export_dir=str(out / "model"))
+        module = ProphetPretrainModule(model, optimizer=opt, lr_scheduler=sched, export_dir=str(out / "model"),
+                                       stats_from=stats_from)  # fmt: skip
         info = _fit(module, list(data_dirs), str(log_dir or out / "tb"), f"{out.parent.name}_{out.name}", steps, seed,
-                    stride, chunk_len, history_len, image_size, batch_size, ema_decay)  # fmt: skip
+                    stride, chunk_len, history_len, image_size, batch_size, ema_decay, stats_from)  # fmt: skip
         mark_done(out, info)
     return str(out / "model")
 
