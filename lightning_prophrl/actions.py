@@ -1,4 +1,4 @@
-"""The unified action space of Prophet (SPEC 2.2) and per-dataset normalization statistics.
+"""The unified action space of Prophet (paper: unified action representation) and per-dataset normalization statistics.
 
 Every action in the library is a 14-vector: 2 arms x [dpos (3), deuler (3), gripper (1)], where dpos and deuler are
 the increment of the end-effector pose expressed in the *previous tool frame* (``xi_t = xi_{t-1} o dxi_t``), and the

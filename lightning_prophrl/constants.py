@@ -3,7 +3,7 @@
 Never write these strings by hand elsewhere: import them from here.
 """
 
-# ---- Unified action space (SPEC 2.2): 2 arms x [dpos(3), deuler(3), gripper(1)] ----
+# ---- Unified action space (paper: unified action representation): 2 arms x [dpos(3), deuler(3), gripper(1)] ----
 NUM_ARMS = 2
 ARM_DIM = 7
 ACTION_DIM = NUM_ARMS * ARM_DIM  # 14

@@ -137,7 +137,7 @@ class DemoConfig:
     wm_refresh_reward_data: str = "branches"
     # branches (``wm_fagrpo_branch``): imagined rollouts of ``wm_branch_segments`` policy chunks started at every
     # ``wm_branch_every``-th chunk boundary of the refresh rollouts before their first success, with the recorded
-    # memory; the reward is imagined success within the branch (CALIBRATION.md part 3: drift grows with the horizon)
+    # memory; the reward is imagined success within the branch (the world model's drift grows with the horizon)
     wm_branch_segments: int = 10
     wm_branch_every: int = 1
     # exploration inside Prophet: the SDE noise level of the RL rollouts (None: the policy's 0.7) and the group size
@@ -771,7 +771,8 @@ def eval_at(rows: list[dict[str, Any]], updates: int) -> dict[str, Any]:
 
 
 def results_table(cfg: DemoConfig, results: dict[str, list[dict[str, Any]]]) -> str:
-    """Markdown table in the form of SPEC Table 10 (mean +- std over seeds of held-out real success)."""
+    """Markdown table in the form of the paper's LIBERO simulator-vs-world-model table (mean +- std over seeds of
+    held-out real success)."""
     sft = [r["eval"][0]["success"] for rs in results.values() for r in rs[:1]]
     sft_by_seed = {r["seed"]: r["eval"][0]["success"] for rs in results.values() for r in rs}
     lines = [f"| setting | real success ({cfg.eval_seeds} held-out states) | RL updates | updates to reach SFT+10pp "

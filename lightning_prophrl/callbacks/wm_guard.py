@@ -1,6 +1,6 @@
 """Guards for RL inside a world model: imagined vs real success side by side, with early stopping on divergence.
 
-CALIBRATION.md parts 2-3 measured imagined success running away from real success (reward hacking of world-model
+Imagined success can run away from real success during RL inside a world model (reward hacking of world-model
 artifacts). Every ``every_n_updates`` RL updates this callback runs the current policy (ODE, matched noise) from the
 same held-out check states in the real simulator and in the world model, logs both, counts the real interactions it
 used, and stops training when imagined success exceeds real success by ``max_gap`` at ``patience`` consecutive checks.
@@ -25,7 +25,7 @@ class ImaginationGuardCallback(RealStepsHistory):
     Args:
         task: real simulator task of the checks.
         check_seeds: held-out initial states of the checks (disjoint from evaluation seeds; 30+ recommended, since 10
-            seeds is too noisy to select checkpoints, CALIBRATION.md part 3).
+            seeds is too noisy to select checkpoints).
         every_n_updates: check period in RL updates (and once before the first update).
         max_gap: imagined minus real success that counts as divergence.
         patience: consecutive divergent checks before stopping.

@@ -1,8 +1,8 @@
-"""World-model evaluation (SPEC 2.8): held-out episodes rolled out under their ground-truth actions.
+"""World-model evaluation (as in the paper): held-out episodes rolled out under their ground-truth actions.
 
 * :func:`load_eval_episodes` cuts one long clip per held-out episode (first frame, ``S * L`` actions, ``S * L`` real
   frames) with the same normalization and resizing as ``RobotClipDataModule``.
-* :func:`evaluate_world_model` rolls them out with ``Prophet.rollout`` (segment-wise autoregressive, SPEC 2.5) and
+* :func:`evaluate_world_model` rolls them out with ``Prophet.rollout`` (segment-wise autoregressive) and
   scores the imagined videos with :mod:`lightning_prophrl.metrics`, next to two baselines that keep the numbers honest:
   ``copy_last`` (the first frame held still: what a model that ignores actions and dynamics scores) and ``shuffled``
   (the same model under another episode's actions: a model that follows its actions must score worse there).
@@ -185,7 +185,7 @@ def rollout_episodes(
 
 
 class VideoMetricSet:
-    """The world-model metrics of SPEC 2.8 on full rollouts ``(B, 1 + T, 3, H, W)`` (frame 0 = the given frame).
+    """The paper's world-model metrics on full rollouts ``(B, 1 + T, 3, H, W)`` (frame 0 = the given frame).
 
     Args:
         motion_threshold: flow magnitude (px / frame) of the moving region of the direction cosine.

@@ -1,8 +1,8 @@
-"""Frames labelled with the simulator's per-frame success flag, for training the video success classifier (SPEC 3).
+"""Frames labelled with the simulator's per-frame success flag, to train the video success classifier (paper: reward).
 
 Each sample is the frame ``t`` of an episode (with the ``frame_stack - 1`` frames before it, ``stack_stride`` apart)
 and its label ``meta["success_steps"][t]``. Several shard directories can be mixed with weights: this is how the
-classifier is *domain-bridged* (SPEC 3, CALIBRATION.md part 2): mix real shards with shards of the same schema whose
+classifier is *domain-bridged* (paper: reward): mix real shards with shards of the same schema whose
 frames a world model generated from the same action sequences, labelled with the simulator's success.
 
 The validation split is by episode: an episode is held out when a stable hash of its key falls below

@@ -77,7 +77,7 @@ class RobotClipDataModule(_ClipDataModuleBase):
             corpus directory (``prophrl-data corpus``) stands for all its datasets.
         val_datasets: held-out datasets read in one deterministic pass (defaults to none).
         history_len: past frames per clip.
-        chunk_len: action chunk length L (SPEC 2.5: 20).
+        chunk_len: action chunk length L (the paper: 20).
         image_size: output frames are resized to ``image_size`` x ``image_size``.
         batch_size: clips per batch per rank.
         num_workers: DataLoader workers per rank.

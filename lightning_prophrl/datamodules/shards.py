@@ -21,7 +21,7 @@ key                  content
                      ``task``, ``seed``, ``success_steps`` (per-step success flags) and anything else
 ==================== ================================================================================================
 
-End-effector poses live in their own ``.npy`` rather than in ``meta.json`` (DESIGN.md's sketch) because they are
+End-effector poses live in their own ``.npy`` rather than in ``meta.json`` because they are
 per-step arrays; the camera, which is constant per episode, stays in ``meta.json``.
 
 Beside the shards, ``stats.json`` holds the dataset's action statistics (``ActionStats``) and ``index.json`` lists

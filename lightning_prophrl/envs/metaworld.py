@@ -1,6 +1,6 @@
 """The real Meta-World v3 simulator as a ``BatchedEnv``, deterministic seeding, seed ranges and the scripted expert.
 
-Seeding (STACK.md, CALIBRATION.md "Pitfalls"): ``env.reset(seed=s)`` does not reseed Meta-World v3 and the MT1 wrapper
+Seeding: ``env.reset(seed=s)`` does not reseed Meta-World v3 and the MT1 wrapper
 draws one of 50 preset variants at every reset. ``make_seeded_env`` therefore builds the raw environment class, applies
 one MT1 task with ``set_task`` (which makes the goal observable in ``obs[36:39]``, as the experts need) and then flips
 two *private* attributes, ``_freeze_rand_vec = False`` and ``seeded_rand_vec = True``; ``reset_seeded(env, s)`` calls

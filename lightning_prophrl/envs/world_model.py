@@ -1,6 +1,6 @@
-"""``WorldModelEnv``: the ``BatchedEnv`` contract over a frozen Prophet (RL inside the world model, SPEC 1 and 2.5).
+"""``WorldModelEnv``: the ``BatchedEnv`` contract over a frozen Prophet (the paper's RL inside the world model).
 
-Chunk mapping rule (SPEC 2.5 leaves it UNKNOWN; this is the library's explicit choice): one ``step`` call = one
+Chunk mapping rule (not given in the paper; this is the library's explicit choice): one ``step`` call = one
 Prophet segment. The policy's ``h`` executed actions (raw unified 14-D) are grouped into Prophet's ``L`` frames of
 ``s = h / L`` actions each, exactly as the clip datamodule aligns frame rates with ``stride = s`` (motion deltas summed,
 last gripper command kept); ``h`` must therefore be a multiple of ``L`` and Prophet must have been trained with data
@@ -9,7 +9,7 @@ its last frame becomes the next observation and the segment's frames enter the b
 
 Imagined success comes from Prophet's success head (or from ``success_scorer``, e.g. a domain-bridged frame
 classifier: :func:`classifier_scorer`) with a persistence rule (``success_threshold`` for ``success_k``
-consecutive segments, CALIBRATION.md part 3), after which the imagined episode stops like stop-at-success in a
+consecutive segments), after which the imagined episode stops like stop-at-success in a
 simulator. ``info["success_score"]`` grades the outcome (the best probability held for ``success_k`` consecutive
 segments; :func:`graded_reward` makes it the RL reward). Proprioception is not imagined by Prophet:
 ``state_mode="integrate"`` dead-reckons the hand position from the commanded deltas (an approximation, documented as
@@ -94,7 +94,7 @@ class WorldModelEnv(BatchedEnvBase):
         action_scale_to_state: metres of hand motion per unit of unified dpos (1.0: unified dpos is in metres).
         seed: seeds the sampling noise.
         initial_env: optional real ``BatchedEnv`` (e.g. a ``MetaWorldEnv`` with ``group_size=1``) that renders the
-            initial frame and proprioception of prompts given only as simulator seeds (CALIBRATION.md's "real resets"):
+            initial frame and proprioception of prompts given only as simulator seeds (real resets):
             one reset per prompt, no environment step.
         poses: commanded-target integrator and camera for the action-frame stream (see the module docstring).
         success_scorer: ``video (N, T, 3, H, W) -> (N,)`` success probability of the newest frame given the imagined

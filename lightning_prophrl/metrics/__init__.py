@@ -1,4 +1,4 @@
-"""World-model evaluation metrics (SPEC 2.8) as torchmetrics: appearance, optical flow and Frechet distances.
+"""World-model evaluation metrics (paper: evaluation) as torchmetrics: appearance, optical flow and Frechet distances.
 
 Videos are `(B, T, 3, H, W)` float tensors in [-1, 1]; uint8 `(B, T, H, W, 3)` videos are accepted too.
 """

@@ -1,4 +1,4 @@
-"""Optical-flow-guided action-following metrics (SPEC 2.8): flow endpoint error and direction cosine.
+"""Optical-flow-guided action-following metrics (proposed by the paper): flow endpoint error and direction cosine.
 
 Protocol: Farneback optical flow (OpenCV) between consecutive grayscale frames of the generated video (`û_t`)
 and of the real video (`u_t`), then per frame

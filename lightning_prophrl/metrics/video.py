@@ -1,4 +1,4 @@
-"""Appearance metrics for world-model rollouts (SPEC 2.8): PSNR, SSIM, temporal SSIM and dynamic PSNR.
+"""Appearance metrics for world-model rollouts (paper: evaluation): PSNR, SSIM, temporal SSIM and dynamic PSNR.
 
 Video convention: float tensors of shape `(B, T, 3, H, W)` with values in [-1, 1] (the range the datamodules
 produce), so the data range is 2.0. uint8 videos of shape `(B, T, H, W, 3)` (what decoders and simulators give)

@@ -1,4 +1,4 @@
-"""Dual action conditioning of Prophet (SPEC 2.3): the scalar action stream and the action-frame stream.
+"""Dual action conditioning of Prophet (as in the paper): the scalar action stream and the action-frame stream.
 
 * :class:`ScalarActionEncoder`: ``f_sa = MLP(flatten(action chunk))`` - one global vector per sample.
 * :func:`render_action_frames`: end-effector poses (xyz + quaternion wxyz per arm, world frame) and gripper openings
@@ -9,7 +9,8 @@
 * :class:`ActionFrameEncoder`: codec latents of the action-frame video -> ``1x1x1`` conv -> depthwise ``1x3x3`` +
   pointwise conv -> spatial mean -> + sinusoidal time code -> MLP: ``f_af`` per latent frame ``(B, T, D)``.
 
-Style values of the renderer are UNKNOWN in the paper; defaults follow the guesses quoted in SPEC 2.3 ([R]).
+Style values of the renderer are UNKNOWN in the paper; defaults follow the guesses of an unofficial third-party
+reimplementation ([R]).
 """
 
 from __future__ import annotations

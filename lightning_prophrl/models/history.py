@@ -1,4 +1,4 @@
-"""History-aware memory of Prophet (SPEC 2.4): FramePack-style pooled past latents as extra keys/values.
+"""History-aware memory of Prophet (as in the paper): FramePack-style pooled past latents as extra keys/values.
 
 Pipeline:
 
@@ -14,8 +14,9 @@ Pipeline:
    concatenates them to the keys/values of the video tokens (memory-concatenated attention); masked memory tokens are
    excluded by the attention mask. When no sample has memory the processor is exactly Cosmos' default one.
 
-SPEC leaves open whether memory enters self- or cross-attention: we use self-attention because the cross-attention
-context of Cosmos carries the (zeroed) text features and self-attention is where FramePack puts its history tokens.
+The paper leaves open whether memory enters self- or cross-attention: we use self-attention because the
+cross-attention context of Cosmos carries the (zeroed) text features and self-attention is where FramePack puts its
+history tokens.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Latent codecs of the Prophet world model (SPEC 2.1): videos in ``[-1, 1]`` <-> latents ``(B, C, T', h, w)``.
+"""Latent codecs of the Prophet world model: videos in ``[-1, 1]`` <-> latents ``(B, C, T', h, w)``.
 
 Two codecs share one interface (:class:`LatentCodec`):
 

@@ -1,4 +1,4 @@
-"""Flow-matching VLA policy: an observation backbone + a small transformer flow action head (SPEC 4, 6).
+"""Flow-matching VLA policy: an observation backbone + a small transformer flow action head (paper: policies, FA-GRPO).
 
 The policy works on *normalized* action chunks ``(B, C, D)`` (C = ``chunk_len``, D = ``action_dim``); mapping to and
 from robot actions is the caller's job (``lightning_prophrl.actions``). Flow convention and samplers:
@@ -153,12 +153,12 @@ class FlowMatchingPolicy(nn.Module):
         depth: head blocks.
         num_heads: head attention heads.
         mlp_ratio: head MLP ratio.
-        num_steps: K flow steps (UNKNOWN in SPEC; 10 as in pi0's default).
-        noise_level: SDE noise level ``a`` (UNKNOWN in SPEC; 0.7 as Flow-GRPO and CALIBRATION.md).
+        num_steps: K flow steps (not given in the paper; 10 as in pi0's default).
+        noise_level: SDE noise level ``a`` (not given in the paper; 0.7 as Flow-GRPO).
         t_clamp: clamp of t inside ``sigma_t`` (0.9: avoids the t = 1 singularity).
-        sde_window: ``(start, stop)`` stochastic steps of the SDE sampler (UNKNOWN in SPEC; ``None`` = all K).
+        sde_window: ``(start, stop)`` stochastic steps of the SDE sampler (not given in the paper; ``None`` = all K).
         grid: optional custom time grid of ``num_steps + 1`` decreasing times (default uniform 1 -> 0).
-        n_noise_draws: (noise, t) draws per sample in the BC loss (amortizes the encoder; 4 as CALIBRATION.md).
+        n_noise_draws: (noise, t) draws per sample in the BC loss (amortizes the encoder; default 4).
         t_sampling: BC-loss time distribution: ``"uniform"`` U(0, 1) (default), ``"logit_normal"`` sigmoid(N(0, 1))
             (SD3), or ``"beta"`` (pi0: ``t = 1 - 0.999 (1 - u)``, ``u ~ Beta(1.5, 1)``, favouring noisy times).
     """

@@ -1,4 +1,4 @@
-"""Prophet: history-aware action-to-video world model with dual action conditioning (SPEC 2.1-2.5).
+"""Prophet: history-aware action-to-video world model with dual action conditioning (paper: the Prophet world model).
 
 Two backbones share every interface (training loss, generation, rollouts, history, both action streams, the success
 head, LoRA, ``save_pretrained``): ``backbone="cosmos"`` (below; the paper's, and the real-scale 2B config) and
@@ -7,8 +7,8 @@ head, LoRA, ``save_pretrained``): ``backbone="cosmos"`` (below; the paper's, and
 
 Cosmos backbone: diffusers ``CosmosTransformer3DModel`` used Cosmos-Predict2 Video2World style. The clip latents are
 ``[cond latent frame(s), future latents]`` along time with a condition-mask channel; the conditioning frames are clean
-(timestep ``cond_t``) and the loss is on the future latents only. Text conditioning is zeroed (SPEC 2.1): the
-cross-attention context is a zero (or learned null) sequence of ``null_context_tokens`` tokens.
+(timestep ``cond_t``) and the loss is on the future latents only. Text conditioning is zeroed (paper: Prophet
+backbone): the cross-attention context is a zero (or learned null) sequence of ``null_context_tokens`` tokens.
 
 Objective: rectified flow. ``z_t = (1 - t) z_0 + t eps``, the network predicts the velocity ``v = eps - z_0`` from
 ``(z_t, t)`` with ``t`` in ``[0, 1]`` fed as ``t * timestep_scale``. This is exactly Cosmos-Predict2's own
@@ -17,7 +17,7 @@ parameterization (its pipeline feeds ``c_in * x_sigma`` with ``t = sigma / (1 + 
 
 How the conditioning is injected (the least fragile routes, using only public module structure):
 
-* Actions (SPEC 2.3): ``t~ = t + f_sa + f_af``. A forward hook on ``transformer.time_embed`` adds the action
+* Actions (as in the paper): ``t~ = t + f_sa + f_af``. A forward hook on ``transformer.time_embed`` adds the action
   embedding to its second output ``embedded_timestep`` (``(B * T, D)``), which feeds the AdaLN modulation of every
   block and of the output layer. ``f_sa`` is one vector per sample; ``f_af`` is one vector per future latent frame
   (zero for samples with ``has_camera == False``). With ``action_frame_mode`` ``"concat"`` / ``"both"`` the
@@ -32,7 +32,7 @@ How the conditioning is injected (the least fragile routes, using only public mo
   memory averages 8 x 8-pixel blocks, where a 1-pixel edge shift is invisible). A missing previous frame is filled
   with the current one (zero motion). Off in the tiny configs: no gain measured (the stride-4 pixel motion of the
   Meta-World data is jitter, docs/results.md round 5).
-* History (SPEC 2.4): :mod:`lightning_prophrl.models.history` memory tokens as extra K/V in every block's
+* History (as in the paper): :mod:`lightning_prophrl.models.history` memory tokens as extra K/V in every block's
   self-attention through a diffusers attention processor.
 * Success head: a forward hook on the last block keeps its hidden states; the mean over the future-frame tokens goes
   through an MLP to a success / task-progress logit (a reward from the world model's own state).
@@ -196,7 +196,7 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         use_action_frames: Build the action-frame stream.
         action_frame_channels: Channels of the action-frame encoder.
         action_frame_style: :class:`ActionFrameStyle` fields as a dict (renderer sizes and colours).
-        action_frame_mode: How the action-frame stream enters the DiT: ``"pooled"`` (SPEC 2.3: encoder, spatial mean,
+        action_frame_mode: How the action-frame stream enters the DiT: ``"pooled"`` (the paper's: encoder, spatial mean,
             added to the timestep embedding), ``"concat"`` (the action-frame latents as extra input channels of the
             future frames, pixel-aligned with the frame they describe) or ``"both"``. Beyond the paper: the spatial
             mean keeps *that* the hand moves but not *where* in the image; a small DiT given only pooled/scalar
@@ -699,7 +699,7 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         return torch.cat([memory[0], tokens.to(memory[0].dtype)], 1), torch.cat([memory[1], valid], 1)
 
     def _null_context(self, batch_size: int, like: torch.Tensor) -> torch.Tensor:
-        """Zeroed text context ``(B, null_context_tokens, text_embed_dim)`` (SPEC 2.1: no text conditioning)."""
+        """Zeroed text context ``(B, null_context_tokens, text_embed_dim)`` (paper: no text conditioning)."""
         if hasattr(self, "null_context_embeds"):
             return self.null_context_embeds[None].expand(batch_size, -1, -1).to(like.dtype)
         return like.new_zeros(batch_size, self.config.null_context_tokens, self.transformer.config.text_embed_dim)
@@ -715,7 +715,7 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         dropout: float = 0.0,
         adapter_name: str = "default",
     ) -> None:
-        """Add a LoRA adapter (SPEC 2.7: rank 16); only adapter parameters stay trainable.
+        """Add a LoRA adapter (paper: adaptation, rank 16); only adapter parameters stay trainable.
 
         ``target_modules=None`` picks the backbone's default: the DiT attention projections
         (``DEFAULT_LORA_TARGETS``) or the U-Net's convolutions, noise-embedding projections and attention
@@ -1016,7 +1016,7 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         has_camera: torch.Tensor | None = None,
         score_success: bool = True,
     ) -> ProphetRollout:
-        """Segment-wise autoregressive imagination (SPEC 2.5, Algorithm 1).
+        """Segment-wise autoregressive imagination (paper: autoregressive rollout, Algorithm 1).
 
         Each segment generates ``L`` frames from the current frame; its last frame seeds the next segment and the
         frames before it are pushed into a bounded FIFO history (``history_length`` per-frame latents).

@@ -1,4 +1,4 @@
-"""Trajectory reward models (SPEC 3): a common interface, the simulator oracle and a trainable video success classifier.
+"""Trajectory reward models: a common interface, the simulator oracle and a trainable video success classifier.
 
 Every video reward model implements :class:`RewardModel`: ``(videos, instructions, lengths) -> (N,)`` binary rewards.
 :class:`RolloutReward` adapts one to ``collect_rollouts(reward_fn=...)`` / ``FAGRPOModule(reward_model=...)``, which
@@ -6,12 +6,12 @@ pass a ``RolloutBatch``. Three implementations:
 
 * :class:`SimulatorOracle`: the environment's ground-truth success (already a ``RolloutBatch`` callable).
 * :class:`ClassifierReward`: a small :class:`VideoSuccessClassifier` scoring every frame, turned into an episode verdict
-  by a :class:`PersistenceRule` (k consecutive frames above a threshold, CALIBRATION.md part 2: "any frame above 0.5"
-  is useless on imagined videos).
+  by a :class:`PersistenceRule` (k consecutive frames above a threshold: "any frame above 0.5" is useless on
+  imagined videos).
 * ``VLMJudgeReward`` (``lightning_prophrl.models.vlm_judge``): the paper's Qwen2.5-VL judge with majority voting.
 
-:func:`evaluate_reward_model` reports precision / recall / kappa against ground-truth outcomes; SPEC 3 (Fig. 14): recall
-matters most for FA-GRPO.
+:func:`evaluate_reward_model` reports precision / recall / kappa against ground-truth outcomes; the paper's reward-model
+diagnostic (Fig. 14): recall matters most for FA-GRPO.
 """
 
 from __future__ import annotations
@@ -139,13 +139,13 @@ class SimulatorOracle:
 
 
 class PersistenceRule:
-    """Episode success = ``k`` consecutive real frames with probability above ``threshold`` (CALIBRATION.md part 2).
+    """Episode success = ``k`` consecutive real frames with probability above ``threshold``.
 
     Works on any per-step probability sequence: per-frame classifier outputs, or a world model's per-segment success
-    probabilities (CALIBRATION part 3 used 0.5 for 2 chunks on those).
+    probabilities (a first world-model probe used 0.5 for 2 chunks on those).
 
     Args:
-        threshold: a frame counts when its probability is strictly above this (0.9: CALIBRATION's bridged classifier
+        threshold: a frame counts when its probability is strictly above this (0.9: a first probe's bridged classifier
             gave P 0.89 / R 0.80 on imagined episodes with 3 x 0.9).
         k: consecutive frames required (>= 1).
     """
@@ -193,7 +193,7 @@ class VideoSuccessClassifier(nn.Module):
 
     Args:
         feature_dim: width of the per-frame features.
-        channels: channels of the stride-2 CNN stages (CALIBRATION.md's 16-32-64-64 at 64 px).
+        channels: channels of the stride-2 CNN stages (16-32-64-64 by default, sized for 64 px).
         groups: GroupNorm groups (must divide every entry of ``channels``).
         temporal_kernel: frames seen by each logit (1: a pure per-frame classifier).
     """
@@ -286,8 +286,8 @@ def binary_report(predictions: Tensor, labels: Tensor) -> dict[str, float]:
     """Confusion counts and scores of binary predictions against labels (0/1 or bool, any shape, same numel).
 
     Returns:
-        ``precision``, ``recall``, ``f1``, ``accuracy``, Cohen's ``kappa`` (the closed-loop agreement gate of
-        CALIBRATION.md part 2) and the counts ``tp``, ``fp``, ``fn``, ``tn``. A score whose denominator is zero is 0.
+        ``precision``, ``recall``, ``f1``, ``accuracy``, Cohen's ``kappa`` (the measure of the closed-loop
+        agreement gate) and the counts ``tp``, ``fp``, ``fn``, ``tn``. A score whose denominator is zero is 0.
     """
     pred = torch.as_tensor(predictions).reshape(-1).bool()
     true = torch.as_tensor(labels).reshape(-1).bool()

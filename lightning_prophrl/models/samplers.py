@@ -1,4 +1,4 @@
-"""ODE and SDE samplers of a rectified-flow action head and their per-step Gaussian log-probabilities (SPEC 4).
+"""ODE and SDE samplers of a rectified-flow action head and their per-step Gaussian log-probabilities (paper: FA-GRPO).
 
 Convention (rectified flow, as in Flow-GRPO): ``x_t = t * eps + (1 - t) * x0`` with ``eps ~ N(0, I)``, the flow time
 runs from ``t = 1`` (pure noise) to ``t = 0`` (data) over ``K`` steps of a decreasing grid ``t_0 = 1 > ... > t_K = 0``,
@@ -13,10 +13,11 @@ and the network predicts the velocity ``v = eps - x0``, so that ``dx/dt = v``; a
       x_{k+1} = mean + std * noise.
 
   Each step is a diagonal Gaussian ``N(mean, std^2 I)``, so its log-density is available per element in closed form.
-  SPEC's FlowScale variance is ``sigma^2_{s,k} := std_k^2``.
+  The paper's FlowScale variance is ``sigma^2_{s,k} := std_k^2``.
 
-Which steps are stochastic is UNKNOWN in SPEC: ``sde_window=(start, stop)`` makes only steps ``start <= k < stop``
-stochastic (the rest are deterministic Euler steps with ``std = 0`` and log-prob ``0``); ``None`` means all steps.
+Which steps are stochastic is not given in the paper (a choice of this library): ``sde_window=(start, stop)`` makes
+only steps ``start <= k < stop`` stochastic (the rest are deterministic Euler steps with ``std = 0`` and log-prob
+``0``); ``None`` means all steps.
 All log-prob maths runs in at least float32 whatever the network's dtype.
 """
 
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-DEFAULT_T_CLAMP = 0.9  # sigma_t uses min(t, 0.9): finite at t = 1 (CALIBRATION.md used the same value)
+DEFAULT_T_CLAMP = 0.9  # sigma_t uses min(t, 0.9): finite at t = 1
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 

@@ -1,8 +1,8 @@
-"""The paper's reward model (SPEC 3): a vision-language model judges each rollout video, majority vote over samples.
+"""The paper's reward model: a vision-language model judges each rollout video, majority vote over samples.
 
 BRIDGE / real robot in the paper: Qwen2.5-VL-72B, zero-shot chain of thought, 5 sampled answers, majority vote. The
 judge sees ``num_frames`` frames subsampled evenly over the video's real length (first and last frame included) as an
-ordered image sequence, and the prompt of SPEC 3 (all criteria visible, gripper contact, strict, step-by-step
+ordered image sequence, and the paper's prompt (all criteria visible, gripper contact, strict, step-by-step
 reasoning, final answer ``\\box{Success}`` / ``\\box{Failure}``).
 
 Inputs are built by the checkpoint's ``AutoProcessor`` when it loads. With transformers 5.x the Qwen2.5-VL processor
@@ -119,16 +119,17 @@ class VLMJudgeReward(VideoRewardModel):
 
     Args:
         model_path: local directory of the model and its processor files (no download is attempted).
-        num_frames: frames shown per video (UNKNOWN in SPEC).
-        n_votes: sampled answers per video (SPEC 3: 5).
-        temperature: sampling temperature (UNKNOWN in SPEC; 0 gives one greedy answer, ``n_votes`` is then ignored).
+        num_frames: frames shown per video (not given in the paper).
+        n_votes: sampled answers per video (the paper: 5).
+        temperature: sampling temperature (not given in the paper; 0 gives one greedy answer, ``n_votes`` is then
+            ignored).
         top_p: nucleus sampling mass. Set explicitly because checkpoints may ship near-greedy generation defaults
             (e.g. ``top_k=1``), which would make every vote the same answer.
         top_k: top-k sampling (0 disables it).
         max_new_tokens: answer budget (the chain of thought comes before the verdict).
         prompt_template: user prompt with the fields ``{instruction}``, ``{criteria}``, ``{num_frames}``.
-        criteria: task-specific success criteria keyed by instruction (SPEC 3's PulloutTissue lists grip-and-pull and
-            extraction); other instructions get ``DEFAULT_CRITERIA``.
+        criteria: task-specific success criteria keyed by instruction (the paper's PulloutTissue prompt lists
+            grip-and-pull and extraction); other instructions get ``DEFAULT_CRITERIA``.
         system_prompt: system message.
         frame_size: resize frames to this square size before the processor (None: the processor's own pixel
             bounds; 64-px simulator frames give a VLM very few tokens, 224 or more is advisable).

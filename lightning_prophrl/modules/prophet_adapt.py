@@ -1,4 +1,4 @@
-"""Prophet adaptation to a new embodiment / dataset (SPEC 2.7): LoRA (rank 16) or full fine-tuning.
+"""Prophet adaptation to a new embodiment / dataset (paper: adaptation): LoRA (rank 16) or full fine-tuning.
 
 One named-parameter filter (:func:`is_adapted_parameter`) decides both what trains and what a LoRA checkpoint holds:
 the LoRA matrices, plus (``train_conditioning``) the action encoders, the history encoder, the success head and a
@@ -70,7 +70,7 @@ class ProphetAdaptModule(ProphetTrainingBase):
     Args:
         model: a Prophet to adapt (exclusive with ``pretrained_path``).
         pretrained_path: ``save_pretrained`` directory of the pretrained Prophet.
-        mode: ``"lora"`` (SPEC 2.7 [N]: LoRA rank 16) or ``"full"`` (the released checkpoints [HF]).
+        mode: ``"lora"`` (paper: adaptation, LoRA rank 16) or ``"full"`` (the released Hugging Face checkpoints).
         lora_rank: LoRA rank.
         lora_alpha: LoRA alpha (None: equal to the rank, i.e. scale 1; UNKNOWN in the paper).
         lora_target_modules: module names that get adapters (None: the backbone's default, see

@@ -1,4 +1,4 @@
-"""Prophet pretraining (SPEC 2.1-2.6): the rectified-flow video loss of the world model on robot clips.
+"""Prophet pretraining (paper: pretraining): the rectified-flow video loss of the world model on robot clips.
 
 The network is built outside (``lightning_prophrl.models.prophet.Prophet``, e.g. from
 ``configs/prophet/model_tiny.yaml``) and passed in; this module only defines the research step. EMA, world-model
@@ -80,7 +80,7 @@ class ProphetPretrainModule(ProphetTrainingBase):
     Args:
         model: the Prophet network (LightningCLI: a nested ``class_path`` / ``init_args``).
         optimizer: optimizer factory, applied to the trainable parameters (default AdamW, lr 1e-4, weight decay 0.1:
-            INFERRED from A2World, SPEC 2.6; Prophet's own optimizer settings are UNKNOWN).
+            INFERRED from A2World, the same group's follow-up; Prophet's own settings are not given in the paper).
         lr_scheduler: optional scheduler factory, stepped every optimizer step.
         export_dir: directory for ``save_pretrained`` at the end of training (None: no export).
         stats_from: dataset directory whose ``stats.json`` (the action normalization the model was trained with) is

@@ -1,5 +1,5 @@
-"""RL maths of ProphRL as pure functions (SPEC 4, 5): group advantages, FA-GRPO / Flow-GRPO losses, FlowScale
-weights and KL estimators."""
+"""RL maths of ProphRL as pure functions (paper: FA-GRPO, FlowScale): group advantages, FA-GRPO / Flow-GRPO losses,
+FlowScale weights and KL estimators."""
 
 from lightning_prophrl.rl.advantages import group_advantages
 from lightning_prophrl.rl.flowscale import flowscale_weights

@@ -1,4 +1,4 @@
-"""GRPO group-relative advantages (SPEC 4): ``A_i = (R_i - mean_G) / (std_G + eps_R)``, broadcast over chunks."""
+"""GRPO group-relative advantages: ``A_i = (R_i - mean_G) / (std_G + eps_R)``, broadcast over chunks."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def group_advantages(
     Args:
         rewards: ``(P * G,)`` or ``(P, G)`` scalar trajectory rewards ``R_i``.
         group_size: ``G`` (>= 1).
-        eps: ``eps_R`` added to the group std (UNKNOWN in SPEC; 1e-6).
+        eps: ``eps_R`` added to the group std (not given in the paper; 1e-6).
         mask: optional ``(N, ...)`` validity mask ``M`` of the rollouts' steps/chunks, e.g. ``(N, S, C)``, with
             ``N = P * G``; 0/False after early termination.
 

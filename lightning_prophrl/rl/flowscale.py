@@ -1,11 +1,11 @@
-"""FlowScale (SPEC 5): stop-gradient per-flow-step weights from the SDE noise schedule ("normalize - mix - clip").
+"""FlowScale (paper): stop-gradient per-flow-step weights from the SDE noise schedule ("normalize - mix - clip").
 
     w~_k = (sigma^2_k + eps)^p,    w_k = clip((1 - alpha) * w~_k / mean_j(w~_j) + alpha, w_min, w_max)
 
 With ``p = 0.5`` the weight is proportional to the step's noise std, the variance-balancing choice: the score of a
 Gaussian step scales as ``1 / sigma_k``, so low-noise (late) steps otherwise dominate the gradient.
 
-Default choices (alpha, w_min, w_max, eps are UNKNOWN in SPEC). For the default sampler (K = 10, a = 0.7, uniform
+Default choices (alpha, w_min, w_max, eps are not given in the paper). For the default sampler (K = 10, a = 0.7, uniform
 grid, t clamped at 0.9) the normalized weights w~/mean span 2.13 (first steps) to 0.24 (last step), at K = 20 from
 2.26 to 0.17:
     * ``alpha = 0.1``: a 10% uniform floor, so no step's weight collapses (K = 10: 2.02 ... 0.31);

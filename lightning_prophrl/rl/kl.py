@@ -1,5 +1,5 @@
-"""KL estimators between the current policy and the reference (SFT) policy (SPEC 4: ``beta * KL(pi_theta || pi_ref)``;
-the estimator is UNKNOWN in SPEC, both usual choices are here)."""
+"""KL estimators between the current policy and the reference (SFT) policy (paper: FA-GRPO,
+``beta * KL(pi_theta || pi_ref)``; the estimator is not given in the paper, both usual choices are here)."""
 
 from __future__ import annotations
 

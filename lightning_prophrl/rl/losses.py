@@ -1,11 +1,11 @@
-"""Policy-gradient losses of a flow action head: FA-GRPO (+ FlowScale) and the Flow-GRPO baseline (SPEC 4, 5).
+"""Policy-gradient losses of a flow action head: FA-GRPO (+ FlowScale) and the Flow-GRPO baseline (as in the paper).
 
 Shapes: ``N`` samples (one policy query of one rollout each), ``K`` flow steps, ``C`` chunk positions, ``D`` action
 dims. Per-step log-probs ``(N, K, C, D)`` come from ``FlowMatchingPolicy.sample`` (old) and ``.log_prob`` (new).
 
-Normalisation: SPEC writes ``-E[sum_{s,c,d} M f_clip]``; here the sum over valid elements is divided by the number of
-valid ``(n, c, d)`` elements (a per-element mean, as DAPO's token-level mean), so the loss scale does not depend on
-the chunk size, the action dim or how many steps survived termination. ``mask`` zeroes and excludes invalid elements.
+Normalisation: the paper writes ``-E[sum_{s,c,d} M f_clip]``; here the sum over valid elements is divided by the number
+of valid ``(n, c, d)`` elements (a per-element mean, as DAPO's token-level mean), so the loss scale does not depend
+on the chunk size, the action dim or how many steps survived termination. ``mask`` zeroes and excludes invalid elements.
 """
 
 from __future__ import annotations
@@ -78,15 +78,15 @@ def flow_grpo_loss(
     step_reduction: Literal["sum", "mean"] = "sum",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Flow-GRPO baseline: one PPO ratio per internal flow step ``r_{n,k,c,d} = exp(lp_k - lp^old_k)``, clipped, then
-    reduced over k (SPEC: "forms a PPO ratio for every internal step and then sums over k").
+    reduced over k (the paper: Flow-GRPO forms a PPO ratio for every internal step and then sums over k).
 
     Args:
         log_probs: ``(N, K, C, D)`` current per-step log-probs (with grad).
         old_log_probs: ``(N, K, C, D)`` behaviour-policy log-probs.
         advantages: ``(N,)``, ``(N, C)`` or ``(N, C, D)``.
         mask: optional validity mask, ``(N,)``, ``(N, C)`` or ``(N, C, D)``.
-        eps_low: lower clip ``1 - eps_low`` (UNKNOWN in SPEC; 0.2).
-        eps_high: upper clip ``1 + eps_high`` (UNKNOWN in SPEC; 0.28, DAPO's clip-higher).
+        eps_low: lower clip ``1 - eps_low`` (not given in the paper; 0.2).
+        eps_high: upper clip ``1 + eps_high`` (not given in the paper; 0.28, DAPO's clip-higher).
         step_weights: optional ``(K,)`` or ``(N, K)`` weights multiplying the advantage per step (FlowScale option B).
         step_reduction: ``"sum"`` over k (gradient scale of FA-GRPO at ratio 1) or ``"mean"``.
 
@@ -122,7 +122,7 @@ def fa_grpo_loss(
         l_{n,c,d} = sum_k lp_{n,k,c,d},   r = exp(l - l_old),
         loss = -mean_valid min(r A, clip(r, 1 - eps_low, 1 + eps_high) A)
 
-    FlowScale (SPEC 5), when ``flowscale_weights`` is given:
+    FlowScale (as in the paper), when ``flowscale_weights`` is given:
         * ``"rescale_grad"`` (option A, default): ``l = sum_k [w_k lp_k + (1 - w_k) sg(lp_k)]``; the value (hence the
           ratio and the clip) is unchanged, step k's gradient is scaled by ``w_k``.
         * ``"per_step_adv"`` (option B): per-step ratios with advantage ``w_k A``, summed over k
@@ -133,8 +133,8 @@ def fa_grpo_loss(
         old_log_probs: ``(N, K, C, D)`` behaviour-policy log-probs (recorded at sampling or recomputed; no grad).
         advantages: ``(N,)``, ``(N, C)`` or ``(N, C, D)`` (broadcast over d and k).
         mask: optional validity mask ``M``, ``(N,)``, ``(N, C)`` or ``(N, C, D)``.
-        eps_low: lower clip ``1 - eps_low`` (UNKNOWN in SPEC; 0.2).
-        eps_high: upper clip ``1 + eps_high`` (UNKNOWN in SPEC; 0.28, DAPO's clip-higher).
+        eps_low: lower clip ``1 - eps_low`` (not given in the paper; 0.2).
+        eps_high: upper clip ``1 + eps_high`` (not given in the paper; 0.28, DAPO's clip-higher).
         flowscale_weights: optional ``(K,)`` or ``(N, K)`` weights from ``flowscale_weights`` (detached here).
         flowscale_mode: how the weights enter, see above.
 

@@ -32,8 +32,8 @@ Decisions:
   target), not the measured hand: the target is what an action says, and an imagined rollout can integrate it exactly
   from the policy's actions (``lightning_prophrl.envs.poses.CommandedPoses``, used by ``WorldModelEnv``), while the
   measured hand lags by up to ~10 cm. ``model_tiny.yaml`` injects the action frames both ways
-  (``action_frame_mode: both``): pooled into the timestep embedding (SPEC 2.3) and as pixel-aligned input channels.
-  Earlier runs with the scalar stream only (the paper turns the action-frame stream off for online RL, SPEC 2.3)
+  (``action_frame_mode: both``): pooled into the timestep embedding (as in the paper) and as pixel-aligned input
+  channels. Earlier runs with the scalar stream only (the paper turns the action-frame stream off for online RL)
   learned to ignore the actions: shuffled actions scored the same (docs/results.md).
 * Current frame as input channels of every frame (``cond_concat: true`` in ``model_tiny.yaml``, SVD-style): each
   future token sees the scene it continues from at its own position, next to the target drawn there. One-seed A/B at
@@ -343,7 +343,8 @@ def adapt_prophet(
         out: stage directory; the model goes to ``<out>/model`` (LoRA fused in, see :func:`merge_lora`) with the
             (first) target dataset's ``stats.json``.
         steps: optimizer steps (the shared adaptation budget).
-        mode: ``"lora"`` (rank ``lora_rank`` on the DiT attention + the conditioning modules, SPEC 2.7) or ``"full"``.
+        mode: ``"lora"`` (rank ``lora_rank`` on the DiT attention + the conditioning modules; paper: adaptation)
+            or ``"full"``.
         seed, stride, chunk_len, history_len, image_size, batch_size, lr, ema_decay, log_dir: as in
             :func:`pretrain_prophet`.
         lora_rank: LoRA rank (alpha = rank).

@@ -1,4 +1,4 @@
-"""The domain-bridged reward classifier study (SPEC 3, issue 5): does training the video success classifier on
+"""The domain-bridged reward classifier study (paper: reward; issue 5): does training the video success classifier on
 Prophet-imagined episodes as well as real ones make it a better judge of imagined rollouts?
 
 Stages (``stage_cache.run_stage``: each writes ``done.json`` with the arguments that made it; a rerun with the same

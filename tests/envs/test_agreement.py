@@ -13,7 +13,7 @@ from lightning_prophrl.models.reward import PersistenceRule
 
 
 def test_confusion_and_kappa_on_hand_counts():
-    # CALIBRATION.md part 3's SFT row: both 2, real only 14, imagined only 1, neither 43 -> kappa 0.14
+    # The SFT row of a first world-model probe: both 2, real only 14, imagined only 1, neither 43 -> kappa 0.14
     real = np.array([1] * 2 + [1] * 14 + [0] * 1 + [0] * 43)
     imag = np.array([1] * 2 + [0] * 14 + [1] * 1 + [0] * 43)
     assert confusion(real, imag) == {"both": 2, "real_only": 14, "imagined_only": 1, "neither": 43}

@@ -1,4 +1,4 @@
-"""Action-frame rendering geometry and the two action encoders (SPEC 2.3)."""
+"""Action-frame rendering geometry and the two action encoders (paper: dual action conditioning)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""History memory (SPEC 2.4): FIFO buffer, masked multi-scale pooling, memory-concatenated self-attention."""
+"""History memory (as in the paper): FIFO buffer, masked multi-scale pooling, memory-concatenated self-attention."""
 
 from __future__ import annotations
 

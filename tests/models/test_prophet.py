@@ -1,4 +1,4 @@
-"""Prophet world model (SPEC 2.1-2.5) and its latent codecs, on the tiny CPU configuration."""
+"""Prophet world model (as in the paper) and its latent codecs, on the tiny CPU configuration."""
 
 from __future__ import annotations
 
