@@ -456,7 +456,9 @@ def iter_episodes(
     counter = skip_counter or SkipCounter()
     handler = counter if on_error == "skip" else wds.reraise_exception
     for url in urls:
-        ds = wds.WebDataset([url], shardshuffle=False, nodesplitter=None, handler=_tar_handler(url, handler))
+        # one shard per pipeline, already chosen for this rank and worker (clips.slot_shards): no second split
+        ds = wds.WebDataset([url], shardshuffle=False, nodesplitter=None, workersplitter=None,
+                            handler=_tar_handler(url, handler))  # fmt: skip
         ds = ds.map(lambda s, u=url: decode_episode(s, u, decode_frames), handler=handler)
         yield from ds
 

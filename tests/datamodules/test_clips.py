@@ -104,3 +104,16 @@ def test_policy_datamodule_selects_dims(coded_dataset):
     assert batch[K.OBS_STATE].shape == (5, 4) and K.FUTURE not in batch
     with pytest.raises(ValueError, match="action_dims"):
         PolicyDataModule([coded_dataset], action_dims=[14])
+
+
+def test_two_dataloader_workers_read_disjoint_shards_and_fill_the_epoch(tmp_path):
+
+    data = write_coded_dataset(tmp_path / "coded", "coded", episodes=8, length=20, per_shard=2)  # 4 shards
+    dm = RobotClipDataModule([data], history_len=2, chunk_len=2, image_size=16, batch_size=2, num_workers=2,
+                             samples_per_epoch=16, windows_per_episode=2, shuffle_buffer=2)  # fmt: skip
+    dm.setup("fit")
+    keys = [k for batch in dm.train_dataloader() for k in batch[K.EPISODE_KEY]]
+    assert len(keys) == 16
+    # worker w reads shards w::2 (episodes 0,1,4,5 or 2,3,6,7): both workers delivered, from their own shards
+    index = {int(k.rsplit("_", 1)[-1]) for k in keys}
+    assert index & {0, 1, 4, 5} and index & {2, 3, 6, 7}
