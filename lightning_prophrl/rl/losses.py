@@ -49,7 +49,28 @@ def clipped_surrogate(ratio: Tensor, advantages: Tensor, eps_low: float, eps_hig
 
 
 def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+    """Mean of ``x`` over ``mask > 0``; masked-out entries are never read (a NaN there does not propagate)."""
+    return torch.where(mask > 0, x * mask, torch.zeros_like(x)).sum() / mask.sum().clamp(min=1.0)
+
+
+def _valid_inputs(log_probs: Tensor, old_log_probs: Tensor, adv: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Zero the masked-out log-probs and advantages (so neither their value nor their gradient is NaN) and raise
+    ``FloatingPointError`` naming the first non-finite valid element: a NaN must never reach the weights."""
+    valid = (m > 0)[:, None].expand_as(log_probs)  # (N, K, C, D)
+    for name, x in (("log_probs", log_probs), ("old_log_probs", old_log_probs)):
+        bad = valid & ~torch.isfinite(x)
+        if bool(bad.any()):
+            n, k, c, d = (int(i) for i in bad.nonzero()[0])
+            raise FloatingPointError(f"{name} is non-finite at rollout {n}, flow step {k}, action {c}, element {d} "
+                                     "(a valid element: mask it out or fix the sampler's inputs)")  # fmt: skip
+    bad = (m > 0) & ~torch.isfinite(adv.expand_as(m))
+    if bool(bad.any()):
+        n, c, d = (int(i) for i in bad.nonzero()[0])
+        raise FloatingPointError(f"advantages are non-finite at rollout {n}, action {c}, element {d} (check rewards)")
+    zero = torch.zeros((), dtype=torch.float32, device=log_probs.device)
+    lp = torch.where(valid, log_probs.float(), zero)
+    old = torch.where(valid, old_log_probs.float().detach(), zero)
+    return lp, old, torch.where(m > 0, adv.expand_as(m), zero)
 
 
 def _ratio_stats(ratio: Tensor, advantages: Tensor, mask: Tensor, eps_low: float, eps_high: float) -> dict[str, Tensor]:
@@ -97,10 +118,12 @@ def flow_grpo_loss(
     n, k, c, d = _check_log_probs(log_probs, old_log_probs)
     if step_reduction not in ("sum", "mean"):
         raise ValueError(f"step_reduction must be 'sum' or 'mean', got {step_reduction!r}")
-    adv = _to_ncd(advantages, n, c, d, "advantages").to(log_probs.device)[:, None]  # (N, 1, C, D)
+    adv = _to_ncd(advantages, n, c, d, "advantages").to(log_probs.device)
     m = (torch.ones(n, c, d) if mask is None else _to_ncd(mask, n, c, d, "mask")).to(log_probs.device)
+    lp, old, adv = _valid_inputs(log_probs, old_log_probs, adv, m)
+    adv = adv[:, None]  # (N, 1, C, D)
     adv_k = adv if step_weights is None else adv * _step_weights(step_weights, n, k).to(adv.device)
-    ratio = torch.exp(log_probs.float() - old_log_probs.float().detach())  # (N, K, C, D)
+    ratio = torch.exp(lp - old)  # (N, K, C, D)
     obj = clipped_surrogate(ratio, adv_k, eps_low, eps_high)
     obj = obj.sum(1) if step_reduction == "sum" else obj.mean(1)
     loss = -_masked_mean(obj, m)
@@ -149,10 +172,10 @@ def fa_grpo_loss(
         return flow_grpo_loss(log_probs, old_log_probs, advantages, mask, eps_low, eps_high, flowscale_weights, "sum")
     adv = _to_ncd(advantages, n, c, d, "advantages").to(log_probs.device)
     m = (torch.ones(n, c, d) if mask is None else _to_ncd(mask, n, c, d, "mask")).to(log_probs.device)
-    lp = log_probs.float()
+    lp, old, adv = _valid_inputs(log_probs, old_log_probs, adv, m)
     if flowscale_weights is not None:
         w = _step_weights(flowscale_weights, n, k).to(lp.device)
         lp = w * lp + (1.0 - w) * lp.detach()
-    ratio = torch.exp(lp.sum(1) - old_log_probs.float().detach().sum(1))  # (N, C, D)
+    ratio = torch.exp(lp.sum(1) - old.sum(1))  # (N, C, D)
     loss = -_masked_mean(clipped_surrogate(ratio, adv, eps_low, eps_high), m)
     return loss, _ratio_stats(ratio, adv, m, eps_low, eps_high)

@@ -126,3 +126,21 @@ def test_bad_shapes(old, adv):
         fa_grpo_loss(old, old, adv, flowscale_weights=torch.ones(K + 1))
     with pytest.raises(ValueError, match="flowscale_mode"):
         fa_grpo_loss(old, old, adv, flowscale_mode="bogus")
+
+
+@pytest.mark.parametrize("loss_fn", [fa_grpo_loss, flow_grpo_loss])
+def test_non_finite_values_are_ignored_when_masked_and_named_when_valid(old, adv, loss_fn):
+    mask = torch.ones(N, C, dtype=torch.bool)
+    mask[2, 1] = False
+    lp, poisoned_adv = old + 0.05, adv.clone()
+    clean_loss, clean_grad, _ = grad_of(loss_fn, lp, old, adv, mask=mask)
+    lp_nan, old_nan = lp.clone(), old.clone()
+    lp_nan[2, 1, 1, 3], old_nan[2, 0, 1, 0], poisoned_adv[2, 1] = float("nan"), float("inf"), float("nan")
+    loss, grad, stats = grad_of(loss_fn, lp_nan, old_nan, poisoned_adv, mask=mask)
+    assert loss.item() == clean_loss.item() and torch.equal(grad, clean_grad)  # masked-out NaN/inf: never read
+    assert torch.isfinite(grad).all() and all(torch.isfinite(v) for v in stats.values())
+    lp_nan[0, 2, 0, 4] = float("nan")
+    with pytest.raises(FloatingPointError, match="log_probs is non-finite at rollout 0, flow step 2, action 0"):
+        loss_fn(lp_nan, old, adv, mask=mask)
+    with pytest.raises(FloatingPointError, match="advantages are non-finite at rollout 2, action 1"):
+        loss_fn(lp, old, poisoned_adv)
