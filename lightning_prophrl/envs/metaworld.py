@@ -349,6 +349,9 @@ class MetaWorldEnv(BatchedEnvBase):
         Returns:
             ``(obs, done, info)``: the observation after the chunk, ``done`` ``(N,)`` bool and ``info`` with
             ``INFO_SUCCESS``, ``INFO_SUCCESS_NOW``, ``INFO_STEPS``, ``INFO_EXECUTED`` and ``INFO_EE_POSE``.
+
+        Raises:
+            ValueError: a non-finite action of an environment that is not done (nothing is executed).
         """
         if not self._slots:
             raise RuntimeError("call reset(prompts) before step(actions)")
@@ -359,6 +362,11 @@ class MetaWorldEnv(BatchedEnvBase):
             if a.shape[1] < self.exec_horizon:
                 raise ValueError(f"actions has chunk length {a.shape[1]} < exec_horizon={self.exec_horizon}")
             a = a[:, : self.exec_horizon]
+        bad = ~np.isfinite(a) & ~self._done[:, None, None]
+        if bad.any():  # MuJoCo would silently reset the simulator and the episode would go on
+            n, t, j = (int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"non-finite action for env {n} at chunk step {t}, dimension {j}: {a[n, t, j]} "
+                             "(check the policy's outputs before stepping)")  # fmt: skip
         a = np.clip(a.astype(np.float64), -1.0, 1.0)
         executed = np.zeros(self.num_envs, dtype=np.int64)
         for n in np.flatnonzero(~self._done):

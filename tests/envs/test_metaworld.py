@@ -190,6 +190,12 @@ def test_prompt_dicts_and_bad_inputs(env):
         env.reset([{K.SEED: 1, K.TASK_ID: 3}, Prompt(TASK, 1)])
     with pytest.raises(ValueError, match=r"shape \(num_envs=4, h, 4\)"):
         env.step(np.zeros((4, 2, 14)))
+    nan = np.zeros((4, 2, 4))
+    nan[3, 1, 2] = np.nan
+    steps = env.video_lengths().clone()
+    with pytest.raises(ValueError, match="non-finite action for env 3 at chunk step 1, dimension 2"):
+        env.step(nan)
+    assert torch.equal(env.video_lengths(), steps)  # nothing was executed
     with pytest.raises(ValueError, match="unknown Meta-World"):
         MetaWorldEnv("pick-place-v9")
     with pytest.raises(ValueError, match="max_steps"):
