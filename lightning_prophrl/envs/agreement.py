@@ -1,7 +1,7 @@
 """Closed-loop agreement gate (docs/architecture.md): before RL inside a world model, run the same
 policy from the same initial states in the world model and in a real check environment, with the same sampler noise,
 and measure per-episode agreement of the outcomes. Open-loop replay metrics alone do not reveal closed-loop drift
-(docs/results.md measured kappa 0.0-0.14 where open-loop agreement looked fine)."""
+(docs/history.md measured kappa 0.0-0.14 where open-loop agreement looked fine)."""
 
 from __future__ import annotations
 

@@ -67,7 +67,7 @@ def graded_reward(batch: Any, floor: float = 0.0) -> torch.Tensor:
 
     Group normalization only needs the rewards to *rank* a group's rollouts; where imagined frames are blurrier than
     real ones the scorer's probabilities are compressed below its success threshold and a 0/1 reward is almost always
-    0 (docs/results.md, round v8), while the probability still ranks successes above failures. Scores below ``floor``
+    0 (docs/history.md, round v8), while the probability still ranks successes above failures. Scores below ``floor``
     count as 0: among clear failures the differences are the scorer's noise, which the group's std normalization
     would blow up to unit advantages."""
     score = batch.info.get(INFO_SCORE)

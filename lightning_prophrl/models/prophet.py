@@ -31,7 +31,7 @@ How the conditioning is injected (the least fragile routes, using only public mo
   history latent is concatenated too, so each token sees the pixel-level motion of the last frame step (the pooled
   memory averages 8 x 8-pixel blocks, where a 1-pixel edge shift is invisible). A missing previous frame is filled
   with the current one (zero motion). Off in the tiny configs: no gain measured (the stride-4 pixel motion of the
-  Meta-World data is jitter, docs/results.md round 5).
+  Meta-World data is jitter, docs/history.md round 5).
 * History (as in the paper): :mod:`lightning_prophrl.models.history` memory tokens as extra K/V in every block's
   self-attention through a diffusers attention processor.
 * Success head: a forward hook on the last block keeps its hidden states; the mean over the future-frame tokens goes
@@ -200,7 +200,7 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             added to the timestep embedding), ``"concat"`` (the action-frame latents as extra input channels of the
             future frames, pixel-aligned with the frame they describe) or ``"both"``. Beyond the paper: the spatial
             mean keeps *that* the hand moves but not *where* in the image; a small DiT given only pooled/scalar
-            action vectors learned to ignore them (docs/results.md), while a channel-aligned target disk tells each
+            action vectors learned to ignore them (docs/history.md), while a channel-aligned target disk tells each
             patch whether the hand is commanded to be there.
         zero_init_conditioning: Zero the last layers of the action streams (start from the backbone's behaviour).
         history_length: Past frames kept in the memory (UNKNOWN; 0 disables the memory).
@@ -215,7 +215,7 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             SD3 uses 3 at 1024 px). The conditioning is learned only at times where the noisy input hides the
             target: the stride-4 residual is sparse and smooth, so at mid times the noisy input already reveals it
             and the actions carry no gradient. The tiny configs use 24 (logit-normal median t 0.96): measured on
-            Meta-World, shuffled actions scored the same as real ones at 1 and 0.3 dB worse at 24 (docs/results.md).
+            Meta-World, shuffled actions scored the same as real ones at 1 and 0.3 dB worse at 24 (docs/history.md).
         unshifted_fraction: Fraction of training samples whose time skips ``flow_shift`` (UNKNOWN; 0 = none): a
             large shift leaves almost no training at low noise, where the detail of a sample is decided.
         t_sampling: Training time distribution: ``"logit_normal"`` (SD3) or ``"uniform"``.
@@ -226,7 +226,7 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             it with pretrained Cosmos weights) or ``"residual"`` (future latents minus the conditioning frame's latent,
             added back after sampling). Beyond the paper: with ``"residual"`` a zero prediction is exactly the
             copy-last-frame video, so a small model spends its capacity on what moves instead of first learning to
-            reproduce the static scene (the tiny CPU configs use it; see docs/results.md for the measured effect).
+            reproduce the static scene (the tiny CPU configs use it; docs/history.md, round 4, has the measured effect).
         parameterization: What the DiT outputs: ``"velocity"`` (``eps - z0``, Cosmos / rectified flow; use it with
             pretrained Cosmos weights) or ``"data"`` (the clean target ``z0``; the velocity is then
             ``(z_t - z0_hat) / t``, and the loss is the MSE on ``z0``). Beyond the paper: a DiT whose hidden size is

@@ -34,11 +34,11 @@ Decisions:
   measured hand lags by up to ~10 cm. ``model_tiny.yaml`` injects the action frames both ways
   (``action_frame_mode: both``): pooled into the timestep embedding (as in the paper) and as pixel-aligned input
   channels. Earlier runs with the scalar stream only (the paper turns the action-frame stream off for online RL)
-  learned to ignore the actions: shuffled actions scored the same (docs/results.md).
+  learned to ignore the actions: shuffled actions scored the same (docs/history.md).
 * Current frame as input channels of every frame (``cond_concat: true`` in ``model_tiny.yaml``, SVD-style): each
   future token sees the scene it continues from at its own position, next to the target drawn there. One-seed A/B at
-  chunk 1, 1200 pretraining steps (docs/results.md): whole-episode PSNR 13.5 -> 16.2 dB, dyn PSNR 8.9 -> 10.8 (above
-  copy-last's 10.0); the actions are still not used either way.
+  chunk 1, 1200 pretraining steps (docs/history.md, round 4): whole-episode PSNR 13.5 -> 16.2 dB, dyn PSNR 8.9 ->
+  10.8 (above copy-last's 10.0); the actions are still not used either way.
 * Training times shifted toward noise (``flow_shift: 24`` in ``model_tiny.yaml``): with the unshifted logit-normal the
   noisy input reveals the sparse residual target and the actions get no gradient (shuffled actions scored the same);
   at 24 the 3-seed study has the recorded actions beating shuffled ones and copy-last on PSNR and flow EPE

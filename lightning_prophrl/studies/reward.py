@@ -653,7 +653,7 @@ def imagine_branch_dataset(
     ``actions_per_segment`` actions (``envs.agreement.replay_branches``). Each branch becomes one episode of
     ``segments + 1`` imagined frames whose ``success_steps`` are the simulator's flags of the recorded frames they
     stand for. These are the frames RL on branches shows its reward model, from real states; the bridged classifier's
-    imagined twins are whole-episode open-loop replays from the first frame (docs/results.md, round v8).
+    imagined twins are whole-episode open-loop replays from the first frame (docs/history.md, round v8).
 
     Returns:
         ``done.json``: ``episodes``, ``positives`` (branches whose window succeeds), ``seconds`` and the arguments.
