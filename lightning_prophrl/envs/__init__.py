@@ -15,25 +15,25 @@ from lightning_prophrl.envs.base import (
     as_prompt,
 )
 from lightning_prophrl.envs.instructions import INSTRUCTIONS, TASKS, instruction_for
-from lightning_prophrl.envs.metaworld import (
-    SEED_RANGES,
-    EpisodeRecord,
-    ExpertEpisode,
-    MetaWorldEnv,
-    ScriptedExpert,
-    demo_seeds,
-    eval_seeds,
-    make_seeded_env,
-    reset_seeded,
-    run_expert_episode,
-    train_seeds,
-)
-from lightning_prophrl.envs.rendering import (
-    CAMERA_PRESETS,
-    FastRenderer,
-    FreeCamera,
-    project_points,
-)
+
+# The simulator and the renderer import mujoco: they load on first use, so the rest of the library (models, modules,
+# datamodules, the world-model environment) imports without the ``sim`` extra.
+_LAZY = {
+    **dict.fromkeys(["SEED_RANGES", "EpisodeRecord", "ExpertEpisode", "MetaWorldEnv", "ScriptedExpert", "demo_seeds",
+                     "eval_seeds", "make_seeded_env", "reset_seeded", "run_expert_episode", "train_seeds"],
+                    "lightning_prophrl.envs.metaworld"),
+    **dict.fromkeys(["CAMERA_PRESETS", "FastRenderer", "FreeCamera", "project_points"],
+                    "lightning_prophrl.envs.rendering"),
+}  # fmt: skip
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CAMERA_PRESETS",
