@@ -13,7 +13,7 @@ import torch
 from lightning_prophrl import constants as K
 from lightning_prophrl.datamodules.shards import iter_episodes
 from lightning_prophrl.models.prophet import Prophet
-from lightning_prophrl.studies.heldout import SETS, adapt, heldout_data, results_table, task_report
+from lightning_prophrl.studies.heldout import SETS, adapt, compare_models, heldout_data, results_table, task_report
 
 UNET = dict(backbone="unet", codec="pixel", codec_kwargs={"factor": 1}, action_chunk_length=1, history_length=2,
             use_action_frames=False, success_hidden_dim=8,
@@ -61,3 +61,6 @@ def test_adaptation_keeps_the_pretrained_stats_and_reports_cover_every_set(data,
         assert r["segments"] == 3 and np.isfinite([r["psnr"], r["psnr_copy_last"], r["dyn_psnr_shuffled"]]).all()
     table = results_table({"tasks": {"window-open-v3": {"zero_shot": [report], "lora": [report, report]}}})
     assert table.count("| cf_random |") == 5 and "±" in table
+    table = compare_models({"base": (str(pretrained), 1), "lora": (model_dir, 2)}, "window-open-v3", tmp_path / "cmp",
+                           data=data, num_segments=3)  # fmt: skip
+    assert table.count("| eval |") == 5 and "| eval | lora, shuffled actions |" in table

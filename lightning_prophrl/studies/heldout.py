@@ -166,11 +166,13 @@ def run_study(
     return results
 
 
-def compare_models(models: dict[str, tuple[str, int]], task: str, out: str | Path = "runs/heldout") -> str:
+def compare_models(models: dict[str, tuple[str, int]], task: str, out: str | Path = "runs/heldout",
+                   data: dict[str, str] | None = None, num_segments: int = 38) -> str:  # fmt: skip
     """Markdown table of several models on one held-out task's evaluation sets (no adaptation): ``models`` maps a
-    label to ``(save_pretrained dir, sampling steps)``; reports are cached under ``<out>/<task>/compare/<label>``."""
+    label to ``(save_pretrained dir, sampling steps)``; reports are cached under ``<out>/<task>/compare/<label>``;
+    ``data`` defaults to :func:`heldout_data` of the task under ``<out>/data``."""
     out = Path(out)
-    data = heldout_data(task, out / "data" / task)
+    data = data or heldout_data(task, out / "data" / task)
     lines = [f"**{task}**, every model zero-shot\n", "| set | model | " + " | ".join(METRICS) + " |",
              "|---|---|" + "---|" * len(METRICS)]  # fmt: skip
     reports = {
