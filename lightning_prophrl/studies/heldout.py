@@ -98,7 +98,7 @@ def adapt(
     pretrained_dir: str,
     adapt_dir: str,
     out: str | Path,
-    steps: int = 600,
+    steps: int = 400,
     mode: Literal["lora", "full"] = "lora",
     seed: int = 0,
     batch_size: int = 16,
@@ -144,11 +144,13 @@ def run_study(
     out: str | Path = "runs/heldout",
     tasks: Sequence[str] = STUDY_TASKS,
     seeds: Sequence[int] = (0, 1, 2),
-    adapt_steps: int = 600,
+    adapt_steps: int = 400,
     mode: Literal["lora", "full"] = "lora",
     num_steps: int = 1,
+    name: str = "results",
 ) -> dict[str, Any]:
-    """Stages 1-4 of the module docstring; writes ``<out>/results.json`` and ``<out>/results.md``."""
+    """Stages 1-4 of the module docstring; writes ``<out>/<name>.json`` and ``<out>/<name>.md`` (stages are shared
+    between calls with the same ``out``: a second call with more seeds reuses the first one's adaptations)."""
     out = Path(out)
     results: dict[str, Any] = {"model": model, "mode": mode, "adapt_steps": adapt_steps, "seeds": list(seeds),
                                "num_steps": num_steps, "tasks": {}}  # fmt: skip
@@ -161,8 +163,8 @@ def run_study(
             rows[mode].append(task_report(adapted, data, out / task / f"{mode}_seed{seed}" / "report", num_steps))
             rows[mode][-1]["adapt_seconds"] = load_done(out / task / f"{mode}_seed{seed}")["seconds"]
         results["tasks"][task] = rows
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(results_table(results))
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2))
+    (out / f"{name}.md").write_text(results_table(results))
     return results
 
 
@@ -221,10 +223,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", default="runs/heldout")
     ap.add_argument("--tasks", default=",".join(STUDY_TASKS), help="comma-separated held-out tasks")
     ap.add_argument("--seeds", default="0,1,2", help="adaptation seeds")
-    ap.add_argument("--adapt-steps", type=int, default=600)
+    ap.add_argument("--adapt-steps", type=int, default=400)
     ap.add_argument("--mode", choices=["lora", "full"], default="lora")
     ap.add_argument("--num-steps", type=int, default=1, help="sampling steps per generated frame")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("PROPHRL_THREADS", 2)))
+    ap.add_argument("--name", default="results", help="results file name under --out (NAME.md, NAME.json)")
     ap.add_argument("--compare", default=None,
                     help="instead of the study: LABEL=DIR[:STEPS],... zero-shot on the first task of --tasks")  # fmt: skip
     args = ap.parse_args(argv)
@@ -243,8 +246,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.model:
         ap.error("--model is required (the pretrained Prophet's directory) unless --compare is given")
     results = run_study(args.model, args.out, [t for t in args.tasks.split(",") if t],
-                        [int(s) for s in args.seeds.split(",") if s], args.adapt_steps, args.mode, args.num_steps)  # fmt: skip
-    print((Path(args.out) / "results.md").read_text())
+                        [int(s) for s in args.seeds.split(",") if s], args.adapt_steps, args.mode, args.num_steps,
+                        args.name)  # fmt: skip
+    print((Path(args.out) / f"{args.name}.md").read_text())
     return results
 
 
