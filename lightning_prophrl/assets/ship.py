@@ -2,7 +2,7 @@
 model card.
 
     python -m lightning_prophrl.assets.ship --export runs/prophet_unet/export --run runs/prophet_unet \
-        --corpus runs/corpus [--results runs/heldout/results.md]
+        --corpus runs/corpus [--results runs/heldout/results.md ...] [--steps N]
 
 The card records the data recipe (from the corpus's ``corpus.json``), the training (steps, batch, wall time from the
 run's TensorBoard events, the Lightning config the run saved), the machine, the held-out metrics when given, and the
@@ -25,9 +25,10 @@ from lightning_prophrl.constants import STATS_FILE
 FILES = ("config.json", "diffusion_pytorch_model.safetensors", STATS_FILE)
 
 
-def training_summary(run_dir: str | Path) -> dict[str, Any]:
+def training_summary(run_dir: str | Path, until_step: int | None = None) -> dict[str, Any]:
     """Steps, wall time and last losses of a ``prophrl fit`` run, from its TensorBoard events (all versions, so a
-    resumed run counts each segment's own time) and its saved ``config.yaml``."""
+    resumed run counts each segment's own time) and its saved ``config.yaml``; ``until_step`` reads the run only up
+    to that optimizer step (the step of the exported checkpoint)."""
     import yaml
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -42,12 +43,21 @@ def training_summary(run_dir: str | Path) -> dict[str, Any]:
         tags = acc.Tags()["scalars"]
         if "train/loss" not in tags:
             continue
-        train = acc.Scalars("train/loss")
+        train = [e for e in acc.Scalars("train/loss") if until_step is None or e.step < until_step]
+        if not train:
+            continue
         seconds += train[-1].wall_time - train[0].wall_time
         last_step = max(last_step, train[-1].step + 1)
         losses["train/loss"] = train[-1].value
-        if "val/loss" in tags:
-            losses["val/loss"] = acc.Scalars("val/loss")[-1].value
+        val = (
+            [e for e in acc.Scalars("val/loss") if until_step is None or e.step < until_step]
+            if "val/loss" in tags
+            else []
+        )
+        if val:
+            losses["val/loss"] = val[-1].value
+    if until_step is not None:
+        last_step = until_step
     configs = sorted(run_dir.rglob("config.yaml"))
     config = yaml.safe_load(configs[-1].read_text()) if configs else {}
     return {"steps": last_step, "wall_seconds": seconds, "losses": losses, "config": config}
@@ -115,8 +125,9 @@ def model_card(export: Path, corpus: dict[str, Any], training: dict[str, Any], r
 
 
 def ship(export: str | Path, run_dir: str | Path, corpus_dir: str | Path, results: str | Path | None = None,
-         dest: str | Path = SHIPPED_PROPHET, max_mb: float = 50.0) -> str:  # fmt: skip
-    """Copy ``export`` to ``dest`` with its model card; returns ``dest``."""
+         dest: str | Path = SHIPPED_PROPHET, max_mb: float = 50.0, steps: int | None = None) -> str:  # fmt: skip
+    """Copy ``export`` to ``dest`` with its model card; returns ``dest``. ``steps``: the exported checkpoint's step
+    when the run went on past it (see :func:`training_summary`)."""
     export, dest = Path(export), Path(dest)
     missing = [f for f in FILES if not (export / f).is_file()]
     if missing:
@@ -125,7 +136,10 @@ def ship(export: str | Path, run_dir: str | Path, corpus_dir: str | Path, result
     if size_mb > max_mb:
         raise ValueError(f"{export} holds {size_mb:.1f} MB, above --max-mb {max_mb}: save it in float16 first")
     corpus = json.loads((Path(corpus_dir) / "corpus.json").read_text())
-    card = model_card(export, corpus, training_summary(run_dir), Path(results).read_text() if results else None)
+    results_md = "\n".join(
+        Path(r).read_text() for r in ([results] if isinstance(results, (str, Path)) else results or [])
+    )
+    card = model_card(export, corpus, training_summary(run_dir, steps), results_md or None)
     dest.mkdir(parents=True, exist_ok=True)
     for f in FILES:
         shutil.copy(export / f, dest / f)
@@ -138,11 +152,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--export", required=True, help="the run's save_pretrained export (with stats.json)")
     ap.add_argument("--run", required=True, help="the run's default_root_dir (TensorBoard events, config.yaml)")
     ap.add_argument("--corpus", required=True, help="the pretraining corpus directory (corpus.json)")
-    ap.add_argument("--results", default=None, help="held-out results table (markdown) for the card")
+    ap.add_argument("--results", nargs="*", default=[], help="held-out results tables (markdown) for the card")
+    ap.add_argument("--steps", type=int, default=None, help="the exported checkpoint's step (a run that went on)")
     ap.add_argument("--dest", default=str(SHIPPED_PROPHET))
     ap.add_argument("--max-mb", type=float, default=50.0)
     args = ap.parse_args(argv)
-    print(ship(args.export, args.run, args.corpus, args.results, args.dest, args.max_mb))
+    print(ship(args.export, args.run, args.corpus, args.results, args.dest, args.max_mb, args.steps))
 
 
 if __name__ == "__main__":

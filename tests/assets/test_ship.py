@@ -39,6 +39,9 @@ def test_training_summary_adds_the_segments_of_a_resumed_run(run):
     summary = training_summary(run[1])
     assert summary["steps"] == 61 and summary["wall_seconds"] == pytest.approx(30 + 20)
     assert summary["losses"]["train/loss"] == pytest.approx(1 / 61)
+    upto = training_summary(run[1], until_step=50)  # the export's checkpoint; the run went on after it
+    assert upto["steps"] == 50 and upto["wall_seconds"] == pytest.approx(30 + 0)
+    assert upto["losses"]["train/loss"] == pytest.approx(1 / 41)
 
 
 def test_ship_copies_the_model_and_writes_its_card(run, tmp_path):
