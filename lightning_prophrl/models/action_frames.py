@@ -9,8 +9,8 @@
 * :class:`ActionFrameEncoder`: codec latents of the action-frame video -> ``1x1x1`` conv -> depthwise ``1x3x3`` +
   pointwise conv -> spatial mean -> + sinusoidal time code -> MLP: ``f_af`` per latent frame ``(B, T, D)``.
 
-Style values of the renderer are UNKNOWN in the paper; defaults follow the guesses of an unofficial third-party
-reimplementation ([R]).
+Style values of the renderer are not given in the paper; defaults follow the guesses of an unofficial third-party
+reimplementation (marked "reimpl." below).
 """
 
 from __future__ import annotations
@@ -70,12 +70,12 @@ class ActionFrameStyle:
     """Drawing parameters of :func:`render_action_frames` (pixel sizes are given at ``reference_width``).
 
     Attributes:
-        axis_length: Length of the drawn tool axes in metres ([R] 0.15).
-        r_ref: Disk radius in pixels at depth ``z_ref`` ([R] 40 px on a 256 canvas).
+        axis_length: Length of the drawn tool axes in metres (reimpl. 0.15).
+        r_ref: Disk radius in pixels at depth ``z_ref`` (reimpl. 40 px on a 256 canvas).
         z_ref: Reference depth in metres.
-        r_min: Smallest radius in pixels ([R] 8).
-        r_max: Largest radius in pixels ([R] 140).
-        line_width: Axis line width in pixels ([R] 2); never thinner than 1 px after scaling.
+        r_min: Smallest radius in pixels (reimpl. 8).
+        r_max: Largest radius in pixels (reimpl. 140).
+        line_width: Axis line width in pixels (reimpl. 2); never thinner than 1 px after scaling.
         reference_width: Canvas width at which the pixel sizes hold; they scale with ``width / reference_width``.
         closed_color: RGB in ``[0, 1]`` of a closed gripper (opening 0).
         open_color: RGB in ``[0, 1]`` of an open gripper (opening 1); linear blend in between.
@@ -180,7 +180,8 @@ class ScalarActionEncoder(nn.Module):
     """Scalar action stream ``f_sa``: MLP over the flattened, masked action chunk and the action mask.
 
     Input is ``[flatten(actions * mask), mask]`` (``L * A + A`` numbers) so that padded dimensions are exactly zero
-    and the network knows which dimensions are real. [R] guesses Linear -> GELU -> Linear with hidden ``4 * D``.
+    and the network knows which dimensions are real. The reimplementation guesses Linear -> GELU -> Linear with
+    hidden ``4 * D``.
 
     Args:
         chunk_length: Actions per chunk ``L``.

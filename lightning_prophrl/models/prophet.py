@@ -192,7 +192,8 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             config after loading (the weights are then part of this model).
         action_dim: Size of one action (14 in the unified space).
         action_chunk_length: Actions (= future frames) per generation call (paper: 20).
-        action_hidden_dim: Hidden width of the scalar action MLP (default ``4 * hidden``, [R]).
+        action_hidden_dim: Hidden width of the scalar action MLP (default ``4 * hidden``, a third-party
+            reimplementation's guess).
         use_action_frames: Build the action-frame stream.
         action_frame_channels: Channels of the action-frame encoder.
         action_frame_style: :class:`ActionFrameStyle` fields as a dict (renderer sizes and colours).

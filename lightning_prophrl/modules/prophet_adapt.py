@@ -78,7 +78,7 @@ class ProphetAdaptModule(ProphetTrainingBase):
         lora_dropout: LoRA dropout.
         train_conditioning: in LoRA mode, also train the action encoders, history encoder, success head and a learned
             null context (a new embodiment has new action statistics; UNKNOWN whether the paper does).
-        optimizer: optimizer factory over the trainable parameters (default AdamW lr 1e-4, INFERRED).
+        optimizer: optimizer factory over the trainable parameters (default AdamW lr 1e-4; not given in the paper).
         lr_scheduler: optional scheduler factory (stepped every optimizer step).
         adapter_dir: where to save the adapter / full model when training ends (None: not saved).
         val_seed: seed of the validation noise and times.
@@ -118,8 +118,8 @@ class ProphetAdaptModule(ProphetTrainingBase):
 
         # 2. Adapters and the trainable set (one filter for freezing and for saving)
         if mode == "lora":
-            self.model.add_lora(lora_rank, lora_alpha, None if lora_target_modules is None else tuple(lora_target_modules),
-                                lora_dropout)  # fmt: skip
+            targets = None if lora_target_modules is None else tuple(lora_target_modules)
+            self.model.add_lora(lora_rank, lora_alpha, targets, lora_dropout)
             for name, param in self.model.named_parameters():
                 param.requires_grad_(is_adapted_parameter(name, train_conditioning))
 

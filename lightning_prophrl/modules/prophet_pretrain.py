@@ -80,7 +80,7 @@ class ProphetPretrainModule(ProphetTrainingBase):
     Args:
         model: the Prophet network (LightningCLI: a nested ``class_path`` / ``init_args``).
         optimizer: optimizer factory, applied to the trainable parameters (default AdamW, lr 1e-4, weight decay 0.1:
-            INFERRED from A2World, the same group's follow-up; Prophet's own settings are not given in the paper).
+            inferred from A2World, the same group's follow-up; Prophet's own settings are not given in the paper).
         lr_scheduler: optional scheduler factory, stepped every optimizer step.
         export_dir: directory for ``save_pretrained`` at the end of training (None: no export).
         stats_from: dataset directory whose ``stats.json`` (the action normalization the model was trained with) is
