@@ -83,6 +83,7 @@ def model_card(export: Path, corpus: dict[str, Any], training: dict[str, Any], r
         "",
         "```python",
         "from lightning_prophrl.assets import load_shipped_prophet",
+        "",
         "prophet, action_stats = load_shipped_prophet()",
         "```",
         "",
