@@ -145,6 +145,11 @@ class DemoConfig:
     # is all a group-normalized advantage learns from (``studies.branches`` measures it before RL, round v9)
     wm_noise_level: float | None = 2.0
     wm_group_size: int | None = None
+    # dual-noise verification: every imagined RL rollout imagined ``wm_draws`` times under independent world-model
+    # noise (the same actions), its reward the ``wm_draws_reduce`` ("mean" or "min") of the draws' rewards
+    # (``envs.world_model.draws_reward``; 1: off; costs ``wm_draws`` times the imagination)
+    wm_draws: int = 1
+    wm_draws_reduce: str = "mean"
     # on-policy branch starts (branch variants): every ``wm_onpolicy_starts_every`` RL updates, real SDE rollouts of the
     # current policy (``wm_onpolicy_starts_episodes``, at the refresh's noise and after its seeds, counted as real
     # interactions) replace the branch starts, so that RL keeps branching from the states the moving policy visits
@@ -159,15 +164,19 @@ class DemoConfig:
     wm_reward_signal: str = "graded"
     # graded scores below this count as 0 (noise among failures; 0.3 was the best 0/1 threshold on branch replays)
     wm_graded_floor: float = 0.2
-    # the world model the demo trains when no wm_model_dir is given (one Prophet, seed 0, shared by all RL seeds)
+    # the world model the demo builds when no wm_model_dir is given (one Prophet, seed 0, shared by all RL seeds):
+    # "shipped" LoRA-adapts the shipped pretrained Prophet (``adapt_shipped``; 64 px, the target held out of its
+    # pretraining), "pretrain" pretrains a tiny Prophet on ``pretrain_tasks`` first (``wm_history_len``,
+    # ``wm_episodes_per_task``, ``wm_pretrain_steps``; minutes, the tests' path) and adapts that
+    wm_base: str = "shipped"
     wm_chunk_len: int = 1  # Prophet frames per segment; one frame = chunk_len / wm_chunk_len simulator steps
     wm_history_len: int = 8
     wm_episodes_per_task: int = 30
     wm_target_episodes: int = 20
     wm_eval_episodes: int = 20
     wm_pretrain_steps: int = 4000
-    wm_adapt_steps: int = 1000
-    wm_batch: int = 8
+    wm_adapt_steps: int = 400
+    wm_batch: int = 16
     # the reward-model stage (wm_* variants): real episodes for the classifiers (seeds 600.. and 700..)
     reward_train_episodes: int = 60
     reward_heldout_episodes: int = 40
@@ -177,6 +186,18 @@ class DemoConfig:
         if self.target_task in self.pretrain_tasks:
             raise ValueError(f"--target-task {self.target_task} (`target_task`) is also a pretraining task; the "
                              "target must be held out")  # fmt: skip
+        if self.wm_base not in ("shipped", "pretrain"):
+            raise ValueError(f"--wm-base (`wm_base`) must be 'shipped' or 'pretrain', got {self.wm_base!r}")
+        if self.wm_base == "shipped" and any(VARIANTS[v][2] == "wm" for v in self.variants):
+            from lightning_prophrl.envs.task_split import HELDOUT_TASKS
+
+            if self.target_task not in HELDOUT_TASKS:
+                raise ValueError(f"--target-task {self.target_task} was in the shipped Prophet's pretraining; pick one "
+                                 "of lightning_prophrl.envs.task_split.HELDOUT_TASKS or pass --wm-base pretrain")  # fmt: skip
+            if self.image_size != 64 or self.wm_chunk_len != 1 or self.chunk_len != 4:
+                raise ValueError(f"the shipped Prophet works at 64 px, one frame per 4-step policy chunk: --wm-base "
+                                 f"shipped needs image_size 64, chunk_len 4 and wm_chunk_len 1 (got {self.image_size}, "
+                                 f"{self.chunk_len}, {self.wm_chunk_len}); pass --wm-base pretrain otherwise")  # fmt: skip
         if self.sft_demos < 1:
             raise ValueError(f"--sft-demos (`sft_demos`) must be >= 1, got {self.sft_demos}")
         if self.wm_reward_signal not in ("success", "graded"):
@@ -192,6 +213,9 @@ class DemoConfig:
                              f"{self.wm_refresh_noise_level}")  # fmt: skip
         if self.wm_noise_level is not None and self.wm_noise_level <= 0:
             raise ValueError(f"--wm-noise-level (`wm_noise_level`) must be > 0, got {self.wm_noise_level}")
+        if self.wm_draws < 1 or self.wm_draws_reduce not in ("mean", "min"):
+            raise ValueError(f"--wm-draws (`wm_draws`) must be >= 1 and --wm-draws-reduce (`wm_draws_reduce`) 'mean' "
+                             f"or 'min', got {self.wm_draws} and {self.wm_draws_reduce!r}")  # fmt: skip
         if self.wm_group_size is not None and self.wm_group_size < 2:
             raise ValueError(f"--wm-group-size (`wm_group_size`) must be >= 2, got {self.wm_group_size}")
         if self.wm_refresh_branch_starts < 0 or self.wm_refresh_branch_group < 1:
@@ -238,7 +262,7 @@ class DemoConfig:
                     wm_refresh_episodes=2, wm_refresh_steps=2, wm_refresh_reward_steps=10, wm_branch_segments=3,
                     wm_episodes_per_task=2, wm_target_episodes=2, wm_eval_episodes=2, wm_pretrain_steps=4,
                     wm_adapt_steps=2, wm_batch=2, reward_train_episodes=3, reward_heldout_episodes=2,
-                    reward_steps=10, paired_states=4,
+                    reward_steps=10, paired_states=4, wm_base="pretrain",
                     # the plainest RL inside Prophet: the tests switch each option of the default on by itself
                     wm_reward_signal="success", wm_refresh_reward_data="twins", wm_noise_level=None)  # fmt: skip
         base.update(kw)
@@ -318,6 +342,8 @@ def stage_world_model(cfg: DemoConfig) -> tuple[str, str, dict[str, Any] | None]
     """
     if cfg.wm_model_dir:
         return cfg.wm_model_dir, cfg.wm_stats_dir or cfg.wm_model_dir, None
+    if cfg.wm_base == "shipped":
+        return adapt_shipped(cfg)
     from lightning_prophrl.studies.prophet import (
         adapt_prophet,
         generate_wm_data,
@@ -340,6 +366,31 @@ def stage_world_model(cfg: DemoConfig) -> tuple[str, str, dict[str, Any] | None]
     adapted = adapt_prophet(pretrained, data["target"], root / "adapt_lora", cfg.wm_adapt_steps, "lora", **kw)
     segments = -(-cfg.max_steps // (stride * cfg.wm_chunk_len))
     report = world_model_report(adapted, data["eval"], root / "report", cfg.wm_eval_episodes, segments,
+                                cfg.wm_num_steps, 0, stride, cfg.image_size)  # fmt: skip
+    return adapted, adapted, report
+
+
+def adapt_shipped(cfg: DemoConfig) -> tuple[str, str, dict[str, Any]]:
+    """The default world model: the shipped pretrained Prophet (``lightning_prophrl.assets``; the target task was held
+    out of its pretraining) LoRA-adapted for ``wm_adapt_steps`` steps to ``wm_target_episodes`` noisy-expert target
+    episodes, with its open-loop report on ``wm_eval_episodes`` held-out target episodes (the data, adaptation and
+    report of :mod:`lightning_prophrl.studies.heldout`, seed 0, under ``OUT/world_model``).
+
+    Returns:
+        ``(model_dir, stats_dir, report)``: the adapted model carries the shipped action statistics.
+    """
+    from lightning_prophrl.assets import shipped_prophet_path
+    from lightning_prophrl.studies.heldout import adapt, heldout_data
+    from lightning_prophrl.studies.prophet import world_model_report
+
+    root = Path(cfg.out) / "world_model"
+    data = heldout_data(cfg.target_task, root / "data", adapt_episodes=cfg.wm_target_episodes,
+                        eval_episodes=cfg.wm_eval_episodes, cf_episodes=1, size=cfg.image_size, camera=cfg.camera,
+                        max_steps=cfg.max_steps, counterfactual=False)  # fmt: skip
+    adapted = adapt(shipped_prophet_path(), data["adapt"], root / "adapt_lora", cfg.wm_adapt_steps, "lora", seed=0,
+                    batch_size=cfg.wm_batch)  # fmt: skip
+    stride = cfg.chunk_len // cfg.wm_chunk_len
+    report = world_model_report(adapted, data["eval"], root / "report", cfg.wm_eval_episodes, cfg.max_queries,
                                 cfg.wm_num_steps, 0, stride, cfg.image_size)  # fmt: skip
     return adapted, adapted, report
 
@@ -617,8 +668,20 @@ def run_name(cfg: DemoConfig, variant: str) -> str:
     name += f"-{refresh_name(cfg)}" if variant in REFRESHED and refresh_name(cfg) != "refresh" else ""
     name += "" if cfg.wm_noise_level is None else f"-noise{cfg.wm_noise_level:g}"
     name += "" if cfg.wm_group_size is None else f"-g{cfg.wm_group_size}"
+    name += "" if cfg.wm_draws == 1 else f"-draws{cfg.wm_draws}{cfg.wm_draws_reduce}"
     onpolicy = cfg.wm_onpolicy_starts_every and variant in BRANCHED
     return name + (f"-onpolicy{cfg.wm_onpolicy_starts_every}x{cfg.wm_onpolicy_starts_episodes}" if onpolicy else "")
+
+
+def wm_reward_model(cfg: DemoConfig) -> Any:
+    """The FA-GRPO reward inside Prophet: 0/1 imagined success (None: the env's), the graded score, or either one
+    reduced over the noise draws (``wm_draws > 1``)."""
+    from lightning_prophrl.envs.world_model import draws_reward, graded_reward
+
+    if cfg.wm_draws > 1:
+        return partial(draws_reward, signal=cfg.wm_reward_signal, reduce=cfg.wm_draws_reduce,
+                       floor=cfg.wm_graded_floor)  # fmt: skip
+    return partial(graded_reward, floor=cfg.wm_graded_floor) if cfg.wm_reward_signal == "graded" else None
 
 
 def refresh_name(cfg: DemoConfig) -> str:
@@ -645,7 +708,7 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     from lightning_prophrl.envs.metaworld import MetaWorldEnv
     from lightning_prophrl.envs.poses import CommandedPoses
     from lightning_prophrl.envs.rollout import ActionDecoder
-    from lightning_prophrl.envs.world_model import WorldModelEnv, graded_reward
+    from lightning_prophrl.envs.world_model import WorldModelEnv
     from lightning_prophrl.models.prophet import Prophet
     from lightning_prophrl.modules import FAGRPOModule
 
@@ -676,13 +739,12 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     group = cfg.wm_group_size or cfg.group_size
     env = WorldModelEnv(prophet, wm_stats, num_prompts=cfg.num_prompts, group_size=group,
                         max_segments=cfg.wm_branch_segments if branch else cfg.max_queries, num_steps=cfg.wm_num_steps,
-                        seed=seed, initial_env=reset_env, poses=poses, **scoring)  # fmt: skip
+                        seed=seed, initial_env=reset_env, poses=poses, draws=cfg.wm_draws, **scoring)  # fmt: skip
     module = FAGRPOModule(build_policy(cfg), env, group_size=group, max_queries=cfg.max_queries,
                           noise_level=cfg.wm_noise_level, sft_checkpoint=sft_ckpt, action_target="unified", loss=loss,
                           flowscale=flowscale,
                           beta_kl=cfg.wm_beta_kl, seed=seed, optimizer=lambda p: torch.optim.Adam(p, lr=cfg.lr),
-                          reward_model=(partial(graded_reward, floor=cfg.wm_graded_floor)
-                                        if cfg.wm_reward_signal == "graded" else None))  # fmt: skip
+                          reward_model=wm_reward_model(cfg))  # fmt: skip
     # 1. closed-loop agreement gate of the SFT policy (before RL)
     n_gate = cfg.wm_check_seeds
     # the real gate episodes run to the cap so that the reward model's persistence rule can also judge them
@@ -886,7 +948,8 @@ def with_world_model(cfg: DemoConfig, model_dir: str, stats_dir: str, trained: b
     the target data it was adapted on."""
     cfg = replace(cfg, wm_model_dir=model_dir, wm_stats_dir=stats_dir)
     if trained and not cfg.wm_target_data:
-        cfg = replace(cfg, wm_target_data=str(Path(cfg.out) / "world_model" / "data" / "target_train"))
+        data = Path(cfg.out) / "world_model" / "data"
+        cfg = replace(cfg, wm_target_data=str(data / ("adapt" if cfg.wm_base == "shipped" else "target_train")))
     return cfg
 
 
@@ -956,6 +1019,9 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="imagined success inside Prophet: the bridged classifier (default) or the success head",
     )
+    ap.add_argument("--wm-base", choices=["shipped", "pretrain"], default=None,
+                    help="world model without --wm-model-dir: adapt the shipped Prophet (default) or pretrain one")  # fmt: skip
+    ap.add_argument("--wm-adapt-steps", type=int, default=None, help="LoRA steps adapting Prophet to the target")
     ap.add_argument("--wm-model-dir", default=None, help="saved Prophet for the wm_* variants")
     ap.add_argument(
         "--wm-stats-dir", default=None, help="dataset directory whose stats.json normalized Prophet's actions"
@@ -987,6 +1053,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--wm-branch-segments", type=int, default=None, help="policy chunks per imagined branch")
     ap.add_argument("--wm-noise-level", type=float, default=None, help="SDE noise of the RL rollouts inside Prophet")
     ap.add_argument("--wm-group-size", type=int, default=None, help="rollouts per start inside Prophet (G)")
+    ap.add_argument("--wm-draws", type=int, default=None,
+                    help="world-model noise draws per imagined rollout (dual-noise verification; 1: off)")  # fmt: skip
+    ap.add_argument("--wm-draws-reduce", choices=["mean", "min"], default=None,
+                    help="the reward from the draws: their mean, or their minimum (every draw must succeed)")  # fmt: skip
     ap.add_argument("--wm-onpolicy-starts-every", type=int, default=None,
                     help="branch variants: every N updates the current policy's real rollouts become the branch starts "
                     "(0: off)")  # fmt: skip

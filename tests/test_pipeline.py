@@ -231,3 +231,66 @@ def test_paired_table_counts_states_won_and_lost_against_sft():
     rl = {0: {"success": 0.75, "per_seed": [1, 1, 1, 0]}, 1: {"success": 0.25, "per_seed": [1, 0, 0, 0]}}
     row = next(line for line in paired_table({"rl": rl}, sft).splitlines() if line.startswith("| rl"))
     assert "0.750 / 0.250" in row and "+25.0 / +0.0 (mean +12.5)" in row and row.endswith("| 2 / 1 |")
+
+
+@pytest.mark.slow
+def test_demo_world_model_is_the_shipped_prophet_adapted_to_the_held_out_target(tmp_path):
+    from lightning_prophrl.assets import shipped_prophet_path
+    from lightning_prophrl.models.prophet import Prophet
+    from lightning_prophrl.pipeline import stage_world_model
+
+    cfg = DemoConfig(out=str(tmp_path), variants=["wm_fagrpo"], max_steps=12, wm_target_episodes=2,
+                     wm_eval_episodes=1, wm_adapt_steps=2, wm_batch=2)  # fmt: skip
+    model_dir, stats_dir, report = stage_world_model(cfg)
+    assert model_dir == stats_dir and sorted(p.name for p in (tmp_path / "world_model" / "data").iterdir()) == [
+        "adapt",
+        "eval",
+    ]
+    shipped = Path(shipped_prophet_path())
+    assert (Path(model_dir) / "stats.json").read_text() == (shipped / "stats.json").read_text()
+    base, adapted = Prophet.from_pretrained(shipped).state_dict(), Prophet.from_pretrained(model_dir).state_dict()
+    changed = {k for k in base if not torch.equal(base[k], adapted[k])}
+    # LoRA (fused into the export) moved the backbone's adapted layers' weights, never its norms or biases; the
+    # conditioning modules (action encoders, success head) are trained in full
+    from lightning_prophrl.modules.prophet_adapt import CONDITIONING_PREFIXES
+
+    backbone = {k for k in changed if not k.startswith(CONDITIONING_PREFIXES)}
+    assert backbone and all(k.endswith(".weight") and "norm" not in k for k in backbone)
+    assert report["segments"] == cfg.max_queries == 3 and report["episodes"] == 1
+    # the refresh mixes the adaptation episodes in
+    from lightning_prophrl.pipeline import with_world_model
+
+    assert with_world_model(cfg, model_dir, stats_dir, True).wm_target_data == str(
+        tmp_path / "world_model" / "data" / "adapt"
+    )
+
+
+def test_shipped_world_model_refuses_a_pretraining_target_or_another_image_size(tmp_path, capsys):
+    from lightning_prophrl.pipeline import main
+
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--target-task", "push-v3", "--pretrain-tasks", "reach-v3"])
+    assert "--target-task push-v3 was in the shipped Prophet's pretraining" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--wm-base shipped needs image_size 64"):
+        DemoConfig(image_size=32)
+    DemoConfig(image_size=32, wm_base="pretrain")  # the tiny path works at any size
+    DemoConfig(image_size=32, variants=["sim_fagrpo"])  # no world model, no constraint
+    assert not any(tmp_path.iterdir())
+
+
+def test_noise_draws_name_the_run_and_reduce_the_reward(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from lightning_prophrl.pipeline import main, run_name, wm_reward_model
+
+    cfg = DemoConfig(wm_draws=2, wm_draws_reduce="min")
+    assert run_name(cfg, "wm_fagrpo_branch") == "wm_fagrpo_branch-graded-brclf-noise2-draws2min"
+    assert run_name(cfg, "sim_fagrpo") == "sim_fagrpo"
+    batch = SimpleNamespace(info={"draw_score": torch.tensor([[0.9, 0.1], [0.5, 0.8]])})
+    assert torch.allclose(wm_reward_model(cfg)(batch), torch.tensor([0.5, 0.0]))  # min of the floored draws
+    assert wm_reward_model(DemoConfig(wm_reward_signal="success")) is None  # the env's own 0/1 success
+    for flag, value in (("--wm-draws", "0"), ("--wm-draws-reduce", "max")):
+        with pytest.raises(SystemExit):
+            main(["--out", str(tmp_path), flag, value])
+        assert flag in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -19,6 +19,13 @@ With ``poses`` (a :class:`~lightning_prophrl.envs.poses.CommandedPoses`), the co
 generated frame is integrated from the actions (exactly the rule of the training data's ``target_poses.npy``) and fed
 to Prophet's action-frame stream, and the integrated state uses the same rule (the action's frame and the bounds);
 without it only the scalar action stream is used and the state integrates ``dpos`` as if it were a world delta.
+
+With ``draws = D > 1`` every rollout is imagined D times under independent sampling noise, all D copies executing the
+policy's actions chosen on the first copy (the one the policy sees). ``info["draw_success"]`` and
+``info["draw_score"]`` ``(D, N)`` hold every copy's outcome and ``info["draws_agree"]`` ``(N,)`` whether they agree
+on success: a rollout whose outcome depends on the world model's noise is one the model is unsure about
+(dual-noise verification). :func:`draws_reward` turns the copies into one reward (their mean, or their minimum:
+success only when every draw succeeds).
 """
 
 from __future__ import annotations
@@ -60,6 +67,26 @@ def classifier_scorer(classifier: Any) -> Callable[[torch.Tensor], torch.Tensor]
 
 
 INFO_SCORE = "success_score"  # (N,) float, best success probability held for success_k consecutive segments
+INFO_DRAW_SUCCESS, INFO_DRAW_SCORE, INFO_DRAWS_AGREE = "draw_success", "draw_score", "draws_agree"
+
+
+def draws_reward(batch: Any, signal: Literal["success", "graded"] = "success", reduce: Literal["mean", "min"] = "mean",
+                 floor: float = 0.0) -> torch.Tensor:  # fmt: skip
+    """FA-GRPO reward from the D noise draws of a ``WorldModelEnv(draws=D)`` rollout (dual-noise verification).
+
+    Each draw's outcome is its 0/1 success (``signal="success"``) or its graded score (``"graded"``, scores below
+    ``floor`` count as 0, as in :func:`graded_reward`); ``reduce="mean"`` averages them (a rollout whose outcome
+    flips with the world model's noise gets partial credit), ``"min"`` keeps the worst (success only when every draw
+    succeeds: unverified successes count as failures)."""
+    key = INFO_DRAW_SUCCESS if signal == "success" else INFO_DRAW_SCORE
+    if key not in batch.info:
+        raise KeyError(f"draws_reward needs the world model's {key!r} in the rollout info (WorldModelEnv(draws=D))")
+    if reduce not in ("mean", "min"):
+        raise ValueError(f"reduce must be 'mean' or 'min', got {reduce!r}")
+    x = torch.as_tensor(batch.info[key], dtype=torch.float32)
+    if signal == "graded":
+        x = torch.where(x >= floor, x, torch.zeros_like(x))
+    return x.mean(0) if reduce == "mean" else x.min(0).values
 
 
 def graded_reward(batch: Any, floor: float = 0.0) -> torch.Tensor:
@@ -99,6 +126,8 @@ class WorldModelEnv(BatchedEnvBase):
         poses: commanded-target integrator and camera for the action-frame stream (see the module docstring).
         success_scorer: ``video (N, T, 3, H, W) -> (N,)`` success probability of the newest frame given the imagined
             episode so far; None uses Prophet's success head.
+        draws: imagined copies of every rollout under independent noise (see the module docstring; 1: off). Costs D
+            times the generation.
     """
 
     action_dim = K.ACTION_DIM
@@ -120,9 +149,10 @@ class WorldModelEnv(BatchedEnvBase):
         initial_env: Any = None,
         poses: CommandedPoses | None = None,
         success_scorer: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        draws: int = 1,
     ):
-        if num_prompts < 1 or group_size < 1 or max_segments < 1 or num_steps < 1 or success_k < 1:
-            raise ValueError("num_prompts, group_size, max_segments, num_steps and success_k must be >= 1")
+        if min(num_prompts, group_size, max_segments, num_steps, success_k, draws) < 1:
+            raise ValueError("num_prompts, group_size, max_segments, num_steps, success_k and draws must be >= 1")
         if state_mode not in ("integrate", "zeros"):
             raise ValueError(f"state_mode must be 'integrate' or 'zeros', got {state_mode!r}")
         self.prophet = prophet.eval().requires_grad_(False)
@@ -140,6 +170,7 @@ class WorldModelEnv(BatchedEnvBase):
         self.initial_env = initial_env
         self.poses = poses
         self.success_scorer = success_scorer
+        self.draws = draws
 
     # 1. reset ------------------------------------------------------------------------------------------------------
     def reset(self, prompts: Sequence[Prompt | Mapping[str, Any]]) -> dict[str, Any]:
@@ -151,6 +182,7 @@ class WorldModelEnv(BatchedEnvBase):
             for i, p in enumerate(ps):
                 if p.initial_frame is None:
                     p.initial_frame, p.initial_state = first[K.OBS_IMAGE][i * stride], first[K.OBS_STATE][i * stride]
+        ps = list(ps) * self.draws  # draw d of rollout i is row d * N + i
         frames = []
         for i, p in enumerate(ps):
             if p.initial_frame is None:
@@ -171,14 +203,15 @@ class WorldModelEnv(BatchedEnvBase):
         self.history = HistoryBuffer(int(self.prophet.config.history_length) if self.prophet.uses_history else 0)
         self._push_prompt_history(ps)
         self.video_frames = [self.frame.clone()]
-        self.lengths = torch.ones(self.num_envs, dtype=torch.long)
-        self.done = torch.zeros(self.num_envs, dtype=torch.bool)
-        self.success = torch.zeros(self.num_envs, dtype=torch.bool)
-        self.streak = torch.zeros(self.num_envs, dtype=torch.long)
-        self.steps = torch.zeros(self.num_envs, dtype=torch.long)
+        rows = self.num_envs * self.draws
+        self.lengths = torch.ones(rows, dtype=torch.long)
+        self.done = torch.zeros(rows, dtype=torch.bool)
+        self.success = torch.zeros(rows, dtype=torch.bool)
+        self.streak = torch.zeros(rows, dtype=torch.long)
+        self.steps = torch.zeros(rows, dtype=torch.long)
         self.segments = 0
         self.success_prob: list[torch.Tensor] = []
-        self.score = torch.zeros(self.num_envs)
+        self.score = torch.zeros(rows)
         return self._obs()
 
     def _push_prompt_history(self, ps: Sequence[Prompt]) -> None:
@@ -210,6 +243,8 @@ class WorldModelEnv(BatchedEnvBase):
         a = np.asarray(actions.cpu() if isinstance(actions, torch.Tensor) else actions, dtype=np.float32)
         if a.ndim != 3 or a.shape[0] != self.num_envs or a.shape[2] != K.ACTION_DIM:
             raise ValueError(f"actions must be (N={self.num_envs}, h, {K.ACTION_DIM}) raw unified, got {a.shape}")
+        a = np.concatenate([a] * self.draws)  # every draw executes the policy's actions
+        rows = len(a)
         grouped = group_actions(a, self.chunk)
         norm = torch.from_numpy(self.stats.normalize(grouped))
         alive = ~self.done
@@ -219,7 +254,7 @@ class WorldModelEnv(BatchedEnvBase):
             targets = self.poses.integrate(self.target, torch.from_numpy(a), self.chunk)  # (N, L, 3)
             geometry = self.poses.geometry(targets, torch.from_numpy(grouped[:, :, 6]))
         gen = self.prophet.generate(
-            self.frame, norm, self.mask[None].expand(self.num_envs, -1),
+            self.frame, norm, self.mask[None].expand(rows, -1),
             history_latents=None if hist is None else hist.transpose(1, 2), history_mask=self.history.mask,
             num_steps=self.num_steps, generator=self.generator, **geometry,
         )  # fmt: skip
@@ -234,7 +269,7 @@ class WorldModelEnv(BatchedEnvBase):
         elif gen.success_logit is not None:
             prob = torch.sigmoid(gen.success_logit)
         else:
-            prob = torch.zeros(self.num_envs)
+            prob = torch.zeros(rows)
         if targets is not None:
             self.target = torch.where(alive[:, None], targets[:, -1], self.target)
         if self.state_mode == "integrate":
@@ -259,21 +294,31 @@ class WorldModelEnv(BatchedEnvBase):
             self.score = torch.where(alive, torch.maximum(self.score, window), self.score)
         stop = self.success if self.stop_at_success else torch.zeros_like(self.success)
         self.done |= stop | (self.segments >= self.max_segments)
+        n = self.num_envs
+        self.done[n:] |= self.done[:n].repeat(self.draws - 1)  # the policy stops acting: every draw ends
         self.video_frames.append(self.frame.clone())
-        info = {INFO_SUCCESS: self.success.clone(), INFO_STEPS: self.steps.clone(), "success_prob": prob,
-                INFO_SCORE: self.score.clone()}  # fmt: skip
-        return self._obs(), self.done.clone(), info
+        info = {INFO_SUCCESS: self.success[:n].clone(), INFO_STEPS: self.steps[:n].clone(), "success_prob": prob[:n],
+                INFO_SCORE: self.score[:n].clone()}  # fmt: skip
+        if self.draws > 1:
+            draw_success = self.success.view(self.draws, n).clone()
+            info.update({INFO_DRAW_SUCCESS: draw_success, INFO_DRAW_SCORE: self.score.view(self.draws, n).clone(),
+                         INFO_DRAWS_AGREE: (draw_success == draw_success[:1]).all(0)})  # fmt: skip
+        return self._obs(), self.done[:n].clone(), info
 
     def _obs(self) -> dict[str, Any]:
-        state = self.state if self.state_mode == "integrate" else torch.zeros_like(self.state)
-        return {K.OBS_IMAGE: self.frame.clone(), K.OBS_STATE: state.clone(), K.INSTRUCTION: list(self.instructions)}
+        n = self.num_envs
+        state = self.state[:n] if self.state_mode == "integrate" else torch.zeros_like(self.state[:n])
+        return {K.OBS_IMAGE: self.frame[:n].clone(), K.OBS_STATE: state.clone(), K.INSTRUCTION: self.instructions[:n]}
 
-    def video(self) -> torch.Tensor:
-        """``(N, T, 3, H, W)`` in ``[-1, 1]``; frames after an episode ended repeat its last frame."""
-        return torch.stack(self.video_frames, 1)
+    def video(self, draw: int = 0) -> torch.Tensor:
+        """``(N, T, 3, H, W)`` in ``[-1, 1]`` of one noise draw (0: the one the policy saw); frames after an episode
+        ended repeat its last frame."""
+        n = self.num_envs
+        return torch.stack(self.video_frames, 1)[draw * n : (draw + 1) * n]
 
-    def video_lengths(self) -> torch.Tensor:
-        return self.lengths.clone()
+    def video_lengths(self, draw: int = 0) -> torch.Tensor:
+        n = self.num_envs
+        return self.lengths[draw * n : (draw + 1) * n].clone()
 
     def close(self) -> None:
         pass

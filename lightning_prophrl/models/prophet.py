@@ -431,6 +431,22 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         """The noise level of a clean pass (the success head's): flow time 0 (DiT) or ``sigma_min`` (U-Net)."""
         return float(self.config.sigma_min) if self.is_unet else 0.0
 
+    def check_frame_size(self, height: int, width: int) -> None:
+        """Raise a ``ValueError`` naming the sizes that fit when ``height x width`` frames do not fit the codec and the
+        backbone: the DiT's patches and position table, or the U-Net's downsampling (a multiple of ``2 ** (levels -
+        1)`` latent pixels)."""
+        codec = int(self.latent_codec.spatial_factor)
+        if self.is_unet:
+            factor = codec * 2 ** (len(self.unet.config.block_out_channels) - 1)
+            max_h = max_w = None
+        else:
+            factor = codec * int(self.transformer.config.patch_size[-1])
+            max_h, max_w = (int(m) * codec for m in self.transformer.config.max_size[1:])
+        too_big = max_h is not None and (height > max_h or width > max_w)
+        if height % factor or width % factor or too_big:
+            limit = "" if max_h is None else f", at most {max_h}x{max_w} px"
+            raise ValueError(f"frames of {height}x{width} px do not fit the Prophet (multiples of {factor} px{limit})")
+
     @property
     def _concat_action_frames(self) -> bool:
         return bool(self.config.use_action_frames) and self.config.action_frame_mode in ("concat", "both")

@@ -163,6 +163,7 @@ class FAGRPOModule(L.LightningModule):
             "rollout/env_steps_total": torch.tensor(float(self.env_steps_total)),
             "rollout/updates": torch.tensor(float(self.updates)),
             **{k: torch.as_tensor(v, dtype=torch.float32) for k, v in rollouts.info.items() if np.isscalar(v)},
+            **agreement_logs(rollouts.info),
             **stats,
         }
         self.log_dict(logs, prog_bar=False, batch_size=1)
@@ -322,6 +323,13 @@ class FAGRPOModule(L.LightningModule):
             self.generator.set_state(state["generator"])
             self.env_steps_total, self.episodes_total = state["env_steps_total"], state["episodes_total"]
             self.updates = state["updates"]
+
+
+def agreement_logs(info: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """``rollout/draws_agree``: the share of rollouts whose world-model noise draws agree on success (present when the
+    environment imagines several draws, ``WorldModelEnv(draws=D)``)."""
+    agree = info.get("draws_agree")
+    return {} if agree is None else {"rollout/draws_agree": torch.as_tensor(agree, dtype=torch.float32).mean()}
 
 
 def prompts_from_batch(batch: dict[str, Any]) -> list[dict[str, Any]]:

@@ -57,6 +57,7 @@ def heldout_data(
     max_steps: int = 150,
     noise: float = 0.1,
     noise_max: float = 0.6,
+    counterfactual: bool = True,
 ) -> dict[str, str]:
     """The four datasets of one held-out task (see the module docstring); returns ``{set name: directory}``.
 
@@ -68,6 +69,7 @@ def heldout_data(
         cf_episodes: episodes per counterfactual set (the first initial states of ``eval``).
         size, camera, max_steps: rendering and step cap, as in pretraining.
         noise, noise_max: range of the per-episode action-noise std of the noisy expert (``cf_expert``: ``noise``).
+        counterfactual: also the two counterfactual sets (off: ``adapt`` and ``eval`` only).
     """
     from lightning_prophrl.datamodules.metaworld_gen import generate_metaworld
 
@@ -86,6 +88,8 @@ def heldout_data(
         "cf_random": dict(episodes=cf_episodes, seed=EVAL_SEED, noise=0.0, driver="random"),
         "cf_expert": dict(episodes=cf_episodes, seed=EVAL_SEED, noise=noise, driver=COUNTERFACTUAL_EXPERT),
     }
+    if not counterfactual:
+        jobs = {name: jobs[name] for name in ("adapt", "eval")}
     for name, job in jobs.items():
         path = out / name
         if not is_done(path):

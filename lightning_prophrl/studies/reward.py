@@ -109,16 +109,6 @@ def check_setup(setup: dict[str, Any] | None, **values: Any) -> None:
         raise ValueError(f"settings differ from the Prophet's training setup in {setup['source']}: {', '.join(bad)}")
 
 
-def check_frame_size(model: Any, height: int, width: int) -> None:
-    """Raise a ``ValueError`` when ``height x width`` frames do not fit the model's codec, patch and position table."""
-    codec = int(model.latent_codec.spatial_factor)
-    factor = codec * int(model.transformer.config.patch_size[-1])
-    max_h, max_w = (int(m) * codec for m in model.transformer.config.max_size[1:])
-    if height % factor or width % factor or height > max_h or width > max_w:
-        raise ValueError(f"frames of {height}x{width} px do not fit the Prophet (multiples of {factor} px, at most "
-                         f"{max_h}x{max_w} px)")  # fmt: skip
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # 2. Strided and imagined datasets
 # ---------------------------------------------------------------------------------------------------------------------
@@ -260,7 +250,7 @@ def _imagine(tmp: Path, setup: dict[str, Any] | None, model_dir, source_dir, str
             t, (h, w) = len(group[0]), group[0].frames.shape[1:3]
             if j == 0:
                 check_setup(setup, image_size=h if h == w else (h, w))
-                check_frame_size(model, h, w)
+                model.check_frame_size(h, w)
             if t not in cutters:
                 cutters[t] = ClipIterable([DatasetSpec(str(source_dir))], 0, t - 1, None, True, 1, 1, 1, NORM_MODE,
                                           stats=[stats], eval_mode=True)  # fmt: skip

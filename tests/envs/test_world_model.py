@@ -352,3 +352,39 @@ def test_prefix_actions_replay_the_recorded_state_and_within_start_branches_both
         within_start_outcomes(policy, real, WorldModelEnv(prophet, st, num_prompts=2, group_size=2), dm, real_dec,
                               wm_dec)  # fmt: skip
     real.close()
+
+
+def test_noise_draws_imagine_each_rollout_again_under_the_same_actions(prophet):
+    from types import SimpleNamespace
+
+    from lightning_prophrl.envs.world_model import draws_reward
+
+    def bright_scorer(video):
+        return (video[:, -1].mean((1, 2, 3)) > video[:, 0].mean((1, 2, 3))).float()
+
+    env = WorldModelEnv(prophet, stats(), num_prompts=2, group_size=2, max_segments=3, num_steps=1, seed=0,
+                        success_threshold=0.5, success_k=1, success_scorer=bright_scorer, draws=3)  # fmt: skip
+    obs = env.reset(prompts())
+    assert obs[K.OBS_IMAGE].shape == (4, 3, 32, 32) and len(obs[K.INSTRUCTION]) == 4  # the policy sees draw 0 only
+    act = np.zeros((4, 2, 14), np.float32)
+    act[..., 0] = 1.0
+    while True:
+        obs, done, info = env.step(act)
+        if done.all():
+            break
+    assert done.shape == (4,) and env.done.all()  # every draw ends with the policy's episode
+    draws = info["draw_success"]
+    assert draws.shape == (3, 4) and torch.equal(draws[0], info[K.SUCCESS])
+    assert torch.equal(info["draws_agree"], (draws == draws[0]).all(0))
+    first = [env.video(d)[:, 0] for d in range(3)]
+    assert all(torch.equal(first[0], f) for f in first)  # the same start ...
+    assert not torch.allclose(env.video(0)[:, 1:], env.video(1)[:, 1:])  # ... imagined under independent noise
+    # rewards from the draws: their mean, or their minimum (success only when every draw succeeds)
+    batch = SimpleNamespace(info={"draw_success": torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]),
+                                  "draw_score": torch.tensor([[0.9, 0.1, 0.5], [0.7, 0.3, 0.0]])})  # fmt: skip
+    assert draws_reward(batch).tolist() == [1.0, 0.5, 0.0]
+    assert draws_reward(batch, reduce="min").tolist() == [1.0, 0.0, 0.0]
+    graded = draws_reward(batch, signal="graded", floor=0.2)
+    assert torch.allclose(graded, torch.tensor([0.8, 0.15, 0.25]))
+    with pytest.raises(KeyError, match="draws=D"):
+        draws_reward(SimpleNamespace(info={}))

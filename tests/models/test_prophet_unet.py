@@ -72,3 +72,18 @@ def test_karras_one_step_and_task_split():
 
     with pytest.raises(ValueError, match="pretraining tasks"):
         check_heldout("reach-v3")
+
+
+def test_frame_size_check_names_the_multiple_of_each_backbone():
+    import pytest
+
+    from tests.models.test_prophet import make_model
+
+    unet = Prophet(**TINY)  # two levels: one 2x downsampling in pixel space
+    unet.check_frame_size(16, 18)
+    with pytest.raises(ValueError, match="17x16 px do not fit the Prophet \\(multiples of 2 px\\)"):
+        unet.check_frame_size(17, 16)
+    dit = make_model()  # x4 pixel codec, patches of 2 latent pixels
+    dit.check_frame_size(32, 32)
+    with pytest.raises(ValueError, match="multiples of 8 px, at most"):
+        dit.check_frame_size(36, 32)
