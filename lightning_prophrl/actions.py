@@ -227,12 +227,32 @@ class ActionStats:
 
     @classmethod
     def from_dict(cls, d: dict) -> ActionStats:
-        missing = {"mean", "std", "q01", "q99", "min", "max", "mask", "count"} - set(d)
+        """Build from a ``to_dict`` / ``stats.json`` mapping, checking every vector.
+
+        Raises:
+            KeyError: a statistic is missing.
+            ValueError: a vector does not hold ``ACTION_DIM`` (14) finite numbers (``mask``: 14 booleans), naming the
+                statistic, its length and the expected length.
+        """
+        keys = ("mean", "std", "q01", "q99", "min", "max", "mask", "count")
+        missing = set(keys) - set(d)
         if missing:
             raise KeyError(f"action statistics are missing keys {sorted(missing)}")
-        return cls(
-            **{k: d[k] for k in ("mean", "std", "q01", "q99", "min", "max", "mask", "count")}, extra=d.get("extra", {})
-        )
+        for key in keys[:-1]:
+            value = d[key]
+            n = len(value) if isinstance(value, list | tuple | np.ndarray) else None
+            if n != ACTION_DIM:
+                got = f"{n} values" if n is not None else f"a {type(value).__name__}"
+                raise ValueError(
+                    f"action statistics {key!r} has {got}, expected {ACTION_DIM} (one per unified action dimension)"
+                )
+            try:
+                vec = np.asarray(value, dtype=np.float64)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"action statistics {key!r} must hold {ACTION_DIM} numbers: {err}") from err
+            if not np.isfinite(vec).all():
+                raise ValueError(f"action statistics {key!r} holds NaN/inf at index {int(np.argmin(np.isfinite(vec)))}")
+        return cls(**{k: d[k] for k in keys}, extra=d.get("extra", {}))
 
     @classmethod
     def compute(cls, chunks: Iterable[np.ndarray], mask: np.ndarray | None = None) -> ActionStats:
@@ -269,10 +289,23 @@ class ActionStats:
 
     @classmethod
     def load(cls, path: str | Path) -> ActionStats:
+        """Read a ``stats.json``.
+
+        Raises:
+            ValueError: ``<path>: invalid action statistics: ...`` for invalid JSON, a missing statistic or a vector of
+                the wrong length (naming the expected length), with the command that rewrites the file.
+        """
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (KeyError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path}: invalid action statistics: {err}") from err
+            d = json.loads(Path(path).read_text())
+            if not isinstance(d, dict):
+                raise ValueError(f"expected a JSON object, got {type(d).__name__}")
+            return cls.from_dict(d)
+        except (KeyError, ValueError) as err:  # json.JSONDecodeError is a ValueError
+            reason = err.args[0] if isinstance(err, KeyError) and err.args else err
+            raise ValueError(
+                f"{path}: invalid action statistics: {reason} "
+                f"(a dataset's stats.json is rewritten by `prophrl-data stats DIR --recompute`)"
+            ) from err
 
     def _affine(self, mode: NormMode, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(center, half_range)`` so that ``normalized = (x - center) / half_range``."""

@@ -40,6 +40,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np
 import torch
 
+from lightning_prophrl.cli_errors import DEBUG_HELP, ArgumentParser, user_command
 from lightning_prophrl.stage_cache import is_done, mark_done
 
 VARIANTS = {
@@ -995,11 +996,11 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     return {"table": table, "results": results}
 
 
+@user_command("prophrl demo")
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(
-        prog="prophrl demo", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
+    ap = ArgumentParser(prog="prophrl demo", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny settings that prove the plumbing (minutes)")
+    ap.add_argument("--debug", action="store_true", help=DEBUG_HELP)  # taken out of argv by run_user_command
     ap.add_argument("--out", default=None)
     ap.add_argument("--target-task", default=None, help="held-out Meta-World target task (default window-open-v3)")
     ap.add_argument("--pretrain-tasks", nargs="+", default=None, help="Prophet's pretraining tasks")
@@ -1063,7 +1064,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--wm-onpolicy-starts-episodes", type=int, default=None,
                     help="real rollouts per on-policy start refresh (counted as real interactions)")  # fmt: skip
     args = ap.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k != "quick" and v is not None}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("quick", "debug") and v is not None}
     try:
         cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
     except ValueError as e:

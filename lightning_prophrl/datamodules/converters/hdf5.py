@@ -21,6 +21,12 @@ position, orientation and fingers are present, ``ee_poses.npy`` ``(T, 1, 8)`` (x
 stored. ``action_key="ee_poses"`` derives the actions from those poses instead of the stored controller commands
 (with ``action_convention="ee_abs_quat"``): the stored robosuite OSC actions are scaled controller units, not metres.
 
+Validation: images must be ``(T, H, W, 3) uint8``; actions, state keys and the pose keys must have one finite row per
+frame (positions 3 values, orientations 3 or 4 by ``ori_format``); an action width that the convention would read as
+more arms than the file's ``env_kwargs.robots`` declares (one per single-arm robot: Panda, Sawyer, ...) is an error
+naming both widths. Every error names the file,
+the demo and the key.
+
 Success: ``success_from="reward_or_done"`` (default) is ``rewards[-1] > 0 or dones[-1]``; ``"reward"`` and ``"done"``
 use one of them, ``"always"`` marks every demo successful. Per-step flags ``rewards > 0`` go to
 ``meta["success_steps"]`` when rewards exist.
@@ -42,7 +48,10 @@ from lightning_prophrl.datamodules.converters import (
     FrameFormat,
     MissingKeyError,
     OnError,
+    check_arm_count,
     check_convention,
+    check_frames,
+    check_source_array,
     key_part,
     map_actions,
     postprocess_frames,
@@ -54,6 +63,8 @@ Layout = Literal["robomimic", "libero"]
 OrientationFormat = Literal["quat_xyzw", "quat_wxyz", "axis_angle"]
 SuccessFrom = Literal["reward_or_done", "reward", "done", "always"]
 EE_POSES_ACTION = "ee_poses"
+# robosuite robots with one arm: a file whose ``env_kwargs.robots`` lists only these declares that many arms.
+SINGLE_ARM_ROBOTS = frozenset({"panda", "sawyer", "iiwa", "jaco", "kinova3", "ur5e", "xarm7"})
 
 
 @dataclass(frozen=True)
@@ -141,7 +152,11 @@ def file_info(f, layout: Layout) -> dict[str, Any]:
     env_name = env_name.decode() if isinstance(env_name, bytes) else env_name
     robots = kwargs.get("robots")
     robot = robots[0] if isinstance(robots, list) and robots else robots
+    names = [robots] if isinstance(robots, str) else list(robots or [])
+    single = names and all(str(r).lower() in SINGLE_ARM_ROBOTS for r in names)
+    arms = len(names) if single else None  # an unknown or bimanual robot (e.g. Baxter) declares no arm count
     return {
+        "arms": arms,
         "task": problem.get("problem_name") or env_name,
         "instruction": problem.get("language_instruction"),
         "env_name": env_name,
@@ -179,18 +194,31 @@ def _success(demo, path: Path, rule: SuccessFrom) -> tuple[bool, list[bool] | No
     return by_reward or by_done, steps
 
 
-def _ee_poses(obs, path: Path, cfg: dict[str, Any], required: bool) -> np.ndarray | None:
-    """``(T, 1, 8)`` xyz + quaternion wxyz + opening, or None when a pose key is absent (and not ``required``)."""
+def _key(group, key: str) -> str:
+    """The full hdf5 key of ``group[key]``, quoted, for messages."""
+    return repr(f"{group.name.strip('/')}/{key}")
+
+
+def _ee_poses(obs, path: Path, cfg: dict[str, Any], required: bool, where: str, length: int) -> np.ndarray | None:
+    """``(T, 1, 8)`` xyz + quaternion wxyz + opening, or None when a pose key is absent (and not ``required``).
+    Each key must hold ``length`` finite rows of the expected width."""
     keys = (cfg["pos_key"], cfg["ori_key"], cfg["gripper_key"])
     missing = [k for k in keys if k not in obs]
     if missing:
         if required:
             raise MissingKeyError(path, f"{obs.name.strip('/')}/{missing[0]}", list(obs.keys()))
         return None
-    pos, ori, grip = (_read(obs, k, path) for k in keys)
+    ori_width = 3 if cfg["ori_format"] == "axis_angle" else 4
+    pos, ori, grip = (
+        check_source_array(_read(obs, k, path), where, _key(obs, k), length=length, width=w)
+        for k, w in zip(keys, (3, ori_width, None))
+    )
+    if ori_width == 4 and (np.linalg.norm(ori, axis=-1) < 1e-12).any():
+        step = int(np.argmax(np.linalg.norm(ori, axis=-1) < 1e-12))
+        raise ValueError(f"{where}: {_key(obs, cfg['ori_key'])} holds a zero quaternion (first at step {step})")
     quat = orientation_to_quat_wxyz(ori, cfg["ori_format"])
     opening = gripper_opening(grip, cfg["gripper_width"])
-    return np.concatenate([pos.astype(np.float64), quat, opening[:, None]], -1)[:, None, :]
+    return np.concatenate([pos, quat, opening[:, None]], -1)[:, None, :]
 
 
 def _build_episode(f, path: Path, file_idx: int, name: str, cfg: dict[str, Any]) -> Episode:
@@ -201,12 +229,18 @@ def _build_episode(f, path: Path, file_idx: int, name: str, cfg: dict[str, Any])
         raise MissingKeyError(path, f"data/{name}", list(f["data"].keys()))
     if "obs" not in demo:
         raise MissingKeyError(path, f"data/{name}/obs", list(demo.keys()))
-    obs = demo["obs"]
+    obs, info = demo["obs"], cfg["file_info"]
     frames = _read(obs, cfg["image_key"], path)
     from_poses = cfg["action_key"] == EE_POSES_ACTION
-    ee = _ee_poses(obs, path, cfg, required=from_poses)
-    source = ee[:, 0, :] if from_poses else _read(demo, cfg["action_key"], path)
-    actions, mask = map_actions(source.astype(np.float64), cfg["convention"], where)
+    if from_poses:
+        ee = _ee_poses(obs, path, cfg, True, where, len(frames))
+        actions, mask = map_actions(ee[:, 0, :], cfg["convention"], where, source="the end-effector poses")
+    else:
+        source, action_key, arms = _read(demo, cfg["action_key"], path), _key(demo, cfg["action_key"]), info["arms"]
+        width = source.shape[1] if source.ndim == 2 else 1
+        check_arm_count(width, cfg["convention"], arms, where, action_key, f"{path} (env_kwargs.robots)")
+        actions, mask = map_actions(source, cfg["convention"], where, source=action_key)
+        ee = _ee_poses(obs, path, cfg, False, where, len(actions))
     if len(frames) != len(actions):
         raise ValueError(
             f"{where}: {len(frames)} frames in obs/{cfg['image_key']} but {len(actions)} steps of "
@@ -219,9 +253,12 @@ def _build_episode(f, path: Path, file_idx: int, name: str, cfg: dict[str, Any])
     else:
         state_keys = list(cfg["state_keys"])
     if state_keys:
-        state = np.concatenate([_read(obs, k, path).reshape(len(actions), -1) for k in state_keys], -1)
+        parts = []
+        for k in state_keys:
+            value = _read(obs, k, path)
+            parts.append(check_source_array(value.reshape(len(value), -1), where, _key(obs, k), length=len(actions)))
+        state = np.concatenate(parts, -1)
     success, steps = _success(demo, path, cfg["success_from"])
-    info = cfg["file_info"]
     meta: dict[str, Any] = dict(
         dataset=cfg["dataset"], embodiment=cfg["embodiment"] or info["embodiment"], fps=cfg["fps"] or info["fps"] or 20,
         instruction=cfg["instruction"] or info["instruction"] or info["task"] or info["env_name"] or "",
@@ -233,7 +270,7 @@ def _build_episode(f, path: Path, file_idx: int, name: str, cfg: dict[str, Any])
         raise ValueError(f"{where}: no instruction in the file attributes; pass instruction_override")
     if steps is not None and len(steps) == len(actions):
         meta["success_steps"] = steps
-    frames = postprocess_frames(np.asarray(frames, dtype=np.uint8), cfg["flip"], cfg["resize"])
+    frames = postprocess_frames(check_frames(frames, where, _key(obs, cfg["image_key"])), cfg["flip"], cfg["resize"])
     key = f"{key_part(cfg['dataset'])}/{file_idx:03d}-{key_part(name)}"
     return Episode(key, frames, actions, mask, meta, state=state, ee_poses=ee)
 

@@ -15,6 +15,10 @@ Frames are the video frames whose presentation time lies in ``[from_timestamp, t
 tolerance; v2 uses the whole file), and their count must equal the episode's parquet rows (one action per frame).
 Cameras stored as ``dtype: image`` (PNG/JPEG bytes inside the parquet) are decoded from the parquet instead.
 
+Validation: the action and state columns must have the width ``meta/info.json`` declares for them (``shape``; a
+wider action column is an error naming both widths, never read as a second arm) and finite values; frames must be
+``(T, H, W, 3) uint8``; every error names the episode, the parquet / video file and the column.
+
 Success: LeRobot has no episode-level success flag. If the parquet has a ``success_key`` column (default
 ``"next.success"``, present in e.g. PushT), ``success = any(column)`` and the per-step flags are stored as
 ``meta["success_steps"]``; otherwise ``success = default_success`` (True: LeRobot datasets are demonstrations).
@@ -34,6 +38,8 @@ from lightning_prophrl.datamodules.converters import (
     MissingKeyError,
     OnError,
     check_convention,
+    check_frames,
+    check_source_array,
     key_part,
     map_actions,
     postprocess_frames,
@@ -63,6 +69,15 @@ def read_info(src: str | Path) -> dict:
         if key not in info:
             raise MissingKeyError(path, key, info)
     return info
+
+
+def declared_width(info: dict, key: str) -> int | None:
+    """Values per step of feature ``key`` as ``meta/info.json`` declares it (the product of its ``shape``), or None
+    when the feature or its shape is not declared."""
+    shape = info["features"].get(key, {}).get("shape")
+    if not isinstance(shape, list | tuple) or not all(isinstance(v, int) for v in shape):
+        return None
+    return int(np.prod(shape)) if shape else 1
 
 
 def major_version(info: dict) -> int:
@@ -319,7 +334,9 @@ def convert_lerobot(
         success_key=success_key if success_key in info["features"] else None,
         default_success=default_success, resize=resize, instruction=instruction_override, dataset=name,
         embodiment=embodiment or info.get("robot_type") or "unknown", cache=_ParquetCache(),
+        action_width=declared_width(info, action_key), info_path=src / INFO_PATH,
     )  # fmt: skip
+    cfg["state_width"] = declared_width(info, cfg["state_key"]) if cfg["state_key"] else None
     jobs = ((f"{src} episode {ep['index']}", lambda ep=ep: _build_episode(ep, cfg)) for ep in episodes)
     summary = run_conversion(
         jobs, out, dataset=name, total=len(episodes), frame_format=frame_format, episodes_per_shard=episodes_per_shard,
@@ -336,20 +353,28 @@ def _build_episode(ep: dict[str, Any], cfg: dict[str, Any]) -> Episode:
     is_video = ep["video_file"] is not None
     columns = [cfg["action_key"], "episode_index"] + [k for k in (cfg["state_key"], cfg["success_key"]) if k]
     columns += [] if is_video else [camera]
-    rows = cfg["cache"].rows(ep["data_file"], index, columns, optional=("task_index",))
+    data_file, width_from = ep["data_file"], cfg["info_path"]
+    rows = cfg["cache"].rows(data_file, index, columns, optional=("task_index",))
     if rows.num_rows == 0:
-        raise ValueError(f"{where}: no rows in {ep['data_file']}")
-    actions, mask = map_actions(column_array(rows, cfg["action_key"], np.float64), cfg["convention"], where)
-    if is_video:
-        frames = decode_video_window(ep["video_file"], ep["from_ts"], ep["to_ts"], float(info["fps"]))
-        source = ep["video_file"]
-    else:
-        frames, source = decode_image_column(rows, camera), ep["data_file"]
+        raise ValueError(f"{where}: no rows in {data_file}")
+    action_key = cfg["action_key"]
+    actions, mask = map_actions(_column(rows, action_key, np.float64, where, data_file), cfg["convention"], where,
+                                source=f"column {action_key!r} of {data_file}", width=cfg["action_width"],
+                                width_from=width_from)  # fmt: skip
+    try:
+        if is_video:
+            frames = decode_video_window(ep["video_file"], ep["from_ts"], ep["to_ts"], float(info["fps"]))
+            source = ep["video_file"]
+        else:
+            frames, source = decode_image_column(rows, camera), data_file
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from err
     if len(frames) != len(actions):
         raise ValueError(
             f"{where}: {len(frames)} frames of {camera!r} in {source} (window {ep['from_ts']:.3f}-{ep['to_ts']:.3f} s) "
-            f"but {len(actions)} action rows in {ep['data_file']}: frame count must equal action count"
+            f"but {len(actions)} action rows in {data_file}: frame count must equal action count"
         )
+    check_frames(frames, where, f"frames of {camera!r} in {source}")
     instruction = cfg["instruction"] or _instruction(ep, rows, cfg["tasks"], where)
     meta: dict[str, Any] = dict(
         dataset=cfg["dataset"], embodiment=cfg["embodiment"], instruction=instruction, fps=info["fps"], task=instruction,
@@ -359,11 +384,26 @@ def _build_episode(ep: dict[str, Any], cfg: dict[str, Any]) -> Episode:
                     action_convention=cfg["convention"]),
     )  # fmt: skip
     if cfg["success_key"]:
-        steps = column_array(rows, cfg["success_key"], bool)
+        steps = _column(rows, cfg["success_key"], bool, where, data_file).reshape(-1)
         meta.update(success=bool(steps.any()), success_steps=steps.tolist())
-    state = column_array(rows, cfg["state_key"]).reshape(rows.num_rows, -1) if cfg["state_key"] else None
+    state = None
+    if cfg["state_key"]:
+        state_key = cfg["state_key"]
+        state = check_source_array(
+            _column(rows, state_key, np.float32, where, data_file).reshape(rows.num_rows, -1), where,
+            f"column {state_key!r} of {data_file}", length=len(actions), width=cfg["state_width"],
+            width_from=width_from,
+        )  # fmt: skip
     frames = postprocess_frames(frames, resize=cfg["resize"])
     return Episode(f"{key_part(cfg['dataset'])}/{index:06d}", frames, actions, mask, meta, state=state)
+
+
+def _column(rows, key: str, dtype, where: str, path: Path) -> np.ndarray:
+    """``column_array`` with the episode and the parquet file named in its error."""
+    try:
+        return column_array(rows, key, dtype)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{where}: {path}: {err}") from err
 
 
 def _instruction(ep: dict[str, Any], rows, tasks: dict[int, str], where: str) -> str:
