@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -49,18 +50,53 @@ def load_policy_weights(policy: torch.nn.Module, checkpoint: str) -> dict[str, A
     return load_submodule_weights(policy, checkpoint, "policy")
 
 
+def policy_from_dir(
+    policy_dir: str, policy: FlowMatchingPolicy | None = None
+) -> tuple[FlowMatchingPolicy, dict[str, Any]]:
+    """The policy of a ``save_pretrained`` directory and what the directory says about its actions (``norm_mode``,
+    and ``action_stats`` as a dict and ``action_dims`` when it has them). Without ``policy`` it is rebuilt with
+    ``FlowMatchingPolicy.from_pretrained``; with one, the directory's weights are loaded into it (a different
+    architecture fails to load, naming the mismatched weights)."""
+    from safetensors.torch import load_model
+
+    from lightning_prophrl.models.policy import POLICY_WEIGHTS_FILE, load_policy_meta
+
+    meta = load_policy_meta(policy_dir)
+    if "action_stats" in meta:
+        meta["action_stats"] = meta["action_stats"].to_dict()
+    if policy is None:
+        return FlowMatchingPolicy.from_pretrained(policy_dir), meta
+    weights = Path(policy_dir) / POLICY_WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found: the saved policy {policy_dir} has no weights")
+    load_model(policy, str(weights), strict=True, device="cpu")
+    return policy, meta
+
+
 class FAGRPOModule(L.LightningModule):
     """FA-GRPO with FlowScale, trained against a ``BatchedEnv`` (simulator or world model).
 
+    The policy and the frozen reference start from the same weights: the given ``policy``'s, those of
+    ``sft_checkpoint``, or a saved policy directory (``policy_dir``, ``FlowMatchingPolicy.save_pretrained``), which
+    also carries the action statistics and dims. The environment must run ``group_size`` rollouts per prompt, and the
+    prompt datamodule must give as many prompts per batch as the environment takes (checked at fit start, naming both
+    config keys).
+
     Args:
-        policy: the flow-matching policy being optimized.
+        policy: the flow-matching policy being optimized; None: ``FlowMatchingPolicy.from_pretrained(policy_dir)``.
         env: the batched environment (``MetaWorldEnv``, ``WorldModelEnv``, ...): ``num_envs = P * G``.
-        group_size: G rollouts per prompt (not given by the paper; 8 measured, docs/results.md).
+        group_size: G rollouts per prompt (not given by the paper; 8 measured, docs/results.md); must equal
+            ``env.group_size``.
         max_queries: policy queries per episode (horizon in chunks).
         sft_checkpoint: SFT Lightning checkpoint whose ``policy.*`` weights (and action statistics) initialise both
             the policy and the frozen reference.
-        action_stats: ``stats.json`` content that normalized the policy's actions (default: from ``sft_checkpoint``).
-        action_dims: unified dims the policy models (default: from ``sft_checkpoint``).
+        policy_dir: a ``save_pretrained`` policy directory (e.g. ``PolicySFTModule(export_dir=...)``) that
+            initialises both the policy and the frozen reference, the alternative to ``sft_checkpoint``. Without
+            ``policy`` the policy is rebuilt from the directory (constructor arguments included); with ``policy`` the
+            directory's weights are loaded into it (same architecture).
+        action_stats: ``stats.json`` content that normalized the policy's actions (default: from ``sft_checkpoint``
+            or ``policy_dir``).
+        action_dims: unified dims the policy models (default: from ``sft_checkpoint`` or ``policy_dir``).
         action_target: what the env executes: ``metaworld`` 4-D raw actions or ``unified`` 14-D raw actions.
         loss: ``fa_grpo`` (one ratio per action element) or ``flow_grpo`` (the per-step-ratio baseline).
         flowscale: apply FlowScale weights.
@@ -80,15 +116,18 @@ class FAGRPOModule(L.LightningModule):
         step_grad_every: every this many updates, log the gradient norm contributed by each flow step (K extra
             backward passes on one minibatch; 0 disables).
         seed: seeds the sampler noise of the rollouts.
+        export_dir: directory the optimized policy is written to (``save_pretrained``, with its action statistics)
+            at the end of ``fit``; None writes nothing.
     """
 
     def __init__(
         self,
-        policy: FlowMatchingPolicy,
-        env: BatchedEnvBase,
+        policy: FlowMatchingPolicy | None = None,
+        env: BatchedEnvBase | None = None,
         group_size: int = 8,
         max_queries: int = 38,
         sft_checkpoint: str | None = None,
+        policy_dir: str | None = None,
         action_stats: dict[str, Any] | None = None,
         action_dims: list[int] | None = None,
         action_target: Literal["metaworld", "unified"] = "metaworld",
@@ -112,6 +151,7 @@ class FAGRPOModule(L.LightningModule):
         optimizer: OptimizerCallable = lambda p: torch.optim.Adam(p, lr=3e-5),
         step_grad_every: int = 10,
         seed: int = 0,
+        export_dir: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["policy", "env", "reward_model", "optimizer"])
@@ -121,7 +161,24 @@ class FAGRPOModule(L.LightningModule):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if loss not in ("fa_grpo", "flow_grpo"):
             raise ValueError(f"loss must be 'fa_grpo' or 'flow_grpo', got {loss!r}")
+        if env is None:
+            raise ValueError("FAGRPOModule needs `env` (the batched environment the policy is trained in)")
+        env_group = getattr(env, "group_size", group_size)
+        if env_group != group_size:
+            raise ValueError(f"model.init_args.group_size={group_size} differs from the environment's group size "
+                             f"model.init_args.env.init_args.group_size={env_group}: set both to the same value")  # fmt: skip
+        if sft_checkpoint is not None and policy_dir is not None:
+            raise ValueError("pass either `sft_checkpoint` or `policy_dir` to initialise the policy, not both")
         self.automatic_optimization = False
+        norm_mode = "quantile"
+        if policy_dir is not None:
+            policy, meta = policy_from_dir(policy_dir, policy)
+            action_stats = action_stats or meta.get("action_stats")
+            action_dims = action_dims or meta.get("action_dims")
+            norm_mode = meta.get("norm_mode", norm_mode)
+            self.hparams.action_stats, self.hparams.action_dims = action_stats, action_dims
+        if policy is None:
+            raise ValueError("FAGRPOModule needs `policy` or `policy_dir` (a save_pretrained policy directory)")
         self.policy, self.env, self.reward_model = policy, env, reward_model
         self.optimizer_factory = optimizer
         if sft_checkpoint is not None:
@@ -130,8 +187,10 @@ class FAGRPOModule(L.LightningModule):
             action_dims = action_dims or hp.get("action_dims")
             self.hparams.action_stats, self.hparams.action_dims = action_stats, action_dims
         if action_stats is None or action_dims is None:
-            raise ValueError("action_stats and action_dims are needed (pass them or an sft_checkpoint that has them)")
-        self.decoder = ActionDecoder(action_stats, action_dims, target=action_target)
+            raise ValueError("action_stats and action_dims are needed (pass them, or an sft_checkpoint or policy_dir "
+                             "that has them)")  # fmt: skip
+        policy.set_action_stats(action_stats, action_dims, norm_mode)
+        self.decoder = ActionDecoder(action_stats, action_dims, target=action_target, norm_mode=norm_mode)
         self.reference = copy.deepcopy(policy).requires_grad_(False).eval()
         self.generator = torch.Generator().manual_seed(seed)
         self.env_steps_total = 0
@@ -141,6 +200,21 @@ class FAGRPOModule(L.LightningModule):
     @override
     def forward(self, obs: dict[str, Any]) -> torch.Tensor:
         return self.policy.predict_action_chunk(obs)
+
+    @override
+    def on_fit_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        dm_prompts = getattr(getattr(dm, "hparams", None), "num_prompts", None)
+        env_prompts = getattr(self.env, "num_prompts", None)
+        if dm_prompts is not None and env_prompts is not None and dm_prompts != env_prompts:
+            raise ValueError(f"data.init_args.num_prompts={dm_prompts} differs from the environment's "
+                             f"model.init_args.env.init_args.num_prompts={env_prompts}: every batch of prompts is "
+                             "reset into the environment at once, set both to the same value")  # fmt: skip
+
+    @override
+    def on_train_end(self) -> None:
+        if self.hparams.export_dir is not None and self.trainer.is_global_zero:
+            self.policy.save_pretrained(self.hparams.export_dir)
 
     # 1. one RL update ----------------------------------------------------------------------------------------------
     @override

@@ -36,29 +36,48 @@ def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator | No
 class PolicySFTModule(L.LightningModule):
     """Flow-matching behaviour cloning on ``PolicyDataModule`` batches.
 
+    The policy's constructor arguments are kept in the hyper-parameters (``policy_config``), so
+    ``PolicySFTModule.load_from_checkpoint(path)`` rebuilds the policy with no other argument (a policy with a custom
+    backbone needs ``load_from_checkpoint(path, policy=...)``). The action statistics and dims are attached to the
+    policy (``FlowMatchingPolicy.set_action_stats``) as soon as they are known, and with ``export_dir`` the trained
+    policy is written there with ``save_pretrained`` when training ends (after an ``EMACallback(apply_at_end=True)``
+    has copied its average in).
+
     Args:
-        policy: the flow-matching policy (its ``forward(batch)`` returns the BC loss).
+        policy: the flow-matching policy (its ``forward(batch)`` returns the BC loss); None builds it from
+            ``policy_config``.
         optimizer: optimizer factory (LightningCLI injects it; default Adam 3e-4, docs/results.md).
         lr_scheduler: optional scheduler factory.
         shift_pad: random-shift augmentation in pixels (+-4 at 64 px by default in the demo; 0 disables).
         action_stats: the ``stats.json`` content that normalized the demonstrations; stored in the checkpoint so
             that the policy's actions can be unnormalized wherever it is loaded.
         action_dims: the unified action dims the policy models (as in ``PolicyDataModule``).
+        export_dir: directory the trained policy is written to (``save_pretrained``) at the end of ``fit``; None
+            writes nothing.
+        policy_config: the policy's constructor arguments (``FlowMatchingPolicy.config``); recorded from ``policy``
+            and used only when ``policy`` is None (``load_from_checkpoint``).
     """
 
     def __init__(
         self,
-        policy: FlowMatchingPolicy,
+        policy: FlowMatchingPolicy | None = None,
         optimizer: OptimizerCallable = lambda p: torch.optim.Adam(p, lr=3e-4),
         lr_scheduler: LRSchedulerCallable | None = None,
         shift_pad: int = 4,
         action_stats: dict[str, Any] | None = None,
         action_dims: list[int] | None = None,
+        export_dir: str | None = None,
+        policy_config: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["policy", "optimizer", "lr_scheduler"])
+        if policy is None:
+            policy = policy_from_config(policy_config)
+        self.hparams.policy_config = policy.config
         self.policy = policy
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+        if action_stats is not None and action_dims is not None:
+            policy.set_action_stats(action_stats, action_dims)
 
     @override
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -91,3 +110,27 @@ class PolicySFTModule(L.LightningModule):
         if self.hparams.action_stats is None and dm is not None and getattr(dm, "train_set", None) is not None:
             self.hparams.action_stats = dm.train_set.stats[0].to_dict()
             self.hparams.action_dims = list(dm.action_dims)
+        if self.hparams.action_stats is not None and self.hparams.action_dims is not None:
+            norm_mode = getattr(getattr(dm, "hparams", None), "norm_mode", None) or "quantile"
+            self.policy.set_action_stats(self.hparams.action_stats, self.hparams.action_dims, norm_mode)
+
+    @override
+    def on_train_end(self) -> None:
+        if self.hparams.export_dir is not None and self.trainer.is_global_zero:
+            self.policy.save_pretrained(self.hparams.export_dir)
+
+
+def policy_from_config(policy_config: dict[str, Any] | None) -> FlowMatchingPolicy:
+    """The policy of a ``PolicySFTModule`` rebuilt from its recorded ``policy_config``.
+
+    Raises:
+        ValueError: when there is no config, or it names a custom backbone (which cannot be rebuilt from a config).
+    """
+    if policy_config is None:
+        raise ValueError("PolicySFTModule needs `policy` (or the `policy_config` a checkpoint records)")
+    if policy_config.get("backbone") is not None:
+        raise ValueError(
+            f"the policy was trained with a custom backbone ({policy_config['backbone']}): pass the policy, e.g. "
+            "PolicySFTModule.load_from_checkpoint(path, policy=FlowMatchingPolicy(..., backbone=...))"
+        )
+    return FlowMatchingPolicy.from_config(policy_config)

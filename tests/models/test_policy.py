@@ -227,3 +227,103 @@ def test_frozen_minilm_instruction_encoder():
     out = enc.encode({OBS_IMAGE: torch.zeros(2, 3, 32, 32), INSTRUCTION: ["anything at all", "push the puck"]})
     assert out.shape == (2, 2, 16)
     assert not any("_model" in k for k in enc.state_dict())
+
+
+# ---- self-describing policies: save_pretrained / from_pretrained, raw actions ------------------------------------
+DIMS = [0, 1, 2, 6]  # x, y, z, gripper of the unified space (a Meta-World policy)
+
+
+def unified_stats():
+    """Statistics of random Meta-World actions in the unified space (as ``prophrl-data stats`` computes them)."""
+    import numpy as np
+
+    from lightning_prophrl.actions import ActionStats, metaworld_to_unified
+
+    unified, mask = metaworld_to_unified(np.random.default_rng(0).uniform(-1, 1, (400, 4)) * [0.5, 1.0, 2.0, 1.0])
+    return ActionStats.compute([unified], mask=mask)
+
+
+def test_save_pretrained_round_trip_is_exact(tmp_path):
+    import json
+
+    policy = randomize(make_policy(exec_horizon=3, sde_window=(1, 4), noise_level=0.5, t_sampling="beta"))
+    policy.set_action_stats(unified_stats().to_dict(), DIMS)
+    out = policy.save_pretrained(tmp_path / "policy")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "stats.json"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["policy_meta"] == {"action_dims": DIMS, "norm_mode": "quantile", "stats_file": "stats.json"}
+    assert config["chunk_len"] == C and config["instructions"] == TASKS and config["sde_window"] == [1, 4]
+
+    loaded = FlowMatchingPolicy.from_pretrained(out)
+    assert loaded.config == policy.config and loaded.exec_horizon == 3 and loaded.t_sampling == "beta"
+    assert loaded.action_dims == DIMS and loaded.action_stats == unified_stats()
+    for k, v in policy.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    obs = make_obs(4)
+    for mode in ("ode", "sde"):
+        a = policy.sample(obs, mode=mode, generator=torch.Generator().manual_seed(11))
+        b = loaded.sample(obs, mode=mode, generator=torch.Generator().manual_seed(11))
+        assert torch.equal(a.x_steps, b.x_steps)
+    assert torch.equal(policy.log_prob(obs, a.x_steps), loaded.log_prob(obs, a.x_steps))
+    assert torch.equal(policy.step_sigma2(), loaded.step_sigma2())
+
+
+def test_round_trip_keeps_a_custom_grid_and_takes_sampler_overrides(tmp_path):
+    grid = [1.0, 0.9, 0.55, 0.3, 0.1, 0.0]
+    policy = randomize(make_policy(grid=grid))
+    policy.save_pretrained(tmp_path)
+    loaded = FlowMatchingPolicy.from_pretrained(tmp_path)
+    assert torch.equal(loaded.time_grid(), policy.time_grid()) and loaded.action_stats is None
+    obs = make_obs()
+    gen = torch.Generator
+    assert torch.equal(policy.predict_action_chunk(obs, generator=gen().manual_seed(0)),
+                       loaded.predict_action_chunk(obs, generator=gen().manual_seed(0)))  # fmt: skip
+    noisier = FlowMatchingPolicy.from_pretrained(tmp_path, noise_level=0.9, exec_horizon=1)
+    assert noisier.noise_level == 0.9 and noisier.exec_horizon == 1
+    assert torch.equal(noisier.head.action_out.weight, policy.head.action_out.weight)
+    with pytest.raises(TypeError, match="unknown FlowMatchingPolicy arguments"):
+        FlowMatchingPolicy.from_pretrained(tmp_path, temperature=2.0)
+
+
+def test_raw_actions_are_the_unnormalized_unified_chunk():
+    from lightning_prophrl.envs.rollout import ActionDecoder
+
+    policy = randomize(make_policy())
+    obs = make_obs()
+    with pytest.raises(RuntimeError, match="no action statistics attached"):
+        policy.predict_raw_action_chunk(obs)
+    stats = unified_stats()
+    policy.set_action_stats(stats, DIMS)
+    raw = policy.predict_raw_action_chunk(obs, generator=torch.Generator().manual_seed(2))
+    norm = policy.predict_action_chunk(obs, generator=torch.Generator().manual_seed(2))
+    assert raw.shape == (B, C, 14) and raw.dtype == torch.float32
+    # the decoding the RL rollouts use on the same normalized chunk
+    expected = ActionDecoder(stats, DIMS, target="unified").to_unified(norm)
+    assert torch.allclose(raw, torch.from_numpy(expected))
+    assert raw[..., [d for d in range(14) if d not in DIMS]].eq(0).all()  # dims the policy does not model
+    assert not torch.allclose(raw[..., DIMS], norm)  # a real scale / offset, not the identity
+    with pytest.raises(ValueError, match="action_dims"):
+        policy.set_action_stats(stats, [0, 1, 2])
+    with pytest.raises(ValueError, match="action_dims"):
+        policy.set_action_stats(stats, [0, 1, 1, 6])
+
+
+def test_custom_backbone_policy_needs_its_backbone_to_load(tmp_path):
+    class StateOnlyBackbone(nn.Module):
+        cond_dim = 16
+
+        def __init__(self):
+            super().__init__()
+            self.mlp = nn.Linear(S, 16)
+
+        def encode(self, obs):
+            return self.mlp(obs[OBS_STATE])
+
+    policy = randomize(make_policy(backbone=StateOnlyBackbone()))
+    policy.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="custom backbone .*StateOnlyBackbone"):
+        FlowMatchingPolicy.from_pretrained(tmp_path)
+    loaded = FlowMatchingPolicy.from_pretrained(tmp_path, backbone=StateOnlyBackbone())
+    assert torch.equal(loaded.backbone.mlp.weight, policy.backbone.mlp.weight)
+    with pytest.raises(FileNotFoundError, match="not a saved policy"):
+        FlowMatchingPolicy.from_pretrained(tmp_path / "missing")
