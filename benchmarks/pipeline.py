@@ -1,8 +1,8 @@
 """Benchmark of ``prophrl demo``: wall time and peak memory of every stage, and imagined vs real env steps/s.
 
-1. Stages. The stages of ``DemoConfig.quick()`` (``lightning_prophrl.pipeline``), by default with the full demo's
-   variant list (``sim_fagrpo``, ``sim_fagrpo_flowscale``, ``wm_fagrpo``, ``wm_fagrpo_flowscale``) so that the
-   world-model stages run too, into a fresh output directory (the stages cache in their output directories, so a
+1. Stages. The stages of ``DemoConfig.quick()`` (``lightning_prophrl.pipeline``), by default with the variant
+   list of ``prophrl demo --table10`` (FA-GRPO with and without FlowScale, in the simulator and on branches inside
+   Prophet) so that the world-model stages run too, into a fresh output directory (the stages cache in their output directories, so a
    reused one would time nothing): ``data`` (``stage_data``), ``world_model`` (``stage_world_model``: Prophet
    pretraining, LoRA adaptation and its open-loop report), per seed ``sft`` (``stage_sft``) and one RL stage per
    variant (``stage_rl_sim`` / ``stage_rl_wm``, with their evaluations, gate and guard), then ``table`` (the
@@ -17,7 +17,8 @@
      It includes the imports, ``import_rss_mb`` (the peak right before the stage). The demo runs all stages in one
      process, whose peak is about the largest stage's.
 
-   Full-size stage times are in ``docs/results.md`` from the real demo runs; this benchmark runs the quick config,
+   Full-size stage times are written by every real demo run (the last line of its ``results.md``, ``seconds`` in its
+   ``results.json``) and recorded in ``docs/results.md``; this benchmark runs the quick config,
    which proves the plumbing and shows the per-stage overheads, not the full-size cost.
 2. Environments. In the same run (another spawn child, also timed and measured), imagined ``WorldModelEnv`` vs real
    ``MetaWorldEnv`` steps per second at the *full* demo's RL settings (``DemoConfig()``: window-open-v3, 64 px,
@@ -170,8 +171,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None, help="fresh output directory (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary output directory")
-    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=DemoConfig().variants,
-                        help="RL variants (default: the full demo's)")  # fmt: skip
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=DemoConfig.table10().variants,
+                        help="RL variants (default: those of --table10)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every stage (DemoConfig.threads)")
     parser.add_argument("--only", choices=["stages", "envs"], default=None, help="run one part only")
     parser.add_argument("--segments", type=int, default=36, help="envs: timed step calls per episode")

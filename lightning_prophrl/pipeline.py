@@ -1,17 +1,21 @@
 """``prophrl demo``: the ProphRL pipeline on the embedded Meta-World default, stage by stage, cached.
 
+The default (``make demo``, about 30 minutes on 2 cores) is one seed of FA-GRPO inside the shipped Prophet on
+window-open-v3 against its SFT policy; ``--table10`` runs the whole comparison (3 seeds; FA-GRPO with and without
+FlowScale, in the simulator and inside Prophet; hours).
+
 Stages (each writes under ``runs/demo/`` and is skipped when its output exists, so a rerun resumes):
 
-1. ``data``: scripted-expert demonstrations of the target task (few, low noise: the SFT data) and of the pretraining
-   tasks plus noisy target-task episodes (world-model data);
-2. ``sft``: a deliberately weak flow-matching policy from the few target demos, one per seed;
-   ``world_model`` (only with ``wm_*`` variants and no ``--wm-model-dir``): Prophet pretrained on the pretraining
-   tasks and adapted with LoRA to a few noisy target-task episodes (the functions of
-   :mod:`lightning_prophrl.studies.prophet`), with its open-loop report on held-out target episodes;
-   ``reward`` (with ``wm_*`` variants): the domain-bridged success classifier (:mod:`lightning_prophrl.studies.reward`:
-   trained on real episodes and on their Prophet-imagined twins labelled by the simulator) and the precision / recall
-   of it, of a real-only classifier and of Prophet's success head against the simulator on held-out real episodes and
-   their imagined twins;
+1. ``data``: scripted-expert demonstrations of the target task (few, low noise: the SFT data);
+2. ``sft``: a deliberately weak flow-matching policy from the few target demos, one per seed, and its success on the
+   paired held-out states (with ``parallel``, in a second process while the world model is built);
+   ``world_model`` (only with ``wm_*`` variants and no ``--wm-model-dir``): the shipped Prophet LoRA-adapted to a few
+   noisy target-task episodes (``--wm-base pretrain``: a tiny Prophet pretrained on the pretraining tasks first, the
+   functions of :mod:`lightning_prophrl.studies.prophet`), with its open-loop report on held-out target episodes;
+   ``reward`` (when a ``wm_*`` variant's reward needs it, or with ``--reward-report``): the domain-bridged success
+   classifier (:mod:`lightning_prophrl.studies.reward`: trained on real episodes and on their Prophet-imagined twins
+   labelled by the simulator) and the precision / recall of it, of a real-only classifier and of Prophet's success
+   head against the simulator on held-out real episodes and their imagined twins;
 3. ``rl``: FA-GRPO variants from the SFT policy for a fixed budget of updates, in the real simulator
    (``sim_*``) and, when a world model is available, inside it (``wm_*``). The default's ``wm_fagrpo_branch*``
    variants first refresh Prophet and the classifier on the SFT policy's own real rollouts, run the closed-loop
@@ -20,7 +24,8 @@ Stages (each writes under ``runs/demo/`` and is skipped when its output exists, 
 4. ``eval``: every policy in the real simulator on held-out initial states during RL (ODE, fixed noise), then the
    final policies paired state by state with their SFT policy on ``paired_states`` held-out states, and the table.
 
-Every row of the table states its RL updates and the real environment interactions it used.
+Every row of the table states its RL updates and the real environment interactions it used; ``results.md`` ends with
+the wall time of every stage.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
@@ -70,12 +76,13 @@ POLICY_DIMS = [0, 1, 2, 6]  # Meta-World's real unified dims: dpos xyz + gripper
 
 @dataclass
 class DemoConfig:
-    """Settings of the demo; ``quick()`` shrinks everything to prove the plumbing in minutes.
+    """Settings of the demo; ``quick()`` shrinks everything to prove the plumbing in minutes, ``table10()`` is the
+    whole comparison.
 
-    The defaults are the embedded default of ``make demo``: a window-open-v3 target (a large visual outcome that a 64 px
-    Prophet can show, round v7) with a weak SFT policy cloned from 2 demos, three seeds, FA-GRPO with and without
-    FlowScale in the simulator and inside Prophet, the latter on short imagined branches from the real states of a
-    refresh (graded reward of the branch-replay classifier, SDE noise 2.0; the setting rounds v8-v10 measured best).
+    The defaults are the embedded default of ``make demo`` (about 30 minutes on 2 cores): a window-open-v3 target (a
+    large visual outcome that a 64 px Prophet can show) with a weak SFT policy cloned from 2 demos, one seed, FA-GRPO
+    inside the shipped Prophet adapted to the target, on short imagined branches from the real states of a refresh
+    (graded reward of the branch-replay classifier, SDE noise 2.0), paired with the SFT policy on 200 held-out states.
     """
 
     out: str = "runs/demo"
@@ -91,10 +98,8 @@ class DemoConfig:
     chunk_len: int = 4
     sft_steps: int = 3000
     sft_batch: int = 64
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    variants: list[str] = field(
-        default_factory=lambda: ["sim_fagrpo", "sim_fagrpo_flowscale", "wm_fagrpo_branch", "wm_fagrpo_branch_flowscale"]
-    )
+    seeds: list[int] = field(default_factory=lambda: [0])
+    variants: list[str] = field(default_factory=lambda: ["wm_fagrpo_branch"])
     rl_updates: int = 40
     num_prompts: int = 4
     group_size: int = 8
@@ -104,7 +109,13 @@ class DemoConfig:
     # after RL, every final policy and its seed's SFT policy on this many held-out states (the first ``eval_seeds`` of
     # them are the evaluation's), paired state by state (``studies.evaluate``): 60 states resolve ~6 pp, 200 ~3 pp
     paired_states: int = 200
-    threads: int = 1
+    # torch threads of the demo's process; with ``parallel`` the SFT policies (and their paired evaluation) are trained
+    # in a second process while the world model is adapted, each process with half the threads
+    threads: int = 2
+    parallel: bool = True
+    # the reward-model stage's report (real-only vs bridged classifiers vs the success head on held-out real episodes
+    # and their imagined twins; minutes) also when no variant's reward needs its classifier
+    reward_report: bool = False
     # world-model RL (wm_* variants): a saved Prophet and the stats.json directory of its training data
     wm_model_dir: str | None = None
     wm_stats_dir: str | None = None
@@ -116,7 +127,7 @@ class DemoConfig:
     # mixed with weight ``wm_refresh_weight`` into the target data Prophet was adapted on (``wm_target_data``; the
     # demo's own when it trains the world model) for ``wm_refresh_steps`` LoRA steps, before the gate and RL
     wm_refresh_episodes: int = 60
-    wm_refresh_steps: int = 1000
+    wm_refresh_steps: int = 300
     wm_refresh_weight: float = 0.5
     # SDE noise level of the refresh rollouts (None: the policy's 0.7); more noise shows Prophet more varied actions
     # (and outcomes) from the policy's states, which is what action-level fidelity is learned from (round v9)
@@ -255,6 +266,15 @@ class DemoConfig:
         return cls(**{k: v for k, v in json.loads(saved.read_text()).items() if k in known})
 
     @classmethod
+    def table10(cls, **kw: Any) -> DemoConfig:
+        """The whole comparison in the form of the paper's Table 10: 3 seeds, FA-GRPO with and without FlowScale, in
+        the simulator and inside Prophet (``--table10``; ``kw`` override)."""
+        base = dict(out="runs/table10", seeds=[0, 1, 2],
+                    variants=["sim_fagrpo", "sim_fagrpo_flowscale", "wm_fagrpo_branch", "wm_fagrpo_branch_flowscale"])  # fmt: skip
+        base.update(kw)
+        return cls(**base)
+
+    @classmethod
     def quick(cls, **kw: Any) -> DemoConfig:
         base = dict(out="runs/demo_quick", variants=["sim_fagrpo", "sim_fagrpo_flowscale"], sft_demos=3, sft_steps=30,
                     sft_batch=16, seeds=[0], rl_updates=2,
@@ -263,7 +283,7 @@ class DemoConfig:
                     wm_refresh_episodes=2, wm_refresh_steps=2, wm_refresh_reward_steps=10, wm_branch_segments=3,
                     wm_episodes_per_task=2, wm_target_episodes=2, wm_eval_episodes=2, wm_pretrain_steps=4,
                     wm_adapt_steps=2, wm_batch=2, reward_train_episodes=3, reward_heldout_episodes=2,
-                    reward_steps=10, paired_states=4, wm_base="pretrain",
+                    reward_steps=10, paired_states=4, wm_base="pretrain", threads=1, parallel=False,
                     # the plainest RL inside Prophet: the tests switch each option of the default on by itself
                     wm_reward_signal="success", wm_refresh_reward_data="twins", wm_noise_level=None)  # fmt: skip
         base.update(kw)
@@ -954,28 +974,106 @@ def with_world_model(cfg: DemoConfig, model_dir: str, stats_dir: str, trained: b
     return cfg
 
 
+def needs_reward_stage(cfg: DemoConfig) -> bool:
+    """Whether an RL reward reads the reward stage's classifier: a bridged-reward ``wm_*`` variant without a refresh,
+    or a refresh whose classifier retrains on the reward stage's data (``wm_refresh_reward_data="twins"``); the
+    default branch variants train their own branch-replay classifier in the refresh."""
+    if cfg.wm_reward != "bridged":
+        return False
+    wm = [v for v in cfg.variants if VARIANTS[v][2] == "wm"]
+    own = cfg.wm_refresh_reward and cfg.wm_refresh_reward_data == "branches"
+    return any(v not in REFRESHED or not own for v in wm)
+
+
+class StageClock:
+    """Wall time (``time.perf_counter``) of the demo's stages, in the order they ran; a stage that ran more than once
+    (one per seed) adds up."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.t0 = time.perf_counter()
+
+    @contextmanager
+    def __call__(self, stage: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t
+
+    def total(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def summary(self) -> str:
+        parts = [f"{k} {v:.0f} s" for k, v in self.seconds.items()]
+        return f"Wall time by stage: {' | '.join(parts)} | total {self.total():.0f} s (cached stages take ~0 s)."
+
+
+def _sft_worker(cfg_dict: dict[str, Any], data: dict[str, str], threads: int) -> None:
+    """The SFT policies of every seed and their paired-state evaluation, in a process of their own (``parallel``)."""
+    torch.set_num_threads(threads)
+    cfg = DemoConfig(**cfg_dict)
+    for seed in cfg.seeds:
+        stage_sft(cfg, data, seed)
+        if cfg.paired_states:
+            from lightning_prophrl.studies.evaluate import evaluate_checkpoint
+
+            evaluate_checkpoint(cfg.out, "sft", seed, cfg.paired_states)
+
+
+def start_sft_worker(cfg: DemoConfig, data: dict[str, str]) -> Any:
+    """Start ``_sft_worker`` in a 'spawn' child process with half of ``cfg.threads`` (at least one)."""
+    import multiprocessing as mp
+
+    child = mp.get_context("spawn").Process(target=_sft_worker, args=(asdict(cfg), data, max(1, cfg.threads // 2)),
+                                            name="prophrl-demo-sft")  # fmt: skip
+    child.start()
+    return child
+
+
 def run(cfg: DemoConfig) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    t0 = time.perf_counter()
-    data = stage_data(cfg)
+    clock = StageClock()
+    with clock("data"):
+        data = stage_data(cfg)
     wm_report = reward = None
-    if any(VARIANTS[v][2] == "wm" for v in cfg.variants):
-        trains = not cfg.wm_model_dir
-        model_dir, stats_dir, wm_report = stage_world_model(cfg)
-        cfg = with_world_model(cfg, model_dir, stats_dir, trains)
-        reward = stage_reward(cfg, model_dir, stats_dir)
+    uses_wm = any(VARIANTS[v][2] == "wm" for v in cfg.variants)
+    child = None
+    if uses_wm and cfg.parallel and not all(is_done(out / "sft" / f"seed{s}") for s in cfg.seeds):
+        child = start_sft_worker(cfg, data)  # SFT on one half of the threads while the world model takes the other
+        torch.set_num_threads(max(1, cfg.threads // 2))
+    try:
+        if uses_wm:
+            trains = not cfg.wm_model_dir
+            with clock("world model (adapt + report)" + (", SFT in parallel" if child else "")):
+                model_dir, stats_dir, wm_report = stage_world_model(cfg)
+            cfg = with_world_model(cfg, model_dir, stats_dir, trains)
+            if cfg.reward_report or needs_reward_stage(cfg):
+                with clock("reward report"):
+                    reward = stage_reward(cfg, model_dir, stats_dir)
+    finally:
+        if child is not None:
+            with clock("wait for SFT"):
+                child.join()
+            torch.set_num_threads(cfg.threads)
+    if child is not None and child.exitcode != 0:
+        raise RuntimeError(f"the SFT process failed (exit code {child.exitcode}; its traceback is above); rerun the "
+                           f"demo with the same --out to resume, or pass --no-parallel")  # fmt: skip
     results: dict[str, list[dict[str, Any]]] = {run_name(cfg, v): [] for v in cfg.variants}
     for seed in cfg.seeds:
-        ckpt = stage_sft(cfg, data, seed)
+        with clock("sft"):
+            ckpt = stage_sft(cfg, data, seed)
         for variant in cfg.variants:
             stage = stage_rl_sim if VARIANTS[variant][2] == "sim" else stage_rl_wm
-            results[run_name(cfg, variant)].append(stage(cfg, ckpt, seed, variant))
+            with clock(f"rl {run_name(cfg, variant)}"):
+                results[run_name(cfg, variant)].append(stage(cfg, ckpt, seed, variant))
     table = results_table(cfg, results)
     if cfg.paired_states:
-        table += "\n\n" + paired_summary(cfg, results)
+        with clock("paired evaluation"):
+            table += "\n\n" + paired_summary(cfg, results)
     gates = gate_summary(results)
     if gates:
         table += "\n\n" + gates
@@ -984,15 +1082,18 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     if reward is not None:
         table += "\n\n" + reward_summary(reward)
     plot_curves(results, out / "success_vs_updates.png")
-    (out / "results.md").write_text(table + "\n")
+    timing = clock.summary()  # in results.md, not in the returned table (a cached rerun returns the same table)
+    (out / "results.md").write_text(f"{table}\n\n{timing}\n")
     reward_reports = (
         None if reward is None else {"classifiers": reward["reports"], "success_head": reward["success_head"]}
     )
     (out / "results.json").write_text(json.dumps({**results, "world_model_report": wm_report,
-                                                  "reward_report": reward_reports}, indent=2))  # fmt: skip
-    print(table)
+                                                  "reward_report": reward_reports,
+                                                  "seconds": {**clock.seconds, "total": clock.total()}},
+                                                 indent=2))  # fmt: skip
+    print(f"{table}\n\n{timing}")
     print(f"\nwrote {out / 'results.md'}, {out / 'success_vs_updates.png'}, TensorBoard logs in {out / 'tb'} "
-          f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+          f"({clock.total():.0f} s)")  # fmt: skip
     return {"table": table, "results": results}
 
 
@@ -1000,6 +1101,8 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     ap = ArgumentParser(prog="prophrl demo", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny settings that prove the plumbing (minutes)")
+    ap.add_argument("--table10", action="store_true",
+                    help="the whole comparison: 3 seeds, FA-GRPO +/- FlowScale in the simulator and inside Prophet")  # fmt: skip
     ap.add_argument("--debug", action="store_true", help=DEBUG_HELP)  # taken out of argv by run_user_command
     ap.add_argument("--out", default=None)
     ap.add_argument("--target-task", default=None, help="held-out Meta-World target task (default window-open-v3)")
@@ -1013,7 +1116,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-every", type=int, default=None)
     ap.add_argument("--paired-states", type=int, default=None,
                     help="final policies paired with SFT on this many held-out states (default 200; 0: off)")  # fmt: skip
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default 2: both cores of a laptop)")
+    ap.add_argument("--parallel", action=argparse.BooleanOptionalAction, default=None,
+                    help="train the SFT policies in a second process while the world model is adapted (default on)")  # fmt: skip
+    ap.add_argument("--reward-report", action=argparse.BooleanOptionalAction, default=None,
+                    help="also run the reward-model report when no RL reward needs its classifier")  # fmt: skip
     ap.add_argument(
         "--wm-reward",
         choices=["bridged", "success_head"],
@@ -1064,9 +1171,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--wm-onpolicy-starts-episodes", type=int, default=None,
                     help="real rollouts per on-policy start refresh (counted as real interactions)")  # fmt: skip
     args = ap.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k not in ("quick", "debug") and v is not None}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("quick", "table10", "debug") and v is not None}
+    if args.quick and args.table10:
+        ap.error("--quick and --table10 are exclusive")
     try:
-        cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+        preset = DemoConfig.quick if args.quick else DemoConfig.table10 if args.table10 else DemoConfig
+        cfg = preset(**overrides)
     except ValueError as e:
         ap.error(str(e))
     run(cfg)

@@ -1,6 +1,7 @@
 import json
+import math
 import os
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -230,7 +231,16 @@ def test_paired_table_counts_states_won_and_lost_against_sft():
     sft = {0: {"success": 0.5, "per_seed": [1, 0, 1, 0]}, 1: {"success": 0.25, "per_seed": [0, 0, 1, 0]}}
     rl = {0: {"success": 0.75, "per_seed": [1, 1, 1, 0]}, 1: {"success": 0.25, "per_seed": [1, 0, 0, 0]}}
     row = next(line for line in paired_table({"rl": rl}, sft).splitlines() if line.startswith("| rl"))
-    assert "0.750 / 0.250" in row and "+25.0 / +0.0 (mean +12.5)" in row and row.endswith("| 2 / 1 |")
+    # 2 won / 1 lost: P(split at least that uneven | fair coin) = 2 * (1 + 3) / 8 = 1
+    assert "0.750 / 0.250" in row and "+25.0 / +0.0 (mean +12.5)" in row and row.endswith("| 2 / 1 | 1 |")
+
+
+def test_sign_test_is_the_exact_two_sided_binomial_tail():
+    from lightning_prophrl.studies.evaluate import sign_test
+
+    assert sign_test(0, 0) == 1.0 and sign_test(3, 3) == 1.0
+    assert sign_test(10, 0) == pytest.approx(2 / 2**10) and sign_test(0, 10) == sign_test(10, 0)
+    assert sign_test(13, 3) == pytest.approx(2 * sum(math.comb(16, i) for i in range(4)) / 2**16)  # 0.0213
 
 
 @pytest.mark.slow
@@ -294,3 +304,42 @@ def test_noise_draws_name_the_run_and_reduce_the_reward(tmp_path, capsys):
             main(["--out", str(tmp_path), flag, value])
         assert flag in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_the_reward_stage_runs_only_when_an_rl_reward_reads_its_classifier():
+    from lightning_prophrl.pipeline import needs_reward_stage
+
+    assert not needs_reward_stage(DemoConfig())  # the default branch variant trains its own branch-replay classifier
+    assert not needs_reward_stage(DemoConfig(variants=["sim_fagrpo"]))
+    assert needs_reward_stage(DemoConfig(variants=["wm_fagrpo_branch", "wm_fagrpo"]))  # no refresh: the stage's one
+    assert needs_reward_stage(DemoConfig(wm_refresh_reward_data="twins"))  # retrained on the stage's data
+    assert not needs_reward_stage(DemoConfig(variants=["wm_fagrpo"], wm_reward="success_head"))
+
+
+def test_table10_preset_and_cli_flags(tmp_path, capsys):
+    from lightning_prophrl.pipeline import main
+
+    cfg = DemoConfig.table10(seeds=[4])
+    assert cfg.seeds == [4] and {"sim_fagrpo", "wm_fagrpo_branch_flowscale"} <= set(cfg.variants)
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--quick", "--table10"])
+    assert "--table10" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sft_worker_trains_and_evaluates_in_its_own_process(tmp_path):
+    from lightning_prophrl.pipeline import stage_data, stage_sft, start_sft_worker
+    from lightning_prophrl.stage_cache import is_done
+
+    cfg = DemoConfig.quick(out=str(tmp_path / "demo"), threads=2)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "config.json").write_text(json.dumps(asdict(cfg)))
+    data = stage_data(cfg)
+    child = start_sft_worker(cfg, data)
+    child.join()
+    assert child.exitcode == 0 and is_done(tmp_path / "demo" / "sft" / "seed0")
+    ckpt = tmp_path / "demo" / "sft" / "seed0" / "sft.ckpt"
+    mtime = ckpt.stat().st_mtime_ns
+    assert stage_sft(cfg, data, 0) == str(ckpt) and ckpt.stat().st_mtime_ns == mtime  # cached, not retrained
+    evaluated = json.loads((tmp_path / "demo" / "studies" / "evaluate" / "sft_seed0_n4_from1000.json").read_text())
+    assert len(evaluated["per_seed"]) == cfg.paired_states and evaluated["checkpoint_mtime_ns"] == mtime

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +60,24 @@ def evaluate_checkpoint(out: str | Path, run: str, seed: int, states: int, first
     return res
 
 
+def sign_test(won: int, lost: int) -> float:
+    """Two-sided exact sign test: the probability, under "the policies are equally good" (each state that differs is
+    won or lost with probability 1/2), of a won / lost split at least as uneven as the observed one (ties dropped)."""
+    n = won + lost
+    if n == 0:
+        return 1.0
+    k = min(won, lost)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+
+
 def paired_table(rows: dict[str, dict[int, dict[str, Any]]], sft: dict[int, dict[str, Any]]) -> str:
-    """Markdown: per run, success per seed, mean paired gain over SFT, and states won / lost against SFT."""
+    """Markdown: per run, success per seed, mean paired gain over SFT, states won / lost against SFT (all seeds
+    pooled) and the two-sided sign-test p of that split (``sign_test``)."""
     seeds = sorted(sft)
-    lines = ["| policy | success per seed | mean | paired gain over SFT (pp) | states won / lost vs SFT |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| policy | success per seed | mean | paired gain over SFT (pp) | states won / lost vs SFT | sign-test p |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
     base = np.array([sft[s]["success"] for s in seeds])
-    lines.append(f"| SFT | {' / '.join(f'{v:.3f}' for v in base)} | {base.mean():.3f} ± {base.std():.3f} | – | – |")
+    lines.append(f"| SFT | {' / '.join(f'{v:.3f}' for v in base)} | {base.mean():.3f} ± {base.std():.3f} | – | – | – |")
     for run, by_seed in rows.items():
         have = [s for s in seeds if s in by_seed]
         v = np.array([by_seed[s]["success"] for s in have])
@@ -73,7 +85,8 @@ def paired_table(rows: dict[str, dict[int, dict[str, Any]]], sft: dict[int, dict
         won = sum(int(np.sum(np.array(by_seed[s]["per_seed"]) > np.array(sft[s]["per_seed"]))) for s in have)
         lost = sum(int(np.sum(np.array(by_seed[s]["per_seed"]) < np.array(sft[s]["per_seed"]))) for s in have)
         lines.append(f"| {run} | {' / '.join(f'{x:.3f}' for x in v)} | {v.mean():.3f} ± {v.std():.3f} | "
-                     f"{' / '.join(f'{g:+.1f}' for g in gain)} (mean {np.mean(gain):+.1f}) | {won} / {lost} |")  # fmt: skip
+                     f"{' / '.join(f'{g:+.1f}' for g in gain)} (mean {np.mean(gain):+.1f}) | {won} / {lost} | "
+                     f"{sign_test(won, lost):.3g} |")  # fmt: skip
     return "\n".join(lines)
 
 
