@@ -121,13 +121,15 @@ class DemoConfig:
     wm_stats_dir: str | None = None
     wm_num_steps: int = 1
     wm_beta_kl: float = 0.04
-    wm_check_seeds: int = 30
-    wm_check_every: int = 10
+    # the closed-loop gate's and the imagination guard's episodes (the branch agreement takes twice as many starts) and
+    # the guard's period in RL updates (it also checks before the first)
+    wm_check_seeds: int = 20
+    wm_check_every: int = 20
     # world-model refresh (``*_refresh`` variants): real SDE rollouts of the SFT policy (seeds 6000 + 10000 * seed ..)
     # mixed with weight ``wm_refresh_weight`` into the target data Prophet was adapted on (``wm_target_data``; the
     # demo's own when it trains the world model) for ``wm_refresh_steps`` LoRA steps, before the gate and RL
     wm_refresh_episodes: int = 60
-    wm_refresh_steps: int = 300
+    wm_refresh_steps: int = 200
     wm_refresh_weight: float = 0.5
     # SDE noise level of the refresh rollouts (None: the policy's 0.7); more noise shows Prophet more varied actions
     # (and outcomes) from the policy's states, which is what action-level fidelity is learned from (round v9)
@@ -147,6 +149,8 @@ class DemoConfig:
     # first frame, with the reward stage's data) or "branches" (branch replays from the rollouts' real states,
     # labelled with the recorded frames, with the rollouts' real frames; held-out kappa 0.80 vs 0.42, round v8)
     wm_refresh_reward_data: str = "branches"
+    # the branch-replay classifier's imagined branches start every this many chunks of the refresh rollouts
+    wm_refresh_reward_branch_every: int = 4
     # branches (``wm_fagrpo_branch``): imagined rollouts of ``wm_branch_segments`` policy chunks started at every
     # ``wm_branch_every``-th chunk boundary of the refresh rollouts before their first success, with the recorded
     # memory; the reward is imagined success within the branch (the world model's drift grows with the horizon)
@@ -185,9 +189,9 @@ class DemoConfig:
     wm_history_len: int = 8
     wm_episodes_per_task: int = 30
     wm_target_episodes: int = 20
-    wm_eval_episodes: int = 20
+    wm_eval_episodes: int = 10
     wm_pretrain_steps: int = 4000
-    wm_adapt_steps: int = 400
+    wm_adapt_steps: int = 300
     wm_batch: int = 16
     # the reward-model stage (wm_* variants): real episodes for the classifiers (seeds 600.. and 700..)
     reward_train_episodes: int = 60
@@ -248,6 +252,10 @@ class DemoConfig:
                              f"{onpolicy}) must stay <= 2000 (their seed range)")  # fmt: skip
         if self.paired_states and self.paired_states < self.eval_seeds:
             raise ValueError(f"`paired_states` ({self.paired_states}) must be 0 or >= --eval-seeds ({self.eval_seeds})")
+        if self.wm_refresh_reward_branch_every < 1:
+            raise ValueError(
+                f"`wm_refresh_reward_branch_every` must be >= 1, got {self.wm_refresh_reward_branch_every}"
+            )
         if self.wm_branch_segments < 1 or self.wm_branch_every < 1:
             raise ValueError(f"--wm-branch-segments (`wm_branch_segments`) and `wm_branch_every` must be >= 1, got "
                              f"{self.wm_branch_segments} and {self.wm_branch_every}")  # fmt: skip
@@ -475,7 +483,6 @@ def stage_refresh(cfg: DemoConfig, sft_ckpt: str, seed: int, out: Path) -> dict[
         the stage record: ``model_dir`` of the refreshed Prophet, ``classifier_dir`` (None when not retrained), the
         rollouts' ``success_rate`` and ``env_steps`` (real interactions), and the fine-tune's summary.
     """
-    from lightning_prophrl.datamodules.metaworld_gen import generate_policy_rollouts
     from lightning_prophrl.envs.rollout import ActionDecoder
     from lightning_prophrl.models.prophet import Prophet
     from lightning_prophrl.modules.fa_grpo import load_policy_weights
@@ -494,15 +501,7 @@ def stage_refresh(cfg: DemoConfig, sft_ckpt: str, seed: int, out: Path) -> dict[
     hp = load_policy_weights(policy, sft_ckpt)
     decoder = ActionDecoder(hp["action_stats"], hp["action_dims"], "metaworld")
     first = 6000 + 10000 * seed
-    data = out / "rollouts"
-    if not is_done(data):
-        shutil.rmtree(data, ignore_errors=True)  # a half-written set from an interrupted run
-        summary = generate_policy_rollouts(policy.eval(), decoder, cfg.target_task,
-                                           range(first, first + cfg.wm_refresh_episodes), str(data), cfg.max_queries,
-                                           size=cfg.image_size, camera=cfg.camera, max_steps=cfg.max_steps,
-                                           noise_seed=seed, noise_level=cfg.wm_refresh_noise_level,
-                                           stats_from=cfg.wm_model_dir)  # fmt: skip
-        mark_done(data, summary)
+    data = refresh_rollouts(cfg, sft_ckpt, seed, out, cfg.wm_model_dir)
     rollouts = json.loads((data / "done.json").read_text())
     config = Prophet.load_config(cfg.wm_model_dir)  # the refresh keeps the model's segment and memory lengths
     mixture = [{"path": cfg.wm_target_data, "weight": 1.0 - cfg.wm_refresh_weight},
@@ -530,6 +529,33 @@ def stage_refresh(cfg: DemoConfig, sft_ckpt: str, seed: int, out: Path) -> dict[
             "seconds": time.perf_counter() - t0}  # fmt: skip
     mark_done(out, info)
     return _with_branch_classifier(cfg, info, out)
+
+
+def refresh_rollouts(cfg: DemoConfig, sft_ckpt: str, seed: int, out: Path, stats_from: str) -> Path:
+    """The refresh's real SFT-policy rollouts (``out/rollouts``, cached): ``wm_refresh_episodes`` SDE episodes from seeds
+    ``6000 + 10000 * seed`` on, their actions normalized with the ``stats.json`` of ``stats_from`` (Prophet's). They
+    need only the SFT policy, so with ``parallel`` the SFT process makes them while Prophet is adapted; a cached set
+    normalized with other statistics is made again."""
+    from lightning_prophrl.datamodules.metaworld_gen import generate_policy_rollouts
+    from lightning_prophrl.envs.rollout import ActionDecoder
+    from lightning_prophrl.modules.fa_grpo import load_policy_weights
+
+    data = out / "rollouts"
+    stats = (Path(stats_from) / "stats.json").read_text()
+    if is_done(data) and (data / "stats.json").read_text() == stats:
+        return data
+    shutil.rmtree(data, ignore_errors=True)  # a half-written set from an interrupted run, or other statistics
+    policy = build_policy(cfg)
+    hp = load_policy_weights(policy, sft_ckpt)
+    decoder = ActionDecoder(hp["action_stats"], hp["action_dims"], "metaworld")
+    first = 6000 + 10000 * seed
+    summary = generate_policy_rollouts(policy.eval(), decoder, cfg.target_task,
+                                       range(first, first + cfg.wm_refresh_episodes), str(data), cfg.max_queries,
+                                       size=cfg.image_size, camera=cfg.camera, max_steps=cfg.max_steps,
+                                       noise_seed=seed, noise_level=cfg.wm_refresh_noise_level,
+                                       stats_from=stats_from)  # fmt: skip
+    mark_done(data, summary)
+    return data
 
 
 def branch_prompts(cfg: DemoConfig, rollouts: str | Path, history_len: int, **kw: Any) -> Any:
@@ -601,8 +627,9 @@ def _with_branch_classifier(cfg: DemoConfig, info: dict[str, Any], out: Path) ->
 
 def branch_classifier(cfg: DemoConfig, model_dir: str, rollouts: Path, out: Path) -> str:
     """The bridged classifier retrained (``wm_refresh_reward_steps``) on the refresh ``rollouts``' real frames and on
-    their imagined branch replays by the refreshed Prophet ``model_dir`` (a start every 2 chunks, ``wm_branch_segments``
-    chunks, labelled with the recorded frames' success; ``studies.reward.imagine_branch_dataset``), equal weights."""
+    their imagined branch replays by the refreshed Prophet ``model_dir`` (a start every
+    ``wm_refresh_reward_branch_every`` chunks, ``wm_branch_segments`` chunks long, labelled with the recorded frames'
+    success; ``studies.reward.imagine_branch_dataset``), equal weights."""
     from lightning_prophrl.models.prophet import Prophet
     from lightning_prophrl.studies.reward import imagine_branch_dataset, stride_dataset, train_classifier
 
@@ -611,7 +638,8 @@ def branch_classifier(cfg: DemoConfig, model_dir: str, rollouts: Path, out: Path
         rollouts, out / "rollouts_strided", stride, int(Prophet.load_config(model_dir)["action_chunk_length"])
     )
     imagine_branch_dataset(model_dir, rollouts, out / "rollouts_branches", cfg.target_task, cfg.wm_branch_segments,
-                           cfg.chunk_len, 2 * cfg.chunk_len, cfg.image_size, cfg.camera, cfg.wm_num_steps)  # fmt: skip
+                           cfg.chunk_len, cfg.wm_refresh_reward_branch_every * cfg.chunk_len, cfg.image_size,
+                           cfg.camera, cfg.wm_num_steps)  # fmt: skip
     datasets = [str(out / "rollouts_strided"), str(out / "rollouts_branches")]
     train_classifier(datasets, out / "classifier_branches", [1.0, 1.0], cfg.wm_refresh_reward_steps, 0,
                      min(64, 16 * cfg.reward_train_episodes), cfg.image_size, Path(cfg.out) / "tb")  # fmt: skip
@@ -1010,15 +1038,24 @@ class StageClock:
 
 
 def _sft_worker(cfg_dict: dict[str, Any], data: dict[str, str], threads: int) -> None:
-    """The SFT policies of every seed and their paired-state evaluation, in a process of their own (``parallel``)."""
+    """The SFT policies of every seed, their paired-state evaluation and, when the world model will be the adapted
+    shipped Prophet (whose action statistics are the shipped ones), the refreshes' real rollouts: in a process of
+    their own (``parallel``)."""
     torch.set_num_threads(threads)
     cfg = DemoConfig(**cfg_dict)
+    owners = sorted({refresh_owner(v) for v in cfg.variants if v in REFRESHED})
     for seed in cfg.seeds:
-        stage_sft(cfg, data, seed)
+        ckpt = stage_sft(cfg, data, seed)
         if cfg.paired_states:
             from lightning_prophrl.studies.evaluate import evaluate_checkpoint
 
             evaluate_checkpoint(cfg.out, "sft", seed, cfg.paired_states)
+        if cfg.wm_base == "shipped" and not cfg.wm_model_dir:
+            from lightning_prophrl.assets import shipped_prophet_path
+
+            for owner in owners:
+                refresh = Path(cfg.out) / "rl" / owner / f"seed{seed}" / refresh_name(cfg)
+                refresh_rollouts(cfg, ckpt, seed, refresh, str(shipped_prophet_path()))
 
 
 def start_sft_worker(cfg: DemoConfig, data: dict[str, str]) -> Any:

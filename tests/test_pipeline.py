@@ -343,3 +343,25 @@ def test_sft_worker_trains_and_evaluates_in_its_own_process(tmp_path):
     assert stage_sft(cfg, data, 0) == str(ckpt) and ckpt.stat().st_mtime_ns == mtime  # cached, not retrained
     evaluated = json.loads((tmp_path / "demo" / "studies" / "evaluate" / "sft_seed0_n4_from1000.json").read_text())
     assert len(evaluated["per_seed"]) == cfg.paired_states and evaluated["checkpoint_mtime_ns"] == mtime
+
+
+@pytest.mark.slow
+def test_refresh_rollouts_are_cached_and_remade_for_other_action_statistics(tmp_path):
+    from lightning_prophrl.assets import shipped_prophet_path
+    from lightning_prophrl.pipeline import refresh_rollouts, stage_data, stage_sft
+
+    cfg = DemoConfig.quick(out=str(tmp_path / "demo"), wm_refresh_episodes=2)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "config.json").write_text(json.dumps(asdict(cfg)))
+    data = stage_data(cfg)
+    ckpt = stage_sft(cfg, data, 0)
+    shipped, own = str(shipped_prophet_path()), data["sft"]
+    assert (Path(shipped) / "stats.json").read_text() != (Path(own) / "stats.json").read_text()
+    out = refresh_rollouts(cfg, ckpt, 0, tmp_path / "refresh", shipped)
+    done = (out / "done.json").stat().st_mtime_ns
+    assert (out / "stats.json").read_text() == (Path(shipped) / "stats.json").read_text()
+    assert json.loads((out / "done.json").read_text())["episodes"] == 2
+    assert refresh_rollouts(cfg, ckpt, 0, tmp_path / "refresh", shipped) == out
+    assert (out / "done.json").stat().st_mtime_ns == done  # cached
+    refresh_rollouts(cfg, ckpt, 0, tmp_path / "refresh", own)  # other statistics: made again with them
+    assert (out / "stats.json").read_text() == (Path(own) / "stats.json").read_text()
