@@ -12,15 +12,15 @@ command), so short episodes (e.g. stopped at success) still yield full clips. Fr
 the frames are subsampled ``[::s]`` and the ``s`` unified deltas between two kept frames are summed (exact for pure
 translations, a small-rotation approximation for rotations); the gripper takes the last command.
 
-Distribution: each rank reads only ``shards[rank::world_size]`` and each DataLoader worker a further disjoint slice of
-those, so ranks never see the same episode; every worker stops after the same number of samples (``with_epoch`` in
-WebDataset terms), so DDP ranks run the same number of steps even when shard counts are uneven.
+Distribution (``slots``): each rank x DataLoader-worker slot reads a disjoint share of every dataset (whole shards by
+default, or its own samples of every shard with ``shard_split="samples"``), so ranks and workers never see the same
+episode; every slot stops after the same number of samples (``with_epoch`` in WebDataset terms), so DDP ranks run the
+same number of steps even when shard counts are uneven.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +29,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
 from lightning_prophrl import constants as K
 from lightning_prophrl.actions import ActionStats, NormMode
-from lightning_prophrl.datamodules.shards import Episode, OnError, SkipCounter, iter_episodes, list_shards, load_stats
+from lightning_prophrl.datamodules.shards import Episode, OnError, iter_episodes, list_shards, load_stats
+from lightning_prophrl.datamodules.slots import (
+    SampleShare,
+    ShardSplit,
+    SkipCounter,
+    check_shard_split,
+    check_slots,
+    slot_info,
+    slot_share,
+)
 
 
 @dataclass
@@ -58,33 +67,6 @@ class DatasetSpec:
         if self.stride < 1:
             raise ValueError(f"dataset {self.path}: stride must be >= 1, got {self.stride}")
         self.name = self.name or Path(self.path).name
-
-
-def dist_info() -> tuple[int, int]:
-    """``(rank, world_size)`` from torch.distributed when initialised, else from the launcher's environment."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def slot_info() -> tuple[int, int]:
-    """``(slot, num_slots)`` of this process and DataLoader worker: ``rank * workers + worker_id``."""
-    rank, world = dist_info()
-    info = get_worker_info()
-    wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-    return rank * nw + wid, world * nw
-
-
-def slot_shards(shards: list[str], name: str) -> list[str]:
-    """This slot's disjoint share ``shards[slot::num_slots]``; a clear error when there are too few shards."""
-    slot, nslots = slot_info()
-    mine = shards[slot::nslots]
-    if not mine:
-        raise ValueError(
-            f"dataset {name!r} has {len(shards)} shard(s) for {nslots} rank x worker slots: "
-            "write more (smaller) shards or use fewer workers/devices"
-        )
-    return mine
 
 
 def mix_streams(
@@ -155,6 +137,13 @@ class ClipIterable(IterableDataset):
         stats: per-dataset statistics overriding each dataset's ``stats.json`` (e.g. the SFT data's statistics).
         eval_mode: one deterministic pass instead of a random stream: every episode of this slot's shards, in order,
             with ``windows_per_episode`` evenly spaced clips (validation / evaluation).
+        shard_split: how rank x worker slots share each dataset: ``"shards"`` (whole shards each; fewer shards than
+            slots is an error) or ``"samples"`` (every slot reads every shard, decodes only its own samples; see
+            ``slots``).
+
+    Attributes:
+        skips: ``SkipCounter`` of the samples skipped under ``on_error="skip"``; ``skips.count`` in the process that
+            built the dataset includes its DataLoader workers.
     """
 
     def __init__(
@@ -173,8 +162,10 @@ class ClipIterable(IterableDataset):
         on_error: OnError = "raise",
         stats: list[ActionStats] | None = None,
         eval_mode: bool = False,
+        shard_split: ShardSplit = "shards",
     ):
         super().__init__()
+        check_shard_split(shard_split)
         if not datasets:
             raise ValueError("at least one dataset is required")
         if chunk_len < 1 or history_len < 0:
@@ -188,16 +179,25 @@ class ClipIterable(IterableDataset):
         self.with_future, self.samples_per_epoch = with_future, samples_per_epoch
         self.windows_per_episode, self.shuffle_buffer = windows_per_episode, shuffle_buffer
         self.norm_mode, self.state_dim, self.seed, self.on_error = norm_mode, state_dim, seed, on_error
-        self.eval_mode = eval_mode
-        self.skips = SkipCounter()
+        self.eval_mode, self.shard_split = eval_mode, shard_split
+        self.skips = SkipCounter(shared=True)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     # 1. partitioning ------------------------------------------------------------------------------------------------
-    def my_shards(self, di: int) -> list[str]:
-        return slot_shards(self.shards[di], self.datasets[di].name)
+    def my_share(self, di: int) -> tuple[list[str], SampleShare | None]:
+        """This slot's shards of dataset ``di`` and, under ``shard_split="samples"``, which samples it keeps."""
+        return slot_share(self.shards[di], self._label(di), self.shard_split)
+
+    def _label(self, di: int) -> str:
+        return f"{self.datasets[di].name!r} ({self.datasets[di].path})"
+
+    def check_slots(self, num_workers: int, owner: str = "ClipIterable") -> None:
+        """Raise in the main process when a dataset has too few shards for the rank x worker slots (``slots``)."""
+        counts = {self._label(di): len(shards) for di, shards in enumerate(self.shards)}
+        check_slots(owner, counts, num_workers, self.shard_split)
 
     # 2. iteration ---------------------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -215,24 +215,28 @@ class ClipIterable(IterableDataset):
 
     def _eval_pass(self) -> Iterator[dict[str, Any]]:
         for di, spec in enumerate(self.datasets):
-            for ep in iter_episodes(self.my_shards(di), on_error=self.on_error, skip_counter=self.skips):
+            shards, share = self.my_share(di)
+            for ep in iter_episodes(shards, self.on_error, skip_counter=self.skips, share=share):
                 ep = stride_episode(ep, spec.stride)
                 for c in np.linspace(0, len(ep) - 1, self.windows_per_episode).round().astype(int):
                     yield self.make_clip(ep, int(c), di)
 
     def _episode_clips(self, di: int, rng: np.random.Generator) -> Iterator[dict[str, Any]]:
-        shards = self.my_shards(di)
+        shards, share = self.my_share(di)
         spec = self.datasets[di]
         while True:  # cycle over this slot's shards, reshuffled on every pass
             order = rng.permutation(len(shards))
             got_any = False
-            for ep in iter_episodes([shards[i] for i in order], on_error=self.on_error, skip_counter=self.skips):
+            for ep in iter_episodes([shards[i] for i in order], self.on_error, skip_counter=self.skips, share=share):
                 got_any = True
                 ep = stride_episode(ep, spec.stride)
                 for c in rng.integers(0, len(ep), size=self.windows_per_episode):
                     yield self.make_clip(ep, int(c), di)
             if not got_any:
-                raise RuntimeError(f"dataset {spec.name!r}: no valid episode in shards {shards}")
+                slot, nslots = slot_info()
+                raise RuntimeError(f"dataset {self._label(di)}: slot {slot} of {nslots} (ranks x workers) "
+                                   f"found no valid episode of its own in shards {shards} "
+                                   f"(shard_split={self.shard_split!r}, skipped so far: {self.skips.count})")  # fmt: skip
 
     # 3. one clip ----------------------------------------------------------------------------------------------------
     def make_clip(self, ep: Episode, c: int, di: int) -> dict[str, Any]:

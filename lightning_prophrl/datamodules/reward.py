@@ -12,6 +12,7 @@ The validation split is by episode: an episode is held out when a stable hash of
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -22,9 +23,19 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from lightning_prophrl import constants as K
-from lightning_prophrl.datamodules.clips import mix_streams, slot_info, slot_shards, to_float_video
+from lightning_prophrl.datamodules.clips import mix_streams, to_float_video
 from lightning_prophrl.datamodules.robot import collate_clips
-from lightning_prophrl.datamodules.shards import Episode, OnError, SkipCounter, iter_episodes, list_shards
+from lightning_prophrl.datamodules.shards import Episode, OnError, iter_episodes, list_shards
+from lightning_prophrl.datamodules.slots import (
+    ShardSplit,
+    SkipCounter,
+    check_shard_split,
+    check_slots,
+    slot_info,
+    slot_share,
+)
+
+log = logging.getLogger(__name__)
 
 FRAME_SUCCESS = "frame_success"  # (B,) float in {0, 1}, the success flag of the labelled (last) frame of the stack
 Split = Literal["train", "val"]
@@ -76,6 +87,10 @@ class SuccessFrameIterable(IterableDataset):
         val_frames_per_episode: evenly spaced frames per held-out episode (None: every frame).
         seed: the stream is a deterministic function of (seed, epoch, rank, worker).
         on_error: ``raise`` or ``skip`` invalid samples.
+        shard_split: how rank x worker slots share each dataset: ``"shards"`` or ``"samples"`` (see ``slots``).
+
+    Attributes:
+        skips: ``SkipCounter`` of the skipped samples; ``skips.count`` in the building process includes its workers.
     """
 
     def __init__(
@@ -94,8 +109,10 @@ class SuccessFrameIterable(IterableDataset):
         val_frames_per_episode: int | None = None,
         seed: int = 0,
         on_error: OnError = "raise",
+        shard_split: ShardSplit = "shards",
     ):
         super().__init__()
+        check_shard_split(shard_split)
         if not paths:
             raise ValueError("datasets must name at least one shard directory")
         weights = [1.0] * len(paths) if weights is None else list(weights)
@@ -116,19 +133,25 @@ class SuccessFrameIterable(IterableDataset):
         self.samples_per_epoch, self.frames_per_episode = samples_per_epoch, frames_per_episode
         self.shuffle_buffer, self.positive_fraction = shuffle_buffer, positive_fraction
         self.val_frames_per_episode, self.seed, self.on_error = val_frames_per_episode, seed, on_error
-        self.skips = SkipCounter()
+        self.shard_split = shard_split
+        self.skips = SkipCounter(shared=True)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     # 1. partitioning ------------------------------------------------------------------------------------------------
+    def check_slots(self, num_workers: int, owner: str = "SuccessFrameIterable") -> None:
+        """Raise in the main process when a dataset has too few shards for the rank x worker slots (``slots``)."""
+        check_slots(owner, {repr(p): len(s) for p, s in zip(self.paths, self.shards, strict=True)}, num_workers,
+                    self.shard_split)  # fmt: skip
+
     def _episodes(self, di: int, rng: np.random.Generator | None = None) -> Iterator[Episode]:
         """This slot's episodes of dataset ``di`` in this split (shards in a random order when ``rng`` is given)."""
-        mine = slot_shards(self.shards[di], self.paths[di])
+        mine, share = slot_share(self.shards[di], repr(self.paths[di]), self.shard_split)
         if rng is not None:
             mine = [mine[i] for i in rng.permutation(len(mine))]
-        for ep in iter_episodes(mine, on_error=self.on_error, skip_counter=self.skips):
+        for ep in iter_episodes(mine, self.on_error, skip_counter=self.skips, share=share):
             if is_val_episode(ep.key, self.val_fraction) == (self.split == "val"):
                 yield ep
 
@@ -160,7 +183,10 @@ class SuccessFrameIterable(IterableDataset):
                 for c in self._draw_frames(flags, rng):
                     yield self.make_sample(ep, flags, int(c), di)
             if not got_any:
-                raise RuntimeError(f"dataset {self.paths[di]!r}: no valid {self.split} episode in this slot's shards")
+                slot, nslots = slot_info()
+                raise RuntimeError(f"dataset {self.paths[di]!r}: slot {slot} of {nslots} (ranks x workers) found no "
+                                   f"valid {self.split} episode of its own (shard_split={self.shard_split!r}, "
+                                   f"skipped so far: {self.skips.count})")  # fmt: skip
 
     def _draw_frames(self, flags: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         m = self.frames_per_episode
@@ -209,6 +235,12 @@ class RewardDataModule(L.LightningDataModule):
         val_frames_per_episode: evenly spaced frames per held-out episode (None: all).
         seed: seeds the training stream.
         on_error: ``raise`` (default) or ``skip`` invalid samples.
+        shard_split: how rank x worker slots share each dataset (see ``lightning_prophrl.datamodules.slots``):
+            ``"shards"`` (default) gives each slot whole shards, and fewer shards than ``devices x num_workers`` is an
+            error; ``"samples"`` lets every slot read every shard and decode only its own samples (small datasets).
+
+    Attributes:
+        skipped_samples: invalid samples skipped so far under ``on_error="skip"``, workers included.
     """
 
     def __init__(
@@ -228,9 +260,11 @@ class RewardDataModule(L.LightningDataModule):
         val_frames_per_episode: int | None = None,
         seed: int = 0,
         on_error: OnError = "raise",
+        shard_split: ShardSplit = "shards",
     ):
         super().__init__()
         self.save_hyperparameters()
+        check_shard_split(shard_split)
         if isinstance(datasets, str) or not datasets:
             raise ValueError(f"datasets must be a non-empty list of shard directories, got {datasets!r}")
         self.train_set: SuccessFrameIterable | None = None
@@ -241,7 +275,7 @@ class RewardDataModule(L.LightningDataModule):
         return SuccessFrameIterable(
             list(h.datasets), h.weights, split, h.val_fraction, h.frame_stack, h.stack_stride, h.image_size,
             h.samples_per_epoch, h.frames_per_episode, h.shuffle_buffer, h.positive_fraction,
-            h.val_frames_per_episode, h.seed, h.on_error,
+            h.val_frames_per_episode, h.seed, h.on_error, h.shard_split,
         )  # fmt: skip
 
     def setup(self, stage: str | None = None) -> None:
@@ -250,8 +284,20 @@ class RewardDataModule(L.LightningDataModule):
         if self.hparams.val_fraction > 0 and self.val_set is None:
             self.val_set = self._make("val")
 
+    @property
+    def skipped_samples(self) -> int:
+        """Distinct invalid samples skipped so far under ``on_error="skip"`` by this rank's training and validation
+        loaders, DataLoader workers included (each damaged sample counts once, however often it is read)."""
+        return sum(ds.skips.count for ds in (self.train_set, self.val_set) if ds is not None)
+
+    def teardown(self, stage: str) -> None:
+        if self.skipped_samples:
+            log.warning("RewardDataModule skipped %d invalid sample(s) (on_error='skip'); the warnings above name them",
+                        self.skipped_samples)  # fmt: skip
+
     def _loader(self, ds: SuccessFrameIterable, drop_last: bool) -> DataLoader:
         h = self.hparams
+        ds.check_slots(h.num_workers, type(self).__name__)
         return DataLoader(ds, batch_size=h.batch_size, num_workers=h.num_workers, collate_fn=collate_clips,
                           persistent_workers=h.num_workers > 0, drop_last=drop_last)  # fmt: skip
 

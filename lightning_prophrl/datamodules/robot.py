@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ from lightning_prophrl import constants as K
 from lightning_prophrl.actions import NormMode
 from lightning_prophrl.datamodules.clips import ClipIterable, DatasetSpec
 from lightning_prophrl.datamodules.shards import OnError, load_stats
+from lightning_prophrl.datamodules.slots import ShardSplit, check_shard_split
+
+log = logging.getLogger(__name__)
 
 
 def dataset_specs(datasets: list[DatasetSpec | dict[str, Any] | str], stride: int = 1) -> list[DatasetSpec]:
@@ -54,7 +58,22 @@ def corpus_datasets(corpus_dir: str | Path) -> list[str]:
 
 
 class _ClipDataModuleBase(L.LightningDataModule):
+    train_set: ClipIterable | None = None
+    val_set: ClipIterable | None = None
+
+    @property
+    def skipped_samples(self) -> int:
+        """Distinct invalid samples skipped so far under ``on_error="skip"`` by this rank's training and validation
+        loaders, DataLoader workers included (each damaged sample counts once, however often it is read)."""
+        return sum(ds.skips.count for ds in (self.train_set, self.val_set) if ds is not None)
+
+    def teardown(self, stage: str) -> None:
+        if self.skipped_samples:
+            log.warning("%s skipped %d invalid sample(s) (on_error='skip'); the warnings above name them",
+                        type(self).__name__, self.skipped_samples)  # fmt: skip
+
     def _loader(self, ds: ClipIterable, drop_last: bool = True, collate=None) -> DataLoader:
+        ds.check_slots(self.hparams.num_workers, type(self).__name__)
         return DataLoader(
             ds,
             batch_size=self.hparams.batch_size,
@@ -90,6 +109,12 @@ class RobotClipDataModule(_ClipDataModuleBase):
         stats_from: directory whose ``stats.json`` normalizes every dataset (e.g. a multi-task corpus's pooled
             statistics: one normalization of the unified action space); None: each dataset's own.
         stride: source frames per model frame for the entries that do not set their own.
+        shard_split: how rank x worker slots share each dataset (see ``lightning_prophrl.datamodules.slots``):
+            ``"shards"`` (default) gives each slot whole shards, and fewer shards than ``devices x num_workers`` is an
+            error; ``"samples"`` lets every slot read every shard and decode only its own samples (small datasets).
+
+    Attributes:
+        skipped_samples: invalid samples skipped so far under ``on_error="skip"``, workers included.
     """
 
     def __init__(
@@ -109,9 +134,11 @@ class RobotClipDataModule(_ClipDataModuleBase):
         on_error: OnError = "raise",
         stats_from: str | None = None,
         stride: int = 1,
+        shard_split: ShardSplit = "shards",
     ):
         super().__init__()
         self.save_hyperparameters()
+        check_shard_split(shard_split)
         self.specs = dataset_specs(datasets, stride)
         self.val_specs = dataset_specs(val_datasets or [], stride)
         self.train_set: ClipIterable | None = None
@@ -122,7 +149,7 @@ class RobotClipDataModule(_ClipDataModuleBase):
         return ClipIterable(
             specs, h.history_len, h.chunk_len, h.image_size, True, h.samples_per_epoch, h.windows_per_episode,
             h.shuffle_buffer, h.norm_mode, 0, h.seed, h.on_error, eval_mode=eval_mode,
-            stats=[load_stats(h.stats_from)] * len(specs) if h.stats_from else None,
+            stats=[load_stats(h.stats_from)] * len(specs) if h.stats_from else None, shard_split=h.shard_split,
         )  # fmt: skip
 
     def setup(self, stage: str | None = None) -> None:
@@ -150,9 +177,12 @@ class PolicyDataModule(_ClipDataModuleBase):
         action_dims: which of the 14 unified dims the policy models (Meta-World: dpos xyz + gripper = 0, 1, 2, 6).
         state_dim: proprioception width (0 disables).
         image_size, batch_size, num_workers, samples_per_epoch, windows_per_episode, shuffle_buffer, norm_mode, seed,
-        on_error: as in ``RobotClipDataModule``.
+        on_error, shard_split: as in ``RobotClipDataModule``.
         stats_from: dataset directory whose ``stats.json`` normalizes every dataset (the policy's action space);
             defaults to each dataset's own statistics.
+
+    Attributes:
+        skipped_samples: invalid samples skipped so far under ``on_error="skip"``, workers included.
     """
 
     def __init__(
@@ -171,9 +201,11 @@ class PolicyDataModule(_ClipDataModuleBase):
         seed: int = 0,
         on_error: OnError = "raise",
         stats_from: str | None = None,
+        shard_split: ShardSplit = "shards",
     ):
         super().__init__()
         self.save_hyperparameters()
+        check_shard_split(shard_split)
         self.specs = dataset_specs(datasets)
         self.action_dims = list(action_dims) if action_dims is not None else list(range(K.ACTION_DIM))
         if any(not 0 <= d < K.ACTION_DIM for d in self.action_dims):
@@ -187,7 +219,7 @@ class PolicyDataModule(_ClipDataModuleBase):
         stats = [load_stats(h.stats_from)] * len(self.specs) if h.stats_from else None
         self.train_set = ClipIterable(
             self.specs, 0, h.chunk_len, h.image_size, False, h.samples_per_epoch, h.windows_per_episode,
-            h.shuffle_buffer, h.norm_mode, h.state_dim, h.seed, h.on_error, stats=stats,
+            h.shuffle_buffer, h.norm_mode, h.state_dim, h.seed, h.on_error, stats=stats, shard_split=h.shard_split,
         )  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:

@@ -34,6 +34,7 @@ import io
 import json
 import logging
 import os
+import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ from lightning_prophrl.constants import (
     SHARD_STATE,
     STATS_FILE,
 )
+from lightning_prophrl.datamodules.slots import SampleShare
+from lightning_prophrl.datamodules.slots import SkipCounter as SkipCounter  # re-exported: part of the reader's API
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +67,23 @@ OnError = Literal["raise", "skip"]
 
 
 class ShardFormatError(ValueError):
-    """A sample in a shard is invalid. The message names the shard, the sample key and the problem."""
+    """A sample in a shard is invalid. The message names the shard, the sample key and the problem.
 
-    def __init__(self, shard: str, key: str, problem: str):
+    Built from a single message (how a DataLoader re-raises an error of one of its workers, and how pickle rebuilds
+    it), the type survives and ``shard`` / ``key`` / ``problem`` are read back from the message's last such line.
+    """
+
+    def __init__(self, shard: str, key: str | None = None, problem: str | None = None):
+        if key is None and problem is None:
+            super().__init__(shard)
+            found = _FORMAT_ERROR_LINE.findall(shard)
+            self.shard, self.key, self.problem = found[-1] if found else (None, None, None)
+            return
         super().__init__(f"{shard}: sample {key!r}: {problem}")
         self.shard, self.key, self.problem = shard, key, problem
+
+
+_FORMAT_ERROR_LINE = re.compile(r"^(?:\S*ShardFormatError: )?(.+?): sample '(.*?)': (.+)$", re.MULTILINE)
 
 
 @dataclass
@@ -391,20 +406,6 @@ def decode_episode(sample: dict[str, Any], shard: str = "?", decode_frames: bool
     return Episode(key, frames, actions.astype(np.float32), mask.astype(bool), meta, state, ee, extras)
 
 
-class SkipCounter:
-    """Counts samples skipped under ``on_error="skip"`` (per process / worker) and logs each one."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.errors: list[str] = []
-
-    def __call__(self, err: Exception) -> bool:
-        self.count += 1
-        self.errors.append(str(err))
-        log.warning("skipping invalid sample (%d so far): %s", self.count, err)
-        return True
-
-
 def list_shards(data_dir: str | Path) -> list[str]:
     """Finished shards of a dataset directory, from ``index.json`` (falls back to ``*.tar``)."""
     d = Path(data_dir)
@@ -439,14 +440,22 @@ def iter_episodes(
     on_error: OnError = "raise",
     decode_frames: bool = True,
     skip_counter: SkipCounter | None = None,
+    share: SampleShare | None = None,
 ) -> Iterator[Episode]:
-    """Iterate over every episode of a dataset directory (or shard list) in order, single process.
+    """Iterate over every episode of a dataset directory (or shard list) in order, in this process.
+
+    The shards are read as given: no rank or worker splitting happens here (``slots.slot_share`` chooses them).
 
     Args:
         data_dir_or_urls: dataset directory or explicit shard paths.
         on_error: ``"raise"`` (default) raises ``ShardFormatError``; ``"skip"`` skips, counts and logs.
         decode_frames: decode video (False reads only actions/meta, for statistics).
         skip_counter: receives the skipped samples when ``on_error="skip"``.
+        share: decode only the samples this slot owns (``shard_split="samples"``); a damaged sample is reported by its
+            owner only, so each is counted once over all slots.
+
+    A shard that ends before the sample count its directory's ``index.json`` lists (a truncated copy that happens to
+    stop at a tar block boundary reads as a clean end of archive) is reported like an unreadable tar.
     """
     import webdataset as wds
 
@@ -454,21 +463,47 @@ def iter_episodes(
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     urls = data_dir_or_urls if isinstance(data_dir_or_urls, list) else list_shards(data_dir_or_urls)
     counter = skip_counter or SkipCounter()
-    handler = counter if on_error == "skip" else wds.reraise_exception
+    listed = _listed_counts(urls)
+
+    def report(err: ShardFormatError) -> bool:
+        if on_error == "raise":
+            raise err
+        return counter(err)
+
     for url in urls:
-        # one shard per pipeline, already chosen for this rank and worker (clips.slot_shards): no second split
-        ds = wds.WebDataset([url], shardshuffle=False, nodesplitter=None, workersplitter=None,
-                            handler=_tar_handler(url, handler))  # fmt: skip
-        ds = ds.map(lambda s, u=url: decode_episode(s, u, decode_frames), handler=handler)
-        yield from ds
+        position = [0]  # samples read so far from this shard (a tar error is reported by the owner of this position)
+
+        def on_tar_error(err: Exception, url: str = url, position: list[int] = position) -> bool:
+            if share is not None and not share(url, position[0]):
+                return True  # another slot owns this position and reports it
+            if not isinstance(err, ShardFormatError):
+                err = ShardFormatError(url, "?", f"unreadable tar: {type(err).__name__}: {err}")
+            return report(err)
+
+        # one shard per pipeline, already chosen for this rank and worker: no second split by WebDataset
+        ds = wds.WebDataset([url], shardshuffle=False, nodesplitter=None, workersplitter=None, handler=on_tar_error)
+        for sample in ds:
+            mine = share is None or share(url, position[0])
+            position[0] += 1
+            if not mine:
+                continue
+            try:
+                ep = decode_episode(sample, url, decode_frames)
+            except ShardFormatError as err:
+                report(err)
+                continue
+            yield ep
+        expected = listed.get(os.path.normpath(url))
+        if expected is not None and position[0] < expected and (share is None or share(url, position[0])):
+            report(ShardFormatError(url, "?", f"unreadable tar: it ends after {position[0]} of the {expected} samples "
+                                              f"{INDEX_FILE} lists (truncated?)"))  # fmt: skip
 
 
-def _tar_handler(url: str, handler):
-    """Wrap tar-level errors (truncated shards) so the message names the shard."""
-
-    def wrapped(err: Exception) -> bool:
-        if isinstance(err, ShardFormatError):
-            return handler(err)
-        return handler(ShardFormatError(url, "?", f"unreadable tar: {type(err).__name__}: {err}"))
-
-    return wrapped
+def _listed_counts(urls: list[str]) -> dict[str, int]:
+    """Sample count of each shard as its directory's ``index.json`` lists it (normalized path -> count)."""
+    out: dict[str, int] = {}
+    for parent in {os.path.dirname(os.path.normpath(u)) for u in urls}:
+        if os.path.isfile(os.path.join(parent, INDEX_FILE)):
+            for entry in read_index(parent).get("shards", []):
+                out[os.path.normpath(os.path.join(parent, entry["name"]))] = int(entry["count"])
+    return out

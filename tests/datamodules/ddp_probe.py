@@ -1,4 +1,7 @@
-"""Run by test_ddp.py: a 2-process CPU DDP (gloo) Lightning fit that records which episodes each rank reads."""
+"""Run by test_ddp.py: a 2-process CPU DDP (gloo) Lightning fit that records which episodes each rank reads.
+
+Usage: ``ddp_probe.py DATA_DIR OUT [NUM_WORKERS SHARD_SPLIT]``.
+"""
 
 import json
 import sys
@@ -31,8 +34,9 @@ class RecordKeys(L.LightningModule):
 
 if __name__ == "__main__":
     data_dir, out = sys.argv[1], sys.argv[2]
+    workers, split = (int(sys.argv[3]), sys.argv[4]) if len(sys.argv) > 3 else (1, "shards")
     dm = RobotClipDataModule([data_dir], history_len=0, chunk_len=2, image_size=16, batch_size=2,
-                             samples_per_epoch=24, shuffle_buffer=2, num_workers=1)  # fmt: skip
+                             samples_per_epoch=24, shuffle_buffer=2, num_workers=workers, shard_split=split)  # fmt: skip
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
     trainer.fit(RecordKeys(out), datamodule=dm)
