@@ -1,14 +1,17 @@
-"""Prompts for RL: initial states (frame + instruction + task + simulator seed), with a held-out evaluation split."""
+"""Prompts for RL: initial states (frame + instruction + task + simulator seed), with a held-out evaluation split,
+sampled per RL update so that a resumed run and a run on any number of processes see the same prompts."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from typing_extensions import override
 
 from lightning_prophrl import constants as K
 from lightning_prophrl.datamodules.clips import to_float_video
@@ -39,6 +42,77 @@ class PromptDataset(Dataset):
 
 
 BRANCH = "branch"  # (episode index, frame index) of a branch prompt, resolved by BranchStarts
+
+
+def update_prompt_indices(num_items: int, num_prompts: int, seed: int, pool_version: int, update: int) -> np.ndarray:
+    """The ``num_prompts`` prompt indices of RL update ``update`` (0-based over the whole run), drawn with replacement
+    from ``range(num_items)`` by a generator seeded with ``(seed, pool_version, update)`` alone: the prompts of an
+    update do not depend on how many updates ran in this process, on the epoch, or on the number of processes."""
+    rng = np.random.default_rng([seed % 2**64, pool_version, update])
+    return rng.integers(0, num_items, size=num_prompts)
+
+
+class PromptSampler(DistributedSampler):
+    """This process's share of each RL update's prompts, for the updates of one epoch from the datamodule's position.
+
+    Update ``u`` draws ``num_prompts`` prompts (``update_prompt_indices``); process ``rank`` of ``world_size`` takes
+    the ``num_prompts / world_size`` consecutive ones from ``rank * num_prompts / world_size``. A prompt is one group
+    of G rollouts (the environment repeats it), so groups are never split across processes, the processes' shares are
+    disjoint and together make the update's prompts, and an epoch has ``updates`` batches on any number of processes.
+
+    Epochs are aligned on the update index: with ``n`` updates per epoch (``epoch_length()``), epoch ``e`` trains
+    updates ``e * n .. e * n + n - 1``, and a pass starting at position ``p`` yields the updates left in ``p``'s epoch.
+    So a run resumed in the middle of an epoch finishes that epoch where the uninterrupted run would have.
+
+    A ``DistributedSampler`` subclass only so that Lightning keeps it under DDP (Lightning replaces any other sampler
+    with a ``DistributedSampler`` over all the prompts, which changes the number of updates per epoch).
+
+    Args:
+        num_items: number of training prompts.
+        num_prompts: prompts per update over all processes.
+        updates: updates per epoch (the sampler's length).
+        seed, pool_version: the generator's seed (see ``update_prompt_indices``).
+        rank, world_size: this process and the number of processes.
+        position: returns the index of the next update when a pass starts (read at each ``iter``).
+        on_update: called with ``u + 1`` when update ``u``'s indices start being drawn.
+        epoch_length: returns the updates per epoch when a pass starts (default ``updates``; fewer when the trainer
+            runs fewer batches per epoch, ``limit_train_batches``).
+    """
+
+    def __init__(self, num_items: int, num_prompts: int, updates: int, seed: int, pool_version: int, rank: int,
+                 world_size: int, position: Callable[[], int], on_update: Callable[[int], None] | None = None,
+                 epoch_length: Callable[[], int] | None = None):  # fmt: skip
+        if num_items < 1 or updates < 1:
+            raise ValueError(f"PromptSampler needs prompts and updates, got {num_items} prompts, {updates} updates")
+        check_prompt_share(num_prompts, world_size)
+        super().__init__(range(num_items), num_replicas=world_size, rank=rank, shuffle=False, seed=seed)
+        self.num_items, self.num_prompts, self.updates = num_items, num_prompts, updates
+        self.pool_version = pool_version
+        self.per_rank = num_prompts // world_size
+        self.position, self.on_update = position, on_update
+        self.epoch_length = epoch_length or (lambda: updates)
+
+    @override
+    def __iter__(self) -> Iterator[int]:
+        first, n = int(self.position()), max(1, min(int(self.epoch_length()), self.updates))
+        lo = self.rank * self.per_rank
+        for u in range(first, (first // n + 1) * n):
+            if self.on_update is not None:
+                self.on_update(u + 1)
+            idx = update_prompt_indices(self.num_items, self.num_prompts, self.seed, self.pool_version, u)
+            yield from (int(i) for i in idx[lo : lo + self.per_rank])
+
+    @override
+    def __len__(self) -> int:
+        return self.updates * self.per_rank
+
+
+def check_prompt_share(num_prompts: int, world_size: int) -> int:
+    """Prompts per process: ``num_prompts`` must split into ``world_size`` equal, whole shares."""
+    if num_prompts < 1 or num_prompts % world_size:
+        raise ValueError(f"data.init_args.num_prompts={num_prompts} does not split into {world_size} equal shares "
+                         f"(one per process, whole groups): use a multiple of {world_size}")  # fmt: skip
+    return num_prompts // world_size
 
 
 class BranchStarts:
@@ -96,8 +170,17 @@ class PromptDataModule(L.LightningDataModule):
 
     Two sources, which can be combined: episode shards (the first frame of each episode, for world-model rollouts),
     and simulator seeds (``tasks`` x seed ranges, for simulator rollouts, which render their own first frame).
-    Each training batch holds ``num_prompts`` prompts (P in P x G rollouts); the loader samples them with
-    replacement from a seeded generator so that an RL run of any length sees a reproducible prompt sequence.
+
+    Each RL update takes ``num_prompts`` prompts (P in P x G rollouts), drawn with replacement by a generator seeded
+    with ``(seed, pool version, update index)`` (``update_prompt_indices``). The datamodule counts the updates whose
+    prompts reached training (``position``) and keeps that count and the seed in its ``state_dict``, which Lightning
+    saves in checkpoints: a run resumed with ``ckpt_path`` at any update sees the same prompts from there on as the
+    uninterrupted run (epoch ``e`` trains updates ``e * updates_per_epoch ..``, so a run resumed mid-epoch finishes
+    that epoch), and the next epoch continues the sequence. Under DDP each process takes a disjoint share of
+    every update's prompts (whole groups; ``num_prompts`` must be a multiple of the number of processes), so an epoch
+    is ``updates_per_epoch`` updates of ``num_prompts`` prompts on any number of processes (``PromptSampler``); the
+    environment of each process takes ``prompts_per_rank`` prompts. Without a trainer (a loader iterated by hand),
+    the position advances as batches are drawn.
 
     Args:
         datasets: shard directories whose episodes' first frames become prompts.
@@ -106,10 +189,10 @@ class PromptDataModule(L.LightningDataModule):
         train_seeds: ``[start, stop)`` simulator seeds for training prompts.
         eval_seeds: ``[start, stop)`` simulator seeds held out for evaluation (disjoint from ``train_seeds``).
         eval_fraction: fraction of shard episodes held out for evaluation (by key hash).
-        num_prompts: prompts per batch (P).
+        num_prompts: prompts per RL update (P), over all processes.
         image_size: frame size of shard prompts.
-        updates_per_epoch: batches per training epoch.
-        seed: seeds the prompt sampling.
+        updates_per_epoch: batches (RL updates) per training epoch, on any number of processes.
+        seed: seeds the prompt sampling (restored from a checkpoint's ``state_dict`` when resuming).
         branch_every: 0: one prompt per shard episode, its first frame; ``k > 0``: a prompt every ``k`` frames of every
             shard episode, with its recorded memory (``BranchStarts``), for short imagined branches from real states.
         branch_margin: actions a branch start keeps before its episode's end.
@@ -152,6 +235,8 @@ class PromptDataModule(L.LightningDataModule):
             else None
         )
         self._pool_version = 0
+        self._position = 0  # RL updates whose prompts reached training, in the checkpoint (``state_dict``)
+        self._seed = seed
 
     def task_id(self, task: str) -> int:
         if task not in self.task_names:
@@ -204,9 +289,9 @@ class PromptDataModule(L.LightningDataModule):
     def replace_train_datasets(self, datasets: list[str], pool_version: int | None = None) -> int:
         """Replace the training prompts with the (non-held-out) prompts of ``datasets``, read with the same settings
         (on-policy branch starts, ``callbacks.OnPolicyBranchStarts``). The held-out prompts stay, and the next
-        ``train_dataloader`` samples the new pool with a new generator seed (that of ``pool_version`` when given, to
-        restore a run's pool on resume). An empty new pool leaves the old one in place. Returns the size of the new
-        pool (0 when it was empty)."""
+        ``train_dataloader`` draws update ``u``'s prompts from the new pool with ``(seed, pool_version, u)``
+        (``pool_version`` given: that version, to restore a run's pool on resume); the update position carries on. An
+        empty new pool leaves the old one in place. Returns the size of the new pool (0 when it was empty)."""
         train: list[dict[str, Any]] = []
         self._add_shard_prompts(datasets, train, [])
         if train:
@@ -214,15 +299,60 @@ class PromptDataModule(L.LightningDataModule):
             self._pool_version = self._pool_version + 1 if pool_version is None else int(pool_version)
         return len(train)
 
+    @property
+    def position(self) -> int:
+        """Index of the next RL update whose prompts the training loader yields (updates consumed so far)."""
+        return self._position
+
+    @property
+    def prompts_per_rank(self) -> int:
+        """Prompts of each update this process trains on (``num_prompts`` / number of processes)."""
+        return check_prompt_share(self.hparams.num_prompts, self._rank_and_world()[1])
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        if self.trainer is not None:
+            return int(self.trainer.global_rank), int(self.trainer.world_size)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def _epoch_length(self) -> int:
+        """Updates per epoch: ``updates_per_epoch``, or the trainer's batches per epoch when it runs fewer."""
+        n = getattr(self.trainer, "num_training_batches", None)
+        return n if isinstance(n, int) and n > 0 else self.hparams.updates_per_epoch
+
+    def _drawn(self, position: int) -> None:
+        """Without a trainer the position advances as the loader draws batches (with one, as training gets them)."""
+        if self.trainer is None:
+            self._position = position
+
+    @override
     def train_dataloader(self) -> DataLoader:
         h = self.hparams
-        # pool 0 keeps the run's seed; every replaced pool draws its own sequence
-        gen = torch.Generator().manual_seed(h.seed + 7919 * self._pool_version)
-        sampler = torch.utils.data.RandomSampler(
-            self.train_prompts, replacement=True, num_samples=h.num_prompts * h.updates_per_epoch, generator=gen
-        )
-        return DataLoader(PromptDataset(self.train_prompts, self.branches), batch_size=h.num_prompts, sampler=sampler,
-                          collate_fn=collate_clips)  # fmt: skip
+        rank, world = self._rank_and_world()
+        sampler = PromptSampler(len(self.train_prompts), h.num_prompts, h.updates_per_epoch, self._seed,
+                                self._pool_version, rank, world, lambda: self._position, self._drawn,
+                                self._epoch_length)  # fmt: skip
+        return DataLoader(PromptDataset(self.train_prompts, self.branches), batch_size=sampler.per_rank,
+                          sampler=sampler, collate_fn=collate_clips)  # fmt: skip
+
+    @override
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """A training batch reached the training step: one more update's prompts consumed (the loader's prefetched
+        batch is not counted, so a checkpoint saved after update ``k`` resumes at ``k + 1``)."""
+        if self.trainer is not None and self.trainer.training:
+            self._position += 1
+        return batch
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's state: the next update's index and the seed (the pool is restored by whoever replaced it,
+        ``callbacks.OnPolicyBranchStarts``)."""
+        return {"position": self._position, "seed": self._seed}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._position, self._seed = int(state_dict["position"]), int(state_dict["seed"])
 
     def eval_dataloader(self, batch_size: int | None = None) -> DataLoader:
         """The held-out prompts in a fixed order."""

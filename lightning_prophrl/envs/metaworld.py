@@ -42,6 +42,7 @@ from lightning_prophrl.envs.base import (
 )
 from lightning_prophrl.envs.instructions import instruction_for
 from lightning_prophrl.envs.rendering import FastRenderer, FreeCamera
+from lightning_prophrl.rl.nonfinite import NonFiniteError
 
 StateMode = Literal["proprio", "full"]
 SEED_RANGES: dict[str, tuple[int, int]] = {"demo": (0, 1000), "eval": (1000, 2000), "train": (2000, 2**31)}
@@ -301,7 +302,7 @@ class MetaWorldEnv(BatchedEnvBase):
         for n, p in enumerate(expanded):
             slot = self._grow_pool(p.task, used.get(p.task, 0) + 1)[used.get(p.task, 0)]
             used[p.task] = used.get(p.task, 0) + 1
-            self._obs[n] = reset_seeded(slot.env, p.seed)
+            self._obs[n] = self._checked_obs(reset_seeded(slot.env, p.seed), n, p, 0)
             prefix_steps, prefix_success = self._replay_prefix(n, slot.env, p)
             frame = slot.renderer.render()
             record = EpisodeRecord(
@@ -334,10 +335,22 @@ class MetaWorldEnv(BatchedEnvBase):
             raise ValueError(f"prompt {prompt.task!r} seed {prompt.seed}: {len(prefix)} prefix_actions exceed "
                              f"max_steps={self.max_steps}")  # fmt: skip
         success = False
-        for action in np.clip(unified_to_metaworld(prefix).astype(np.float64), -1.0, 1.0):
-            self._obs[n], _, _, _, step_info = env.step(action)
+        for t, action in enumerate(np.clip(unified_to_metaworld(prefix).astype(np.float64), -1.0, 1.0)):
+            obs, _, _, _, step_info = env.step(action)
+            self._obs[n] = self._checked_obs(obs, n, prompt, t + 1)
             success |= bool(step_info["success"])
         return len(prefix), success
+
+    @staticmethod
+    def _checked_obs(obs: np.ndarray, n: int, prompt: Any, step: int) -> np.ndarray:
+        """``obs`` of environment ``n`` after ``step`` actions, or a ``NonFiniteError`` naming env, prompt, step and
+        element when the simulator returned a NaN or inf (an unstable simulation)."""
+        bad = ~np.isfinite(obs)
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            raise NonFiniteError(f"non-finite simulator observation for env {n} (task {prompt.task!r}, seed "
+                                 f"{prompt.seed}) after step {step}, element {j}: {obs.flat[j]}")  # fmt: skip
+        return obs
 
     def step(self, actions: torch.Tensor | np.ndarray) -> tuple[dict[str, Any], torch.Tensor, dict[str, Any]]:
         """Execute one chunk of Meta-World actions for every environment that is not done.
@@ -351,7 +364,8 @@ class MetaWorldEnv(BatchedEnvBase):
             ``INFO_SUCCESS``, ``INFO_SUCCESS_NOW``, ``INFO_STEPS``, ``INFO_EXECUTED`` and ``INFO_EE_POSE``.
 
         Raises:
-            ValueError: a non-finite action of an environment that is not done (nothing is executed).
+            NonFiniteError: a non-finite action of an environment that is not done (nothing is executed; a
+                ``ValueError``), or a non-finite observation returned by the simulator.
         """
         if not self._slots:
             raise RuntimeError("call reset(prompts) before step(actions)")
@@ -365,8 +379,8 @@ class MetaWorldEnv(BatchedEnvBase):
         bad = ~np.isfinite(a) & ~self._done[:, None, None]
         if bad.any():  # MuJoCo would silently reset the simulator and the episode would go on
             n, t, j = (int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(f"non-finite action for env {n} at chunk step {t}, dimension {j}: {a[n, t, j]} "
-                             "(check the policy's outputs before stepping)")  # fmt: skip
+            raise NonFiniteError(f"non-finite action for env {n} at chunk step {t}, dimension {j}: {a[n, t, j]} "
+                                 "(check the policy's outputs before stepping)")  # fmt: skip
         a = np.clip(a.astype(np.float64), -1.0, 1.0)
         executed = np.zeros(self.num_envs, dtype=np.int64)
         for n in np.flatnonzero(~self._done):
@@ -390,7 +404,7 @@ class MetaWorldEnv(BatchedEnvBase):
         for t, action in enumerate(chunk):
             obs, _, _, _, step_info = env.step(action)
             success = bool(step_info["success"])
-            self._obs[n], self._steps[n] = obs, self._steps[n] + 1
+            self._obs[n], self._steps[n] = self._checked_obs(obs, n, record, self._steps[n] + 1), self._steps[n] + 1
             self._success_now[n] = success
             self._success[n] |= success
             record.actions.append(action.copy())

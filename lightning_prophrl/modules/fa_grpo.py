@@ -11,6 +11,10 @@ One ``training_step`` is one RL update (``self.updates`` counts them; ``trainer.
    batched forward, FA-GRPO (or the Flow-GRPO baseline) with optional FlowScale, plus ``beta_kl`` x KL to the
    frozen SFT policy; gradient clipping and an optimizer step per minibatch.
 
+Non-finite values never reach the weights: the rollouts' observations, behaviour log-probs and rewards, the loss and
+the gradient norm are checked before they are used (``lightning_prophrl.rl.nonfinite``); ``on_nonfinite`` chooses
+between stopping with an error that names the offender and skipping the update.
+
 The behaviour log-probs are recomputed with the same minibatch partition as the first epoch just before the update, so
 the importance ratio of the first minibatch is exactly 1; the gap to the log-probs recorded while sampling is logged as
 ``train/sampler_mismatch``.
@@ -27,6 +31,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lightning_prophrl import constants as K
@@ -35,12 +40,15 @@ from lightning_prophrl.envs.base import BatchedEnvBase
 from lightning_prophrl.envs.rollout import ActionDecoder, RolloutBatch, collect_rollouts
 from lightning_prophrl.models.policy import FlowMatchingPolicy
 from lightning_prophrl.rl import (
+    NonFiniteError,
+    check_rollouts,
     fa_grpo_loss,
     flow_grpo_loss,
     flowscale_weights,
     gaussian_mean_kl,
     group_advantages,
     kl_k3,
+    masked_mean,
 )
 
 
@@ -118,6 +126,11 @@ class FAGRPOModule(L.LightningModule):
         seed: seeds the sampler noise of the rollouts.
         export_dir: directory the optimized policy is written to (``save_pretrained``, with its action statistics)
             at the end of ``fit``; None writes nothing.
+        on_nonfinite: what a NaN or inf in an update's observations, behaviour log-probs, rewards, loss or gradient
+            norm does: ``raise`` (default) stops with a ``NonFiniteError`` naming the update, rollout, step and key;
+            ``skip`` drops the rest of that update (no optimizer step reads the value, so the weights stay finite),
+            counts it in ``nonfinite_skips`` (logged as ``train/nonfinite_skips``, in the checkpoint) and warns.
+            A gradient that turns non-finite in a later minibatch keeps the earlier minibatches' (finite) steps.
     """
 
     def __init__(
@@ -152,6 +165,7 @@ class FAGRPOModule(L.LightningModule):
         step_grad_every: int = 10,
         seed: int = 0,
         export_dir: str | None = None,
+        on_nonfinite: Literal["raise", "skip"] = "raise",
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["policy", "env", "reward_model", "optimizer"])
@@ -161,6 +175,8 @@ class FAGRPOModule(L.LightningModule):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if loss not in ("fa_grpo", "flow_grpo"):
             raise ValueError(f"loss must be 'fa_grpo' or 'flow_grpo', got {loss!r}")
+        if on_nonfinite not in ("raise", "skip"):
+            raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
         if env is None:
             raise ValueError("FAGRPOModule needs `env` (the batched environment the policy is trained in)")
         env_group = getattr(env, "group_size", group_size)
@@ -196,6 +212,7 @@ class FAGRPOModule(L.LightningModule):
         self.env_steps_total = 0
         self.episodes_total = 0
         self.updates = 0  # RL updates done (trainer.global_step counts optimizer steps: ppo_epochs x minibatches)
+        self.nonfinite_skips = 0  # updates skipped for a non-finite value (on_nonfinite="skip")
 
     @override
     def forward(self, obs: dict[str, Any]) -> torch.Tensor:
@@ -206,10 +223,16 @@ class FAGRPOModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         dm_prompts = getattr(getattr(dm, "hparams", None), "num_prompts", None)
         env_prompts = getattr(self.env, "num_prompts", None)
-        if dm_prompts is not None and env_prompts is not None and dm_prompts != env_prompts:
-            raise ValueError(f"data.init_args.num_prompts={dm_prompts} differs from the environment's "
-                             f"model.init_args.env.init_args.num_prompts={env_prompts}: every batch of prompts is "
-                             "reset into the environment at once, set both to the same value")  # fmt: skip
+        if dm_prompts is None or env_prompts is None:
+            return
+        per_rank = getattr(dm, "prompts_per_rank", dm_prompts)  # PromptDataModule: this process's share of a batch
+        if per_rank != env_prompts:
+            world = self.trainer.world_size
+            share = f" ({per_rank} per process on {world} processes)" if world > 1 else ""
+            raise ValueError(f"data.init_args.num_prompts={dm_prompts}{share} differs from the environment's "
+                             f"model.init_args.env.init_args.num_prompts={env_prompts}: every process resets its "
+                             f"prompts of a batch into its environment at once, set the environment's to "
+                             f"{per_rank}")  # fmt: skip
 
     @override
     def on_train_end(self) -> None:
@@ -219,9 +242,24 @@ class FAGRPOModule(L.LightningModule):
     # 1. one RL update ----------------------------------------------------------------------------------------------
     @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        try:
+            self._update(prompts_from_batch(batch))
+        except NonFiniteError as err:
+            if self.hparams.on_nonfinite == "raise":
+                hint = "model.init_args.on_nonfinite=skip skips such updates instead"
+                raise NonFiniteError(f"RL update {self.updates + 1} (batch {batch_idx}): {err}; {hint}") from err
+            self._skip_nonfinite(err, batch_idx)
+
+    def _update(self, prompts: list[dict[str, Any]]) -> None:
         h = self.hparams
-        rollouts = self.rollout(prompts_from_batch(batch))
-        adv = group_advantages(rollouts.rewards, h.group_size)  # (N,) ; raises on NaN rewards
+        err = None
+        try:
+            rollouts = self.rollout(prompts)
+            check_rollouts(rollouts.obs, rollouts.log_probs, rollouts.alive, rollouts.rewards)
+        except NonFiniteError as e:
+            err = e
+        self._agree_on_nonfinite(err)
+        adv = group_advantages(rollouts.rewards, h.group_size)  # (N,)
         data = self._flatten(rollouts, adv)
         stats = self._ppo_update(data)
         zero_var = (rollouts.rewards.view(-1, h.group_size).std(1) == 0).float().mean()
@@ -236,6 +274,7 @@ class FAGRPOModule(L.LightningModule):
             "rollout/queries": torch.tensor(float(data["adv"].numel())),
             "rollout/env_steps_total": torch.tensor(float(self.env_steps_total)),
             "rollout/updates": torch.tensor(float(self.updates)),
+            "train/nonfinite_skips": torch.tensor(float(self.nonfinite_skips)),
             **{k: torch.as_tensor(v, dtype=torch.float32) for k, v in rollouts.info.items() if np.isscalar(v)},
             **agreement_logs(rollouts.info),
             **stats,
@@ -243,16 +282,39 @@ class FAGRPOModule(L.LightningModule):
         self.log_dict(logs, prog_bar=False, batch_size=1)
         self.log("rollout/success", rollouts.success.mean(), prog_bar=True, batch_size=1)
 
+    def _agree_on_nonfinite(self, err: NonFiniteError | None) -> None:
+        """Raise ``err`` on this process, and under DDP on every process when any process's rollouts were
+        non-finite: all of them then skip (or stop) together, and none waits in a collective the others left."""
+        world = self._trainer.world_size if self._trainer is not None else 1
+        if world > 1:
+            flag = torch.tensor(float(err is not None), device=self.device)
+            bad = self.trainer.strategy.reduce(flag, reduce_op="sum")
+            if err is None and float(bad) > 0:
+                err = NonFiniteError(f"the rollouts of {int(bad)} other process(es) of {world} were non-finite")
+        if err is not None:
+            raise err
+
+    def _skip_nonfinite(self, err: NonFiniteError, batch_idx: int) -> None:
+        """``on_nonfinite="skip"``: drop the update's gradients, count and log the skip, warn with the cause."""
+        for p in self.policy.parameters():
+            p.grad = None
+        self.nonfinite_skips += 1
+        rank_zero_warn(f"FAGRPOModule skipped RL update {self.updates + 1} (batch {batch_idx}; "
+                       f"{self.nonfinite_skips} skipped so far): {err}")  # fmt: skip
+        self.log_dict({"train/nonfinite_skips": float(self.nonfinite_skips), "train/skipped_update": 1.0},
+                      batch_size=1)  # fmt: skip
+
     def rollout(self, prompts: list[dict[str, Any]]) -> RolloutBatch:
         """G SDE rollouts per prompt with the current policy (no grad)."""
         self.policy.eval()
-        out = collect_rollouts(
-            self.policy, self.env, prompts, self.decoder, self.hparams.max_queries, mode="sde",
-            noise_level=self.hparams.noise_level, generator=self.generator, reward_fn=self.reward_model,
-            device=self.device,
-        )  # fmt: skip
-        self.policy.train()
-        return out
+        try:
+            return collect_rollouts(
+                self.policy, self.env, prompts, self.decoder, self.hparams.max_queries, mode="sde",
+                noise_level=self.hparams.noise_level, generator=self.generator, reward_fn=self.reward_model,
+                device=self.device,
+            )  # fmt: skip
+        finally:
+            self.policy.train()
 
     def _flatten(self, r: RolloutBatch, adv: torch.Tensor) -> dict[str, Any]:
         """Keep the (step, rollout) queries made while the rollout was alive."""
@@ -297,9 +359,12 @@ class FAGRPOModule(L.LightningModule):
         for epoch, perm in enumerate(perms):
             for i in range(0, m, h.minibatch_size):
                 idx = perm[i : i + h.minibatch_size]
-                stats = self._minibatch_step(
-                    data, old, idx, chunk_mask, weights, opt, log_step_grads=first and epoch == 0
-                )
+                try:
+                    stats = self._minibatch_step(
+                        data, old, idx, chunk_mask, weights, opt, log_step_grads=first and epoch == 0
+                    )
+                except NonFiniteError as err:
+                    raise NonFiniteError(f"PPO epoch {epoch}, minibatch {i // h.minibatch_size}: {err}") from err
                 if first:
                     logs.setdefault("train/first_ratio_max_dev", []).append(stats.pop("ratio_dev"))
                 stats.pop("ratio_dev", None)
@@ -332,15 +397,20 @@ class FAGRPOModule(L.LightningModule):
                 ref_lp, ref_mean = self.reference.log_prob(obs, x, noise_level=h.noise_level, return_means=True)
             m3 = mask[:, :, None].expand(-1, -1, new_lp.shape[-1])
             if h.kl_estimator == "k3":
-                kl = (kl_k3(new_lp.sum(1), ref_lp.sum(1)) * m3).sum() / m3.sum()
+                kl = masked_mean(kl_k3(new_lp.sum(1), ref_lp.sum(1)), m3)
             else:
                 std = self.policy.step_sigma2(noise_level=h.noise_level).sqrt().to(self.device)
-                kl = (gaussian_mean_kl(new_mean, ref_mean, std).sum(1) * m3).sum() / m3.sum()
+                kl = masked_mean(gaussian_mean_kl(new_mean, ref_mean, std).sum(1), m3)
         loss = pg + h.beta_kl * kl
+        if not bool(torch.isfinite(loss)):
+            raise NonFiniteError(f"the loss is non-finite: policy gradient {float(pg)} + beta_kl x KL {float(kl)}")
         step_norms = self._step_grad_norms(new_lp, loss) if log_step_grads and self._log_step_grads_now() else None
         opt.zero_grad()
         self.manual_backward(loss)
         gnorm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), h.max_grad_norm)
+        if not bool(torch.isfinite(gnorm)):  # clipping scales a NaN gradient to NaN: never step with it
+            opt.zero_grad()
+            raise NonFiniteError(f"the policy's gradient norm is non-finite: {float(gnorm)} (before clipping)")
         opt.step()
         ratio_dev = float((torch.exp(new_lp.detach().sum(1) - old_lp.sum(1)) - 1).abs().max())
         out = {"loss": pg.detach(), "kl_ref": kl.detach(), "grad_norm": gnorm.detach(), "ratio_dev": ratio_dev,
@@ -388,6 +458,7 @@ class FAGRPOModule(L.LightningModule):
             "env_steps_total": self.env_steps_total,
             "episodes_total": self.episodes_total,
             "updates": self.updates,
+            "nonfinite_skips": self.nonfinite_skips,
         }
 
     @override
@@ -397,6 +468,7 @@ class FAGRPOModule(L.LightningModule):
             self.generator.set_state(state["generator"])
             self.env_steps_total, self.episodes_total = state["env_steps_total"], state["episodes_total"]
             self.updates = state["updates"]
+            self.nonfinite_skips = state.get("nonfinite_skips", 0)
 
 
 def agreement_logs(info: dict[str, Any]) -> dict[str, torch.Tensor]:

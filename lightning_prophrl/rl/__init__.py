@@ -1,12 +1,15 @@
 """RL maths of ProphRL as pure functions (paper: FA-GRPO, FlowScale): group advantages, FA-GRPO / Flow-GRPO losses,
-FlowScale weights and KL estimators."""
+FlowScale weights, KL estimators and the non-finite guards of an update."""
 
 from lightning_prophrl.rl.advantages import group_advantages
 from lightning_prophrl.rl.flowscale import flowscale_weights
 from lightning_prophrl.rl.kl import gaussian_mean_kl, kl_k3
 from lightning_prophrl.rl.losses import clipped_surrogate, fa_grpo_loss, flow_grpo_loss
+from lightning_prophrl.rl.nonfinite import NonFiniteError, check_rollouts, masked_mean
 
 __all__ = [
+    "NonFiniteError",
+    "check_rollouts",
     "clipped_surrogate",
     "fa_grpo_loss",
     "flow_grpo_loss",
@@ -14,4 +17,5 @@ __all__ = [
     "gaussian_mean_kl",
     "group_advantages",
     "kl_k3",
+    "masked_mean",
 ]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lightning_prophrl.rl.nonfinite import NonFiniteError
+
 
 def group_advantages(
     rewards: Tensor,
@@ -29,7 +31,8 @@ def group_advantages(
         ``(N,)`` normalized rewards ``R~_i`` if ``mask`` is None, else ``R~_i * M`` with the mask's shape (float32).
 
     Raises:
-        ValueError: non-finite rewards (naming the rollout indices) or shapes that do not match ``group_size``.
+        NonFiniteError: non-finite rewards, naming the rollout indices (a ``ValueError``).
+        ValueError: shapes that do not match ``group_size``.
     """
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
@@ -44,7 +47,7 @@ def group_advantages(
     bad = (~torch.isfinite(r)).nonzero().flatten().tolist()
     if bad:
         where = ", ".join(f"{i} (group {i // group_size}, member {i % group_size})" for i in bad[:10])
-        raise ValueError(f"non-finite reward at rollout index {where}: {[r[i].item() for i in bad[:10]]}")
+        raise NonFiniteError(f"non-finite reward at rollout index {where}: {[r[i].item() for i in bad[:10]]}")
     groups = r.view(-1, group_size)
     centered = groups - groups.mean(dim=1, keepdim=True)
     std = groups.std(dim=1, correction=0, keepdim=True)

@@ -15,6 +15,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lightning_prophrl.rl.nonfinite import NonFiniteError, masked_mean
+
 
 def _to_ncd(x: Tensor | float, n: int, c: int, d: int, name: str) -> Tensor:
     """Broadcast ``(N,)``, ``(N, C)`` or ``(N, C, D)`` (or a scalar) to ``(N, C, D)`` float32."""
@@ -48,25 +50,21 @@ def clipped_surrogate(ratio: Tensor, advantages: Tensor, eps_low: float, eps_hig
     return torch.minimum(ratio * advantages, ratio.clamp(1.0 - eps_low, 1.0 + eps_high) * advantages)
 
 
-def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``x`` over ``mask > 0``; masked-out entries are never read (a NaN there does not propagate)."""
-    return torch.where(mask > 0, x * mask, torch.zeros_like(x)).sum() / mask.sum().clamp(min=1.0)
-
-
 def _valid_inputs(log_probs: Tensor, old_log_probs: Tensor, adv: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Zero the masked-out log-probs and advantages (so neither their value nor their gradient is NaN) and raise
-    ``FloatingPointError`` naming the first non-finite valid element: a NaN must never reach the weights."""
+    ``NonFiniteError`` (a ``FloatingPointError``) naming the first non-finite valid element: a NaN must never reach
+    the weights."""
     valid = (m > 0)[:, None].expand_as(log_probs)  # (N, K, C, D)
     for name, x in (("log_probs", log_probs), ("old_log_probs", old_log_probs)):
         bad = valid & ~torch.isfinite(x)
         if bool(bad.any()):
             n, k, c, d = (int(i) for i in bad.nonzero()[0])
-            raise FloatingPointError(f"{name} is non-finite at rollout {n}, flow step {k}, action {c}, element {d} "
-                                     "(a valid element: mask it out or fix the sampler's inputs)")  # fmt: skip
+            raise NonFiniteError(f"{name} is non-finite at rollout {n}, flow step {k}, action {c}, element {d} "
+                                 "(a valid element: mask it out or fix the sampler's inputs)")  # fmt: skip
     bad = (m > 0) & ~torch.isfinite(adv.expand_as(m))
     if bool(bad.any()):
         n, c, d = (int(i) for i in bad.nonzero()[0])
-        raise FloatingPointError(f"advantages are non-finite at rollout {n}, action {c}, element {d} (check rewards)")
+        raise NonFiniteError(f"advantages are non-finite at rollout {n}, action {c}, element {d} (check rewards)")
     zero = torch.zeros((), dtype=torch.float32, device=log_probs.device)
     lp = torch.where(valid, log_probs.float(), zero)
     old = torch.where(valid, old_log_probs.float().detach(), zero)
@@ -80,8 +78,8 @@ def _ratio_stats(ratio: Tensor, advantages: Tensor, mask: Tensor, eps_low: float
     clipped = ((r > 1.0 + eps_high) & (advantages > 0)) | ((r < 1.0 - eps_low) & (advantages < 0))
     rv = r[valid] if bool(valid.any()) else torch.ones(1, device=r.device)
     return {
-        "clip_frac": _masked_mean(clipped.float(), mask),
-        "approx_kl": _masked_mean((r - 1.0) - torch.log(r), mask),
+        "clip_frac": masked_mean(clipped.float(), mask),
+        "approx_kl": masked_mean((r - 1.0) - torch.log(r), mask),
         "ratio_mean": rv.mean(),
         "ratio_min": rv.min(),
         "ratio_max": rv.max(),
@@ -126,7 +124,7 @@ def flow_grpo_loss(
     ratio = torch.exp(lp - old)  # (N, K, C, D)
     obj = clipped_surrogate(ratio, adv_k, eps_low, eps_high)
     obj = obj.sum(1) if step_reduction == "sum" else obj.mean(1)
-    loss = -_masked_mean(obj, m)
+    loss = -masked_mean(obj, m)
     return loss, _ratio_stats(ratio, adv_k.expand_as(ratio), m[:, None].expand_as(ratio), eps_low, eps_high)
 
 
@@ -177,5 +175,5 @@ def fa_grpo_loss(
         w = _step_weights(flowscale_weights, n, k).to(lp.device)
         lp = w * lp + (1.0 - w) * lp.detach()
     ratio = torch.exp(lp.sum(1) - old.sum(1))  # (N, C, D)
-    loss = -_masked_mean(clipped_surrogate(ratio, adv, eps_low, eps_high), m)
+    loss = -masked_mean(clipped_surrogate(ratio, adv, eps_low, eps_high), m)
     return loss, _ratio_stats(ratio, adv, m, eps_low, eps_high)
