@@ -12,7 +12,6 @@ The validation split is by episode: an episode is held out when a stable hash of
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -29,13 +28,12 @@ from lightning_prophrl.datamodules.shards import Episode, OnError, iter_episodes
 from lightning_prophrl.datamodules.slots import (
     ShardSplit,
     SkipCounter,
+    SkippedSamplesReport,
     check_shard_split,
     check_slots,
     slot_info,
     slot_share,
 )
-
-log = logging.getLogger(__name__)
 
 FRAME_SUCCESS = "frame_success"  # (B,) float in {0, 1}, the success flag of the labelled (last) frame of the stack
 Split = Literal["train", "val"]
@@ -212,7 +210,7 @@ class SuccessFrameIterable(IterableDataset):
         }
 
 
-class RewardDataModule(L.LightningDataModule):
+class RewardDataModule(SkippedSamplesReport, L.LightningDataModule):
     """Labelled frame stacks for ``RewardModelModule``, from a weighted mixture of episode shard directories.
 
     Batches carry ``VIDEO`` ``(B, frame_stack, 3, H, W)`` in ``[-1, 1]``, ``FRAME_SUCCESS`` ``(B,)`` (the label of the
@@ -283,17 +281,6 @@ class RewardDataModule(L.LightningDataModule):
             self.train_set = self._make("train")
         if self.hparams.val_fraction > 0 and self.val_set is None:
             self.val_set = self._make("val")
-
-    @property
-    def skipped_samples(self) -> int:
-        """Distinct invalid samples skipped so far under ``on_error="skip"`` by this rank's training and validation
-        loaders, DataLoader workers included (each damaged sample counts once, however often it is read)."""
-        return sum(ds.skips.count for ds in (self.train_set, self.val_set) if ds is not None)
-
-    def teardown(self, stage: str) -> None:
-        if self.skipped_samples:
-            log.warning("RewardDataModule skipped %d invalid sample(s) (on_error='skip'); the warnings above name them",
-                        self.skipped_samples)  # fmt: skip
 
     def _loader(self, ds: SuccessFrameIterable, drop_last: bool) -> DataLoader:
         h = self.hparams

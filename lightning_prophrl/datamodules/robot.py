@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,7 @@ from lightning_prophrl import constants as K
 from lightning_prophrl.actions import NormMode
 from lightning_prophrl.datamodules.clips import ClipIterable, DatasetSpec
 from lightning_prophrl.datamodules.shards import OnError, load_stats
-from lightning_prophrl.datamodules.slots import ShardSplit, check_shard_split
-
-log = logging.getLogger(__name__)
+from lightning_prophrl.datamodules.slots import ShardSplit, SkippedSamplesReport, check_shard_split
 
 
 def dataset_specs(datasets: list[DatasetSpec | dict[str, Any] | str], stride: int = 1) -> list[DatasetSpec]:
@@ -57,20 +54,9 @@ def corpus_datasets(corpus_dir: str | Path) -> list[str]:
     return paths
 
 
-class _ClipDataModuleBase(L.LightningDataModule):
+class _ClipDataModuleBase(SkippedSamplesReport, L.LightningDataModule):
     train_set: ClipIterable | None = None
     val_set: ClipIterable | None = None
-
-    @property
-    def skipped_samples(self) -> int:
-        """Distinct invalid samples skipped so far under ``on_error="skip"`` by this rank's training and validation
-        loaders, DataLoader workers included (each damaged sample counts once, however often it is read)."""
-        return sum(ds.skips.count for ds in (self.train_set, self.val_set) if ds is not None)
-
-    def teardown(self, stage: str) -> None:
-        if self.skipped_samples:
-            log.warning("%s skipped %d invalid sample(s) (on_error='skip'); the warnings above name them",
-                        type(self).__name__, self.skipped_samples)  # fmt: skip
 
     def _loader(self, ds: ClipIterable, drop_last: bool = True, collate=None) -> DataLoader:
         ds.check_slots(self.hparams.num_workers, type(self).__name__)

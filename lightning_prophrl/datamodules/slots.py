@@ -194,3 +194,22 @@ class SkipCounter:
             n = min(int(self._table[row, 0]), self._table.shape[1] - 1)
             self._row, self._seen = row, set(self._table[row, 1 : n + 1].tolist())
         return row
+
+
+class SkippedSamplesReport:
+    """Mixin of the shard datamodules: ``skipped_samples`` over ``train_set`` / ``val_set`` (datasets with a
+    ``skips`` counter), and one warning at teardown when any were skipped."""
+
+    train_set = None
+    val_set = None
+
+    @property
+    def skipped_samples(self) -> int:
+        """Distinct invalid samples skipped so far under ``on_error="skip"`` by this rank's training and validation
+        loaders, DataLoader workers included (each damaged sample counts once, however often it is read)."""
+        return sum(ds.skips.count for ds in (self.train_set, self.val_set) if ds is not None)
+
+    def teardown(self, stage: str) -> None:
+        if self.skipped_samples:
+            log.warning("%s skipped %d invalid sample(s) (on_error='skip'); the warnings above name them",
+                        type(self).__name__, self.skipped_samples)  # fmt: skip
