@@ -31,7 +31,7 @@ def test_demo_quick_runs_every_stage_writes_the_table_and_resumes(tmp_path):
     # cached stages: a rerun resumes without retraining and gives the same table
     assert run(cfg)["table"] == out["table"]
     # the paired re-evaluation reproduces the demo's own evaluations of the saved policies (same states, same noise)
-    from lightning_prophrl.studies.evaluate import evaluate_checkpoint, paired_table
+    from lightning_prophrl.demo.evaluate import evaluate_checkpoint, paired_table
 
     n = cfg.eval_seeds
     sft = evaluate_checkpoint(cfg.out, "sft", 0, n)
@@ -226,7 +226,7 @@ def test_reward_signal_and_branch_settings_are_checked_and_name_the_run(tmp_path
 
 
 def test_paired_table_counts_states_won_and_lost_against_sft():
-    from lightning_prophrl.studies.evaluate import paired_table
+    from lightning_prophrl.demo.evaluate import paired_table
 
     sft = {0: {"success": 0.5, "per_seed": [1, 0, 1, 0]}, 1: {"success": 0.25, "per_seed": [0, 0, 1, 0]}}
     rl = {0: {"success": 0.75, "per_seed": [1, 1, 1, 0]}, 1: {"success": 0.25, "per_seed": [1, 0, 0, 0]}}
@@ -236,7 +236,7 @@ def test_paired_table_counts_states_won_and_lost_against_sft():
 
 
 def test_sign_test_is_the_exact_two_sided_binomial_tail():
-    from lightning_prophrl.studies.evaluate import sign_test
+    from lightning_prophrl.demo.evaluate import sign_test
 
     assert sign_test(0, 0) == 1.0 and sign_test(3, 3) == 1.0
     assert sign_test(10, 0) == pytest.approx(2 / 2**10) and sign_test(0, 10) == sign_test(10, 0)

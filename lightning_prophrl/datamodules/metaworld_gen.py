@@ -102,7 +102,7 @@ def generate_metaworld(
     Returns:
         a summary: episodes, successes and success rate per task, frames, output directory.
     """
-    from lightning_prophrl.envs.metaworld import ScriptedExpert
+    from lightning_prophrl.envs.metaworld_expert import ScriptedExpert
 
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
@@ -211,7 +211,7 @@ def generate_policy_rollouts(
     """Write a policy's real closed-loop episodes as a demonstration shard dataset (world-model refresh data).
 
     Each episode runs the full ``max_steps`` (no stop at success, like the world-model data of
-    ``lightning_prophrl.studies.prophet.generate_wm_data``) with a frame rendered after every action, and is stored in
+    ``lightning_prophrl.recipes.prophet.generate_wm_data``) with a frame rendered after every action, and is stored in
     the layout of ``generate_metaworld`` (``expert_to_episode``), with ``meta["source"] = "policy-<mode>"``.
 
     Args:

@@ -19,9 +19,9 @@ from lightning_prophrl.envs.instructions import INSTRUCTIONS, TASKS, instruction
 # The simulator and the renderer import mujoco: they load on first use, so the rest of the library (models, modules,
 # datamodules, the world-model environment) imports without the ``sim`` extra.
 _LAZY = {
-    **dict.fromkeys(["SEED_RANGES", "EpisodeRecord", "ExpertEpisode", "MetaWorldEnv", "ScriptedExpert", "demo_seeds",
-                     "eval_seeds", "make_seeded_env", "reset_seeded", "run_expert_episode", "train_seeds"],
-                    "lightning_prophrl.envs.metaworld"),
+    **dict.fromkeys(["SEED_RANGES", "EpisodeRecord", "ExpertEpisode", "MetaWorldEnv", "demo_seeds", "eval_seeds",
+                     "make_seeded_env", "reset_seeded", "train_seeds"], "lightning_prophrl.envs.metaworld"),
+    **dict.fromkeys(["ScriptedExpert", "run_expert_episode"], "lightning_prophrl.envs.metaworld_expert"),
     **dict.fromkeys(["CAMERA_PRESETS", "FastRenderer", "FreeCamera", "project_points"],
                     "lightning_prophrl.envs.rendering"),
 }  # fmt: skip

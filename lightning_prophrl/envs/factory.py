@@ -51,7 +51,7 @@ def world_model_env(
         stats_dir: directory of the ``stats.json`` that normalized Prophet's training actions (default ``model_dir``).
         adapter_dir: a LoRA adapter written by ``ProphetAdaptModule(adapter_dir=...)`` for this Prophet, loaded on
             top of it (``prophet_adapt.load_adapter``).
-        reward_dir: a success classifier written by ``studies.reward.train_classifier``, used as the success scorer
+        reward_dir: a success classifier written by ``recipes.reward.train_classifier``, used as the success scorer
             (``world_model.classifier_scorer``); None uses Prophet's success head.
         success_threshold: probability counted as success (default 0.5 with the success head, 0.9 with a classifier).
         success_k: consecutive segments above the threshold for a success (default 2 with the success head, 3 with
@@ -100,7 +100,7 @@ def world_model_env(
     rule = _HEAD_RULE
     if reward_dir is not None:
         from lightning_prophrl.envs.world_model import classifier_scorer
-        from lightning_prophrl.studies.reward import load_classifier
+        from lightning_prophrl.models.reward import load_classifier
 
         if not Path(reward_dir).is_dir():
             raise FileNotFoundError(f"world_model_env: reward_dir {reward_dir} not found (train a classifier first)")

@@ -20,7 +20,6 @@ import functools
 import importlib.metadata
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -40,36 +39,28 @@ from lightning_prophrl.envs.base import (
     frames_to_image,
     pad_videos,
 )
+from lightning_prophrl.envs.episodes import (  # noqa: F401 (re-exported)
+    EpisodeRecord,
+    ExpertEpisode,
+)
 from lightning_prophrl.envs.instructions import instruction_for
 from lightning_prophrl.envs.rendering import FastRenderer, FreeCamera
+from lightning_prophrl.envs.seeds import (  # noqa: F401 (re-exported)
+    SEED_RANGES,
+    _seeds,
+    demo_seeds,
+    eval_seeds,
+    train_seeds,
+)
 from lightning_prophrl.rl.nonfinite import NonFiniteError
 
 StateMode = Literal["proprio", "full"]
-SEED_RANGES: dict[str, tuple[int, int]] = {"demo": (0, 1000), "eval": (1000, 2000), "train": (2000, 2**31)}
+
+
 PINNED_METAWORLD = "3.1.1"
+
+
 RAW_MAX_STEPS = 500  # the raw environment's own path-length limit
-
-
-def _seeds(kind: str, n: int, start: int) -> list[int]:
-    lo, hi = SEED_RANGES[kind]
-    if n < 0 or not lo <= start or start + n > hi:
-        raise ValueError(f"{kind} seeds [start={start}, start+n={start + n}) must lie inside [{lo}, {hi})")
-    return list(range(start, start + n))
-
-
-def demo_seeds(n: int, start: int = 0) -> list[int]:
-    """``n`` consecutive demonstration seeds from ``start``, inside ``[0, 1000)``."""
-    return _seeds("demo", n, start)
-
-
-def eval_seeds(n: int, start: int = 1000) -> list[int]:
-    """``n`` consecutive evaluation seeds from ``start``, inside ``[1000, 2000)``."""
-    return _seeds("eval", n, start)
-
-
-def train_seeds(n: int, start: int = 2000) -> list[int]:
-    """``n`` consecutive RL / on-line data seeds from ``start``, inside ``[2000, 2**31)``."""
-    return _seeds("train", n, start)
 
 
 def _metaworld():
@@ -131,54 +122,6 @@ def proprio(obs: np.ndarray, state_mode: StateMode) -> np.ndarray:
     """Proprioception from the 39-D observation: ``"proprio"`` hand xyz + gripper opening ``(4,)``; ``"full"`` all 39
     (hand, gripper, object poses, the previous frame's copy of them, goal xyz), a privileged simulator state."""
     return obs[:4] if state_mode == "proprio" else obs
-
-
-@dataclass
-class EpisodeRecord:
-    """What one environment did since ``reset`` (``T`` executed steps, ``C`` rendered frames).
-
-    Attributes:
-        frames: ``C`` frames ``(H, W, 3)`` uint8, the first after reset, then one after each executed chunk.
-        frame_steps: step index of each frame (0 = initial state, ``t`` = after ``t`` actions).
-        actions: ``T`` executed (clipped) actions ``(4,)``.
-        ee_poses: ``T + 1`` hand poses ``(7,)``, before the first action and after each one.
-        object_pos: ``T + 1`` object positions ``(3 k,)`` (``_get_pos_objects``), same timing.
-        success: ``T`` success flags, after each action.
-        step_frames, states, target_poses: only with ``MetaWorldEnv(record_steps=True)``: ``T + 1`` frames, proprio
-            states and commanded (mocap) poses, at reset and after each action (``to_expert_episode`` needs them).
-    """
-
-    task: str
-    seed: int
-    instruction: str
-    goal: np.ndarray
-    frames: list[np.ndarray] = field(default_factory=list)
-    frame_steps: list[int] = field(default_factory=list)
-    actions: list[np.ndarray] = field(default_factory=list)
-    ee_poses: list[np.ndarray] = field(default_factory=list)
-    object_pos: list[np.ndarray] = field(default_factory=list)
-    success: list[bool] = field(default_factory=list)
-    step_frames: list[np.ndarray] = field(default_factory=list)
-    states: list[np.ndarray] = field(default_factory=list)
-    target_poses: list[np.ndarray] = field(default_factory=list)
-
-    def to_expert_episode(self, camera_k: np.ndarray, camera_extr: np.ndarray, sigma: float = 0.0) -> ExpertEpisode:
-        """This episode in the layout of a scripted-expert episode, so that ``expert_to_episode`` writes it as a
-        demonstration shard (e.g. a policy's real rollouts as world-model refresh data; ``sigma`` is recorded as the
-        episode's noise level)."""
-        if len(self.step_frames) != len(self.actions) + 1 or not self.actions:
-            raise ValueError(
-                f"episode {self.task} seed {self.seed}: {len(self.step_frames)} per-step frames for "
-                f"{len(self.actions)} actions; record it with MetaWorldEnv(record_steps=True) and step it at least once"
-            )
-        return ExpertEpisode(
-            task=self.task, seed=self.seed, sigma=float(sigma), instruction=self.instruction,
-            frames=np.stack(self.step_frames[:-1]), final_frame=self.step_frames[-1],
-            actions=np.stack(self.actions).astype(np.float32), states=np.stack(self.states[:-1]),
-            ee_poses=np.stack(self.ee_poses), target_poses=np.stack(self.target_poses),
-            object_pos=np.stack(self.object_pos), goal=self.goal, success=np.array(self.success, dtype=bool),
-            camera_k=camera_k, camera_extr=camera_extr,
-        )  # fmt: skip
 
 
 class _Slot:
@@ -452,183 +395,3 @@ class MetaWorldEnv(BatchedEnvBase):
             for slot in slots:
                 slot.renderer.close()
         self._pool.clear()
-
-
-@dataclass
-class ExpertEpisode:
-    """One scripted-expert episode (``T`` steps). ``frames[t]`` and ``states[t]`` are observed *before*
-    ``actions[t]``, so ``len(frames) == len(actions)``; ``final_frame`` is the observation after the last action.
-
-    Attributes:
-        frames: ``(T, H, W, 3)`` uint8 (``(0, H, W, 3)`` when rendering was off).
-        final_frame: ``(H, W, 3)`` uint8 after the last action, ``None`` when rendering was off.
-        actions: ``(T, 4)`` float32, the executed actions (expert + noise, clipped to ``[-1, 1]``).
-        states: ``(T, S)`` float32 proprioception before each action (``state_mode`` of the runner).
-        ee_poses: ``(T + 1, 7)`` hand xyz + quaternion wxyz, before the first action and after each one.
-        target_poses: ``(T + 1, 7)`` commanded hand target (the mocap body: xyz + quaternion wxyz), same timing; the
-            hand follows it with a lag (centimetres when it pushes against the table or an object). It is exactly the
-            reset target plus the clipped, bounded sum of the commanded deltas, so an imagined rollout can reproduce
-            it from actions alone (``lightning_prophrl.envs.poses``).
-        object_pos: ``(T + 1, 3 k)`` object position(s), same timing.
-        goal: ``(3,)`` goal position.
-        success: ``(T,)`` bool, ``info["success"]`` after each action.
-        camera_k: ``(3, 3)`` intrinsics; camera_extr: ``(4, 4)`` world -> camera (OpenCV).
-    """
-
-    task: str
-    seed: int
-    sigma: float
-    instruction: str
-    frames: np.ndarray
-    final_frame: np.ndarray | None
-    actions: np.ndarray
-    states: np.ndarray
-    ee_poses: np.ndarray
-    target_poses: np.ndarray
-    object_pos: np.ndarray
-    goal: np.ndarray
-    success: np.ndarray
-    camera_k: np.ndarray
-    camera_extr: np.ndarray
-
-    @property
-    def episode_success(self) -> bool:
-        """Whether ``info["success"]`` held at any step."""
-        return bool(self.success.any())
-
-
-class _Excursions:
-    """Smooth random excursions of :meth:`ScriptedExpert.run`: ``action()`` is the excursion's action, or None
-    while the expert is in control."""
-
-    def __init__(self, rate: float, rng: np.random.Generator, always: bool = False) -> None:
-        self.rate, self.rng, self.left, self.current, self.always = rate, rng, 0, np.zeros(4), always
-
-    def action(self) -> np.ndarray | None:
-        if self.left == 0 and (self.always or self.rng.random() < self.rate / 16):
-            direction = self.rng.standard_normal(3)
-            speed = self.rng.uniform(0.3, 1.0)
-            grip = self.rng.choice([-1.0, 1.0])
-            self.current = np.concatenate([speed * direction / np.linalg.norm(direction), [grip]])
-            self.left = int(self.rng.integers(8, 25))
-        if self.left == 0:
-            return None
-        self.left -= 1
-        return self.current.copy()
-
-
-class ScriptedExpert:
-    """Meta-World's scripted expert (``metaworld.policies.ENV_POLICY_MAP``) with Gaussian action noise, reusing one
-    simulator and renderer across episodes (for writing demonstration shards).
-
-    Args:
-        task: Meta-World v3 task name.
-        image_size: rendered size, an int or ``(height, width)``.
-        camera: camera preset / ``FreeCamera`` / model camera name, as in ``MetaWorldEnv``.
-        max_steps: step cap per episode (at most 500).
-        stop_at_success: end the episode at its first successful step.
-        state_mode: ``"proprio"`` (4-D) or ``"full"`` (39-D), as in ``MetaWorldEnv``.
-        render: render a frame before every action (off: no frames, for fast replays and statistics).
-        driver: who chooses the actions: None (the task's own expert), another task's name (that task's expert acting
-            on this task's observations: motions unlike the task's data) or ``"random"`` (back-to-back smooth random
-            excursions, see ``run``; the expert never acts).
-    """
-
-    def __init__(
-        self,
-        task: str,
-        image_size: int | Sequence[int] = 64,
-        camera: str | FreeCamera = "workspace",
-        max_steps: int = 150,
-        stop_at_success: bool = True,
-        state_mode: StateMode = "proprio",
-        render: bool = True,
-        driver: str | None = None,
-    ) -> None:
-        if not 1 <= max_steps <= RAW_MAX_STEPS:
-            raise ValueError(f"max_steps must lie in [1, {RAW_MAX_STEPS}], got {max_steps}")
-        from metaworld.policies import ENV_POLICY_MAP
-
-        if driver not in (None, "random") and driver not in ENV_POLICY_MAP:
-            raise ValueError(f"driver must be None, 'random' or a Meta-World v3 task name, got {driver!r}")
-        self.task, self.max_steps, self.stop_at_success = task, max_steps, stop_at_success
-        self.state_mode, self.render, self.driver = state_mode, render, driver
-        self.slot = _Slot(task, image_size, camera)
-        self.policy = ENV_POLICY_MAP[task if driver in (None, "random") else driver]()
-
-    def run(
-        self, seed: int, sigma: float = 0.0, noise_seed: int | None = None, excursion: float = 0.0
-    ) -> ExpertEpisode:
-        """One episode from the initial state of ``seed``.
-
-        Args:
-            seed: initial-state seed (see ``demo_seeds``).
-            sigma: standard deviation of the Gaussian noise added to every expert action before clipping.
-            noise_seed: seed of the noise generator ``np.random.default_rng``; ``None`` uses ``seed``, so an episode
-                is a deterministic function of ``(task, seed, sigma, excursion)``.
-            excursion: rate of smooth random excursions (0 = none): at each step outside one, an excursion of 8-24
-                steps starts with probability ``excursion / 16``; during it the expert is ignored and the arm moves
-                along one random direction at a random speed (plus the Gaussian noise) with a random gripper
-                command. They show a world model motions and failures that the expert never makes (the actions an
-                exploring policy will try), then the expert recovers from wherever the arm ended up.
-        """
-        if sigma < 0 or not 0.0 <= excursion <= 1.0:
-            raise ValueError(f"sigma must be >= 0 and excursion in [0, 1], got {sigma}, {excursion}")
-        env, renderer = self.slot.env, self.slot.renderer
-        rng = np.random.default_rng(seed if noise_seed is None else noise_seed)
-        random_only = self.driver == "random"
-        detour = _Excursions(excursion, np.random.default_rng([seed if noise_seed is None else noise_seed, 7919]),
-                             always=random_only)  # fmt: skip
-        obs = reset_seeded(env, seed)
-        frames, actions, states, success = [], [], [], []
-        poses, objects = [ee_pose(env)], [np.array(env._get_pos_objects(), dtype=np.float64)]
-        targets = [mocap_pose(env)]
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")  # experts' own clipping note
-            for _ in range(self.max_steps):
-                if self.render:
-                    frames.append(renderer.render())
-                states.append(proprio(obs, self.state_mode).astype(np.float32))
-                planned = detour.action() if excursion > 0 or random_only else None
-                base = self.policy.get_action(obs) if planned is None else planned
-                action = np.clip(base + sigma * rng.standard_normal(4), -1.0, 1.0)
-                obs, _, _, _, info = env.step(action)
-                actions.append(action)
-                success.append(bool(info["success"]))
-                poses.append(ee_pose(env))
-                targets.append(mocap_pose(env))
-                objects.append(np.array(env._get_pos_objects(), dtype=np.float64))
-                if success[-1] and self.stop_at_success:
-                    break
-        h, w = renderer.height, renderer.width
-        return ExpertEpisode(
-            task=self.task,
-            seed=int(seed),
-            sigma=float(sigma),
-            instruction=instruction_for(self.task),
-            frames=np.stack(frames) if frames else np.zeros((0, h, w, 3), np.uint8),
-            final_frame=renderer.render() if self.render else None,
-            actions=np.stack(actions).astype(np.float32),
-            states=np.stack(states),
-            ee_poses=np.stack(poses),
-            target_poses=np.stack(targets),
-            object_pos=np.stack(objects),
-            goal=env._target_pos.copy(),
-            success=np.array(success, dtype=bool),
-            camera_k=renderer.intrinsics(),
-            camera_extr=renderer.extrinsics(),
-        )
-
-    def close(self) -> None:
-        """Free the renderer's GL context."""
-        self.slot.renderer.close()
-
-
-def run_expert_episode(task: str, seed: int, sigma: float = 0.0, **kwargs: Any) -> ExpertEpisode:
-    """One scripted-expert episode in a fresh simulator (``kwargs`` go to ``ScriptedExpert``); for many episodes keep
-    a ``ScriptedExpert`` and call ``run`` (building a simulator costs about 0.2 s)."""
-    expert = ScriptedExpert(task, **kwargs)
-    try:
-        return expert.run(seed, sigma)
-    finally:
-        expert.close()

@@ -14,21 +14,18 @@ rebuilds it, so a consumer can decode its actions (``predict_raw_action_chunk``)
 
 from __future__ import annotations
 
-import json
-import math
 from collections import deque
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_prophrl.actions import ActionStats, NormMode
-from lightning_prophrl.constants import ACTION_DIM, ACTION_MASK, ACTIONS, STATS_FILE
+from lightning_prophrl.constants import ACTION_DIM, ACTION_MASK, ACTIONS
 from lightning_prophrl.models.encoders import ObservationEncoder, PolicyBackbone
+from lightning_prophrl.models.flow_head import FlowActionHead, timestep_embedding  # noqa: F401 (re-exported)
+from lightning_prophrl.models.policy_io import POLICY_WEIGHTS_FILE, PretrainedPolicyMixin, load_policy_meta  # noqa: F401
 from lightning_prophrl.models.samplers import (
     DEFAULT_T_CLAMP,
     SampleResult,
@@ -40,115 +37,7 @@ from lightning_prophrl.models.samplers import (
 )
 
 
-def timestep_embedding(t: Tensor, dim: int, scale: float = 1000.0) -> Tensor:
-    """Sinusoidal embedding of flow times ``(N,)`` in [0, 1] -> ``(N, dim)`` (``t`` is scaled by ``scale`` first)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = scale * t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    return F.pad(emb, (0, dim - 2 * half))
-
-
-POLICY_CONFIG_FILE = "config.json"
-POLICY_WEIGHTS_FILE = "model.safetensors"
-POLICY_META = "policy_meta"  # config.json key: action dims, normalization mode and stats file of the policy
-
-
-class _AdaLNBlock(nn.Module):
-    """Pre-norm transformer block with adaLN-Zero modulation (DiT) by a conditioning vector ``(N, W)``."""
-
-    def __init__(self, width: int, num_heads: int, mlp_ratio: float) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.qkv = nn.Linear(width, 3 * width)
-        self.attn_out = nn.Linear(width, width)
-        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        hidden = int(width * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
-        nn.init.zeros_(self.ada[1].weight)
-        nn.init.zeros_(self.ada[1].bias)
-
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        """``x (N, L, W)``, ``c (N, W)`` -> ``(N, L, W)``."""
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, None].chunk(6, dim=-1)
-        n, length, width = x.shape
-        h = self.norm1(x) * (1 + scale1) + shift1
-        q, k, v = self.qkv(h).view(n, length, 3, self.num_heads, width // self.num_heads).permute(2, 0, 3, 1, 4)
-        h = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, length, width)
-        x = x + gate1 * self.attn_out(h)
-        return x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
-
-
-class FlowActionHead(nn.Module):
-    """Transformer over the C action tokens, prefixed by the conditioning tokens, adaLN-modulated by the flow time
-    (sinusoidal) plus the mean conditioning token; predicts the velocity ``eps - x0`` of the action chunk.
-
-    Args:
-        action_dim: D.
-        chunk_len: C.
-        cond_dim: width of the backbone's conditioning tokens.
-        width: transformer width (divisible by ``num_heads``).
-        depth: number of blocks.
-        num_heads: attention heads.
-        mlp_ratio: MLP hidden size / width.
-    """
-
-    def __init__(
-        self,
-        action_dim: int,
-        chunk_len: int,
-        cond_dim: int,
-        width: int = 128,
-        depth: int = 2,
-        num_heads: int = 4,
-        mlp_ratio: float = 4.0,
-    ) -> None:
-        super().__init__()
-        if width % num_heads:
-            raise ValueError(f"width={width} must be divisible by num_heads={num_heads}")
-        self.width = width
-        self.action_in = nn.Linear(action_dim, width)
-        self.pos = nn.Parameter(torch.randn(1, chunk_len, width) * 0.02)
-        self.cond_in = nn.Linear(cond_dim, width)
-        self.time_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
-        self.blocks = nn.ModuleList(_AdaLNBlock(width, num_heads, mlp_ratio) for _ in range(depth))
-        self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
-        nn.init.zeros_(self.final_ada[1].weight)
-        nn.init.zeros_(self.final_ada[1].bias)
-        self.action_out = nn.Linear(width, action_dim)
-
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor, repeats: int = 1) -> Tensor:
-        """Velocity of the noisy chunk.
-
-        Args:
-            x: ``(N, C, D)`` noisy normalized action chunk.
-            t: ``(N,)`` flow times.
-            cond: ``(N / repeats, L, cond_dim)`` conditioning tokens; row ``i`` serves rows
-                ``i * repeats ... (i + 1) * repeats - 1`` of ``x`` (projected once, then repeated).
-            repeats: how many consecutive rows of ``x`` share one conditioning row.
-
-        Returns:
-            ``(N, C, D)`` predicted velocity.
-        """
-        # 1. conditioning tokens (projected before repeating) and the adaLN vector
-        c_tok = self.cond_in(cond)
-        if repeats > 1:
-            c_tok = c_tok.repeat_interleave(repeats, dim=0)
-        c_vec = self.time_mlp(timestep_embedding(t, self.width).to(c_tok.dtype)) + c_tok.mean(dim=1)
-        # 2. transformer over [cond tokens; action tokens]
-        h = torch.cat([c_tok, self.action_in(x.to(c_tok.dtype)) + self.pos], dim=1)
-        for block in self.blocks:
-            h = block(h, c_vec)
-        # 3. velocity from the action tokens
-        shift, scale = self.final_ada(c_vec)[:, None].chunk(2, dim=-1)
-        h = self.final_norm(h[:, c_tok.shape[1] :]) * (1 + scale) + shift
-        return self.action_out(h)
-
-
-class FlowMatchingPolicy(nn.Module):
+class FlowMatchingPolicy(PretrainedPolicyMixin, nn.Module):
     """Flow-matching VLA: ``PolicyBackbone`` (observation -> tokens) + ``FlowActionHead``.
 
     Every sampling method (``sample``, ``predict_action_chunk``, ``select_action``) returns *normalized* actions of
@@ -248,157 +137,6 @@ class FlowMatchingPolicy(nn.Module):
         # 3. flow action head
         self.head = FlowActionHead(action_dim, chunk_len, backbone.cond_dim, width, depth, num_heads, mlp_ratio)
         self._queue: deque[Tensor] = deque()
-
-    # ---- configuration, action statistics, save / load -----------------------------------------------------------
-    @property
-    def config(self) -> dict[str, Any]:
-        """The constructor arguments as a JSON-friendly dict (``FlowMatchingPolicy(**config)`` rebuilds the policy).
-
-        A custom ``backbone`` is recorded as its class path (a string): such a policy is rebuilt with
-        ``from_config(config, backbone=...)``."""
-        return json.loads(json.dumps(self._config))
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any], backbone: nn.Module | None = None) -> FlowMatchingPolicy:
-        """A freshly initialised policy from ``config`` (as ``config`` returns it; extra keys such as
-        ``policy_meta`` are ignored).
-
-        Raises:
-            ValueError: when ``config`` names a custom backbone and none is given.
-            TypeError: on an unknown constructor argument.
-        """
-        kwargs = {k: v for k, v in config.items() if k != POLICY_META and not k.startswith("_")}
-        recorded = kwargs.pop("backbone", None)
-        if recorded is not None and backbone is None:
-            raise ValueError(
-                f"this policy was built with a custom backbone ({recorded}); pass an instance: backbone=..."
-            )
-        if kwargs.get("sde_window") is not None:
-            kwargs["sde_window"] = tuple(kwargs["sde_window"])
-        if kwargs.get("cnn_channels") is not None:
-            kwargs["cnn_channels"] = tuple(kwargs["cnn_channels"])
-        return cls(**kwargs, backbone=backbone)
-
-    def set_action_stats(
-        self,
-        action_stats: ActionStats | Mapping[str, Any],
-        action_dims: Sequence[int],
-        norm_mode: NormMode = "quantile",
-    ) -> FlowMatchingPolicy:
-        """Attach the statistics that normalized the training actions and the unified dims the policy models
-        (``action_dims[i]`` is the unified dim of output ``i``); used by ``unnormalize_actions`` and written by
-        ``save_pretrained``. Returns the policy.
-
-        Raises:
-            ValueError: when ``action_dims`` does not hold ``action_dim`` distinct unified dims, or ``norm_mode`` is
-                unknown.
-        """
-        dims = [int(d) for d in action_dims]
-        if len(dims) != self.action_dim or len(set(dims)) != len(dims) or not all(0 <= d < ACTION_DIM for d in dims):
-            raise ValueError(f"action_dims must be {self.action_dim} distinct unified dims in [0, {ACTION_DIM}), "
-                             f"got {list(action_dims)}")  # fmt: skip
-        if norm_mode not in ("quantile", "meanstd"):
-            raise ValueError(f"norm_mode must be 'quantile' or 'meanstd', got {norm_mode!r}")
-        stats = action_stats if isinstance(action_stats, ActionStats) else ActionStats.from_dict(dict(action_stats))
-        self.action_stats, self.action_dims, self.norm_mode = stats, dims, norm_mode
-        return self
-
-    def unnormalize_actions(self, actions: Tensor) -> Tensor:
-        """``(..., action_dim)`` normalized policy actions -> ``(..., 14)`` raw unified actions (float32, same device):
-        the modelled dims are scattered into the unified layout and unnormalized with the attached statistics; dims
-        the policy does not model come back as 0.
-
-        Raises:
-            RuntimeError: when no action statistics are attached.
-        """
-        if self.action_stats is None or self.action_dims is None:
-            raise RuntimeError(
-                "no action statistics attached: call set_action_stats(stats, action_dims) or load the policy with "
-                "from_pretrained from a directory that has stats.json"
-            )
-        if actions.shape[-1] != self.action_dim:
-            raise ValueError(f"actions must end with the policy's action_dim={self.action_dim}, "
-                             f"got {tuple(actions.shape)}")  # fmt: skip
-        a = actions.detach().float().cpu().numpy()
-        full = np.zeros(a.shape[:-1] + (ACTION_DIM,), dtype=np.float32)
-        full[..., self.action_dims] = a
-        raw = self.action_stats.unnormalize(full, self.norm_mode)
-        return torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32)).to(actions.device)
-
-    def save_pretrained(self, save_directory: str | Path) -> Path:
-        """Write the policy to ``save_directory`` (created if needed): ``config.json`` (``config`` plus
-        ``policy_meta`` with ``action_dims``, ``norm_mode`` and ``stats_file``), ``model.safetensors`` (every weight of
-        the state dict) and, with statistics attached, ``stats.json``. Returns the directory.
-
-        Frozen pretrained encoders (``image_encoder="efficientnet"``, ``text_encoder="minilm"``) are not part of the
-        state dict: ``from_pretrained`` loads them from their own sources again.
-        """
-        from safetensors.torch import save_model
-
-        out = Path(save_directory)
-        out.mkdir(parents=True, exist_ok=True)
-        has_stats = self.action_stats is not None
-        meta = {"action_dims": self.action_dims, "norm_mode": self.norm_mode,
-                "stats_file": STATS_FILE if has_stats else None}  # fmt: skip
-        config = {"_class_name": type(self).__name__, **self._config, POLICY_META: meta}
-        (out / POLICY_CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        save_model(self, str(out / POLICY_WEIGHTS_FILE))
-        if has_stats:
-            self.action_stats.save(out / STATS_FILE)
-        else:
-            (out / STATS_FILE).unlink(missing_ok=True)
-        return out
-
-    @classmethod
-    def load_config(cls, pretrained_dir: str | Path) -> dict[str, Any]:
-        """The ``config.json`` of a ``save_pretrained`` directory (constructor arguments and ``policy_meta``).
-
-        Raises:
-            FileNotFoundError: when the directory has no ``config.json``.
-        """
-        path = Path(pretrained_dir) / POLICY_CONFIG_FILE
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} not found: {pretrained_dir} is not a saved policy (write one with "
-                "FlowMatchingPolicy.save_pretrained or PolicySFTModule(export_dir=...))"
-            )
-        return json.loads(path.read_text())
-
-    @classmethod
-    def from_pretrained(
-        cls, pretrained_dir: str | Path, backbone: nn.Module | None = None, **overrides: Any
-    ) -> FlowMatchingPolicy:
-        """Rebuild a policy written by ``save_pretrained``: same constructor arguments, same weights, and the action
-        statistics and dims of ``policy_meta`` attached when the directory has them.
-
-        Args:
-            pretrained_dir: the ``save_pretrained`` directory.
-            backbone: the backbone instance of a policy saved with a custom backbone (its weights are loaded).
-            **overrides: constructor arguments to change (sampler settings such as ``noise_level``, ``num_steps``,
-                ``exec_horizon``; an argument that changes a weight's shape fails to load).
-
-        Raises:
-            FileNotFoundError: when ``config.json`` or ``model.safetensors`` is missing.
-            TypeError: on an override that is not a constructor argument.
-        """
-        from safetensors.torch import load_model
-
-        root = Path(pretrained_dir)
-        config = cls.load_config(root)
-        unknown = sorted(set(overrides) - set(config) - {"backbone"})
-        if unknown:
-            raise TypeError(f"unknown FlowMatchingPolicy arguments {unknown}")
-        policy = cls.from_config({**config, **overrides}, backbone=backbone)
-        weights = root / POLICY_WEIGHTS_FILE
-        if not weights.is_file():
-            raise FileNotFoundError(f"{weights} not found: the saved policy {root} has no weights")
-        load_model(policy, str(weights), strict=True, device="cpu")
-        meta = load_policy_meta(root)
-        if "action_stats" in meta and "action_dims" in meta:
-            policy.set_action_stats(meta["action_stats"], meta["action_dims"], meta["norm_mode"])
-        elif "action_dims" in meta:
-            policy.action_dims = meta["action_dims"]
-        return policy
 
     # ---- training ----------------------------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -658,20 +396,3 @@ class FlowMatchingPolicy(nn.Module):
         lp = gaussian_log_prob(x_next, mean, torch.where(stochastic, std, torch.ones_like(std)))
         lp = torch.where(stochastic, lp, torch.zeros_like(lp))
         return (lp, mean) if return_means else lp
-
-
-def load_policy_meta(pretrained_dir: str | Path) -> dict[str, Any]:
-    """What a ``save_pretrained`` directory says about the policy's actions: ``norm_mode``, and ``action_dims`` and
-    ``action_stats`` (an ``ActionStats``) when it has them.
-
-    Raises:
-        FileNotFoundError: when ``config.json`` or the ``stats.json`` it names is missing.
-    """
-    root = Path(pretrained_dir)
-    meta = FlowMatchingPolicy.load_config(root).get(POLICY_META) or {}
-    out: dict[str, Any] = {"norm_mode": meta.get("norm_mode", "quantile")}
-    if meta.get("action_dims") is not None:
-        out["action_dims"] = [int(d) for d in meta["action_dims"]]
-    if meta.get("stats_file") is not None:
-        out["action_stats"] = ActionStats.load(root / meta["stats_file"])
-    return out

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -342,3 +343,13 @@ def evaluate_reward_model(
         raise ValueError(f"labels must have N={n} entries, got {torch.as_tensor(labels).numel()}")
     rewards = torch.as_tensor(reward_model(videos, instructions, lengths)).reshape(-1)
     return binary_report(rewards > 0.5, torch.as_tensor(labels).reshape(-1) > 0.5)
+
+
+def load_classifier(out_dir: str | Path) -> VideoSuccessClassifier:
+    """The :class:`VideoSuccessClassifier` that :func:`lightning_prophrl.recipes.reward.train_classifier` wrote to
+    ``out_dir`` (``done.json`` with its arguments, ``classifier.pt``), in eval mode."""
+    from lightning_prophrl.stage_cache import load_done
+
+    classifier = VideoSuccessClassifier(**load_done(out_dir)["classifier"])
+    classifier.load_state_dict(torch.load(Path(out_dir) / "classifier.pt", weights_only=True))
+    return classifier.eval()

@@ -9,6 +9,4 @@
 * :mod:`lightning_prophrl.studies.branches`: the within-start study (from one real state, do G branches of the policy
   have different outcomes in reality and in Prophet, and does Prophet order them the same way?), on a demo run's
   cached stages. Run ``python -m lightning_prophrl.studies.branches --out runs/window --seed 2 [--segments N]``.
-* :mod:`lightning_prophrl.studies.evaluate`: a demo run's saved policies re-evaluated on more held-out states (200
-  by default), paired with their SFT policy. Run ``python -m lightning_prophrl.studies.evaluate --out OUT --runs ...``.
 """

@@ -75,6 +75,9 @@ def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
     from functools import partial
 
     from lightning_prophrl.datamodules.shards import load_stats
+    from lightning_prophrl.demo.config import DemoConfig
+    from lightning_prophrl.demo.imagined import _with_branch_classifier, branch_prompts
+    from lightning_prophrl.demo.stages import build_policy, wm_success_scoring
     from lightning_prophrl.envs.agreement import within_start_outcomes
     from lightning_prophrl.envs.metaworld import MetaWorldEnv
     from lightning_prophrl.envs.poses import CommandedPoses
@@ -82,14 +85,7 @@ def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
     from lightning_prophrl.envs.world_model import WorldModelEnv, graded_reward
     from lightning_prophrl.models.prophet import Prophet
     from lightning_prophrl.modules.fa_grpo import load_policy_weights
-    from lightning_prophrl.pipeline import (
-        DemoConfig,
-        _with_branch_classifier,
-        branch_prompts,
-        build_policy,
-        is_done,
-        wm_success_scoring,
-    )
+    from lightning_prophrl.stage_cache import is_done
 
     path = Path(study.out) / "studies" / "within_start" / f"{study.name}.json"
     if path.exists():

@@ -84,8 +84,8 @@ def run_synthetic(
         "prediction_scale": mean |pred(a)|, "seconds", "steps", "mode", "overrides"}``.
     """
     from lightning_prophrl.models.prophet import Prophet
+    from lightning_prophrl.recipes.prophet import prophet_config
     from lightning_prophrl.studies.probe import flow_loss_at
-    from lightning_prophrl.studies.prophet import prophet_config
 
     if steps < 0:
         raise ValueError(f"`steps` must be >= 0, got {steps}")

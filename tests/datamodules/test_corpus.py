@@ -9,7 +9,7 @@ from lightning_prophrl import constants as K
 from lightning_prophrl.datamodules.metaworld_corpus import generate_corpus
 from lightning_prophrl.datamodules.robot import RobotClipDataModule, dataset_specs
 from lightning_prophrl.datamodules.shards import iter_episodes, load_stats
-from lightning_prophrl.envs.metaworld import ScriptedExpert
+from lightning_prophrl.envs.metaworld_expert import ScriptedExpert
 
 
 @pytest.fixture(scope="module")

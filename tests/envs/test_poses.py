@@ -4,7 +4,7 @@ import torch
 
 from lightning_prophrl import constants as K
 from lightning_prophrl.actions import metaworld_to_unified
-from lightning_prophrl.envs.metaworld import ScriptedExpert
+from lightning_prophrl.envs.metaworld_expert import ScriptedExpert
 from lightning_prophrl.envs.poses import CommandedPoses
 
 

@@ -43,7 +43,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from lightning_prophrl.actions import SourceConvention
-from lightning_prophrl.datamodules.converters import (
+from lightning_prophrl.datamodules.converters.common import (
     Flip,
     FrameFormat,
     MissingKeyError,

@@ -6,7 +6,7 @@ run of every seed on ``--states`` held-out states (seeds 1000 on, the demo's eva
 training, gate, guard and refresh seed) with the same ODE noise per state (``evaluate_in_simulator``), and reports
 per-seed success, the paired gain over SFT, and how many states each policy won and lost against SFT.
 
-    python -m lightning_prophrl.studies.evaluate --out runs/window --runs sim_fagrpo wm_fagrpo_branch --states 200
+    python -m lightning_prophrl.demo.evaluate --out runs/window --runs sim_fagrpo wm_fagrpo_branch --states 200
 
 Results are cached per policy under ``OUT/studies/evaluate/``, so a rerun prints the table from them.
 """
@@ -26,10 +26,11 @@ import torch
 def evaluate_checkpoint(out: str | Path, run: str, seed: int, states: int, first: int = 1000) -> dict[str, Any]:
     """Success of one saved policy (``run="sft"``: the SFT policy of ``seed``) on ``states`` held-out states."""
     from lightning_prophrl.callbacks.sim_eval import evaluate_in_simulator
+    from lightning_prophrl.demo.config import DemoConfig
+    from lightning_prophrl.demo.stages import build_policy
     from lightning_prophrl.envs.metaworld import eval_seeds
     from lightning_prophrl.envs.rollout import ActionDecoder
     from lightning_prophrl.modules.fa_grpo import load_policy_weights
-    from lightning_prophrl.pipeline import DemoConfig, build_policy
 
     root = Path(out)
     path = root / "studies" / "evaluate" / f"{run}_seed{seed}_n{states}_from{first}.json"

@@ -1,45 +1,4 @@
-"""Prophet: history-aware action-to-video world model with dual action conditioning (paper: the Prophet world model).
-
-Two backbones share every interface (training loss, generation, rollouts, history, both action streams, the success
-head, LoRA, ``save_pretrained``): ``backbone="cosmos"`` (below; the paper's, and the real-scale 2B config) and
-``backbone="unet"`` (a diffusers ``UNet2DModel`` in pixel space under EDM, the embedded CPU default; see
-:mod:`lightning_prophrl.models.unet_backbone`).
-
-Cosmos backbone: diffusers ``CosmosTransformer3DModel`` used Cosmos-Predict2 Video2World style. The clip latents are
-``[cond latent frame(s), future latents]`` along time with a condition-mask channel; the conditioning frames are clean
-(timestep ``cond_t``) and the loss is on the future latents only. Text conditioning is zeroed (paper: Prophet
-backbone): the cross-attention context is a zero (or learned null) sequence of ``null_context_tokens`` tokens.
-
-Objective: rectified flow. ``z_t = (1 - t) z_0 + t eps``, the network predicts the velocity ``v = eps - z_0`` from
-``(z_t, t)`` with ``t`` in ``[0, 1]`` fed as ``t * timestep_scale``. This is exactly Cosmos-Predict2's own
-parameterization (its pipeline feeds ``c_in * x_sigma`` with ``t = sigma / (1 + sigma)`` and reads the output as
-``v``), so a pretrained Cosmos-Predict2 backbone needs ``timestep_scale=1``.
-
-How the conditioning is injected (the least fragile routes, using only public module structure):
-
-* Actions (as in the paper): ``t~ = t + f_sa + f_af``. A forward hook on ``transformer.time_embed`` adds the action
-  embedding to its second output ``embedded_timestep`` (``(B * T, D)``), which feeds the AdaLN modulation of every
-  block and of the output layer. ``f_sa`` is one vector per sample; ``f_af`` is one vector per future latent frame
-  (zero for samples with ``has_camera == False``). With ``action_frame_mode`` ``"concat"`` / ``"both"`` the
-  action-frame latents of the future frames are also concatenated to the DiT's input channels (pixel-aligned; zeros on
-  the conditioning frames and for samples without a camera), beyond the paper.
-* Conditioning frame as channels (``cond_concat``, beyond the paper, Stable Video Diffusion style): the clean latent of
-  the current frame is also concatenated to the input channels of every frame, so each future token sees, at its own
-  position, the scene it continues from next to the commanded target drawn there. Without it the current frame
-  reaches a future token only through attention to the conditioning frame's tokens.
-* Previous frame as channels (``prev_concat``, beyond the paper, as in frame-stacking video predictors): the newest
-  history latent is concatenated too, so each token sees the pixel-level motion of the last frame step (the pooled
-  memory averages 8 x 8-pixel blocks, where a 1-pixel edge shift is invisible). A missing previous frame is filled
-  with the current one (zero motion). Off in the tiny configs: no gain measured (the stride-4 pixel motion of the
-  Meta-World data is jitter, docs/history.md round 5).
-* History (as in the paper): :mod:`lightning_prophrl.models.history` memory tokens as extra K/V in every block's
-  self-attention through a diffusers attention processor.
-* Success head: a forward hook on the last block keeps its hidden states; the mean over the future-frame tokens goes
-  through an MLP to a success / task-progress logit (a reward from the world model's own state).
-
-Sampling (:meth:`Prophet.generate`, :meth:`Prophet.rollout`) uses diffusers' ``FlowMatchEulerDiscreteScheduler``
-with ``sigmas = linspace(1, 1/N, N)`` (then shifted), so 1-2 step sampling spends its steps evenly.
-"""
+"""The :class:`Prophet` model: its arguments, backbones (Cosmos DiT or U-Net), forward pass, LoRA and training loss."""
 
 from __future__ import annotations
 
@@ -47,9 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import CosmosTransformer3DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders import PeftAdapterMixin
@@ -58,35 +15,22 @@ from torch import nn
 
 from lightning_prophrl.constants import (
     ACTION_DIM,
-    ACTION_MASK,
-    ACTIONS,
-    CAMERA_EXTR,
-    CAMERA_K,
-    CLIP_SUCCESS,
-    COND_FRAME,
-    EE_POSES,
-    FUTURE,
-    GRIPPER,
-    HAS_CAMERA,
-    HISTORY,
-    HISTORY_MASK,
 )
 from lightning_prophrl.models.action_frames import (
     ActionFrameEncoder,
     ActionFrameStyle,
     ScalarActionEncoder,
-    render_action_frames,
 )
-from lightning_prophrl.models.history import HistoryBuffer, HistoryEncoder, MemoryContext, install_memory_attention
+from lightning_prophrl.models.history import HistoryEncoder, MemoryContext, install_memory_attention
 from lightning_prophrl.models.latent import CodecKind, build_codec
+from lightning_prophrl.models.prophet.conditioning import ProphetConditioningMixin
+from lightning_prophrl.models.prophet.objective import ProphetObjectiveMixin
+from lightning_prophrl.models.prophet.sampling import ProphetSamplingMixin
 from lightning_prophrl.models.unet_backbone import (
     UNET_LORA_TARGETS,
     build_unet,
     check_sigma,
     edm_coefficients,
-    edm_loss_weight,
-    karras_sigmas,
-    log_normal_sigmas,
     time_embed_dim,
 )
 
@@ -122,34 +66,6 @@ class ProphetOutput:
 
 
 @dataclass
-class ProphetGeneration:
-    """Output of :meth:`Prophet.generate`.
-
-    Attributes:
-        frames: Generated frames ``(B, L, 3, H, W)`` in ``[-1, 1]``.
-        latents: Their latents ``(B, C, T_f, h, w)``.
-        success_logit: ``(B,)`` success logit of a clean pass over the clip, or None.
-    """
-
-    frames: torch.Tensor
-    latents: torch.Tensor
-    success_logit: torch.Tensor | None
-
-
-@dataclass
-class ProphetRollout:
-    """Output of :meth:`Prophet.rollout`.
-
-    Attributes:
-        video: ``(B, 1 + S * L, 3, H, W)`` in ``[-1, 1]``: the first frame then every generated segment.
-        success_prob: ``(B, S)`` success probability after each segment, or None.
-    """
-
-    video: torch.Tensor
-    success_prob: torch.Tensor | None
-
-
-@dataclass
 class _ForwardState:
     time_extra: torch.Tensor | None = None  # (B, T, D) added to the embedded timestep
     last_hidden: torch.Tensor | None = None  # (B, N, D) output of the last DiT block
@@ -158,7 +74,9 @@ class _ForwardState:
         return {"time_extra": None, "last_hidden": None}
 
 
-class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
+class Prophet(
+    ProphetObjectiveMixin, ProphetConditioningMixin, ProphetSamplingMixin, ModelMixin, ConfigMixin, PeftAdapterMixin
+):
     """The Prophet world model (a diffusers model: ``save_pretrained`` / ``from_pretrained`` / LoRA adapters).
 
     Defaults describe the paper's 2B-class model (Cosmos-Predict2-2B-Video2World dims + Wan2.1 VAE); see
@@ -493,23 +411,6 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         return model
 
     # -----------------------------------------------------------------------------------------------------------------
-    # Hooks
-    # -----------------------------------------------------------------------------------------------------------------
-    def _add_action_embedding(self, module: nn.Module, args: tuple, output: tuple) -> tuple:
-        extra = self._state.time_extra
-        if extra is None:
-            return output
-        temb, embedded = output
-        if embedded.shape[0] != extra.shape[0] * extra.shape[1]:
-            raise RuntimeError(
-                f"action embedding {tuple(extra.shape)} does not match timesteps {tuple(embedded.shape)}"
-            )
-        return temb, embedded + extra.reshape(embedded.shape).to(embedded.dtype)
-
-    def _keep_last_hidden(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        self._state.last_hidden = output
-
-    # -----------------------------------------------------------------------------------------------------------------
     # Forward
     # -----------------------------------------------------------------------------------------------------------------
     def forward(
@@ -670,57 +571,6 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
         velocity = (noisy.to(pred.dtype) - pred) / sigma.view(b, 1, 1, 1, 1).to(pred.dtype)  # dx / dsigma
         return ProphetOutput(velocity=velocity, success_logit=logit, prediction=pred)
 
-    def _stacked_history(
-        self, current: torch.Tensor, history_latents: torch.Tensor | None, history_mask: torch.Tensor | None
-    ) -> list[torch.Tensor]:
-        """``history_length`` past latents as channels ``(B, C * H, h, w)`` (oldest first, right-aligned; a missing
-        frame is the current one) and their validity ``(B, H, h, w)``."""
-        b, c, h, w = current.shape
-        slots = int(self.config.history_length)
-        frames = current[:, :, None].expand(b, c, slots, h, w).clone()
-        valid = current.new_zeros(b, slots)
-        if history_latents is not None and history_latents.shape[2] > 0:
-            past = history_latents[:, :, -slots:].to(current.dtype)
-            n = past.shape[2]
-            mask = (torch.ones(b, n, device=current.device) if history_mask is None
-                    else history_mask[:, -slots:].to(current.device).float())  # fmt: skip
-            m = mask.view(b, 1, n, 1, 1).to(current.dtype)
-            frames[:, :, slots - n :] = m * past + (1 - m) * current[:, :, None]
-            valid[:, slots - n :] = mask.to(current.dtype)
-        return [frames.flatten(1, 2), valid.view(b, slots, 1, 1).expand(b, slots, h, w)]
-
-    def _previous_latent(
-        self, cond_latents: torch.Tensor, history_latents: torch.Tensor | None, history_mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Newest history latent ``(B, C, 1, h, w)``, the newest conditioning latent for samples without one."""
-        cur = cond_latents[:, :, -1:].to(self.dtype)
-        if history_latents is None or history_latents.shape[2] == 0:
-            return cur
-        prev = history_latents[:, :, -1:].to(self.dtype)
-        if history_mask is None:
-            return prev
-        valid = history_mask[:, -1].bool().view(-1, 1, 1, 1, 1)
-        return torch.where(valid, prev, cur)
-
-    def _with_action_tokens(
-        self, memory: tuple[torch.Tensor | None, torch.Tensor | None], actions: torch.Tensor, mask: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append one token per action ``(B, L, D)`` (masked action + mask, MLP, + position) to the memory tokens."""
-        b, length, a = actions.shape
-        m = torch.ones(b, a, dtype=actions.dtype, device=actions.device) if mask is None else mask.to(actions.dtype)
-        x = torch.cat([actions * m[:, None], m[:, None].expand(b, length, a)], -1)
-        tokens = self.action_token_mlp(x) + self.action_token_pos[None]
-        valid = torch.ones(b, length, dtype=torch.bool, device=actions.device)
-        if memory[0] is None:
-            return tokens, valid
-        return torch.cat([memory[0], tokens.to(memory[0].dtype)], 1), torch.cat([memory[1], valid], 1)
-
-    def _null_context(self, batch_size: int, like: torch.Tensor) -> torch.Tensor:
-        """Zeroed text context ``(B, null_context_tokens, text_embed_dim)`` (paper: no text conditioning)."""
-        if hasattr(self, "null_context_embeds"):
-            return self.null_context_embeds[None].expand(batch_size, -1, -1).to(like.dtype)
-        return like.new_zeros(batch_size, self.config.null_context_tokens, self.transformer.config.text_embed_dim)
-
     # -----------------------------------------------------------------------------------------------------------------
     # LoRA
     # -----------------------------------------------------------------------------------------------------------------
@@ -747,358 +597,3 @@ class Prophet(ModelMixin, ConfigMixin, PeftAdapterMixin):
             target_modules = UNET_LORA_TARGETS if self.is_unet else DEFAULT_LORA_TARGETS
         config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(target_modules), lora_dropout=dropout)
         self.add_adapter(config, adapter_name=adapter_name)
-
-    # -----------------------------------------------------------------------------------------------------------------
-    # Pixel-space inputs -> latents (the codec is frozen: always without gradients)
-    # -----------------------------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def encode_history(
-        self, history: torch.Tensor | None, history_mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Per-frame latents of past frames ``(B, T_h, 3, H, W)`` -> ``((B, C, T_h, h, w), mask (B, T_h))``.
-
-        Returns ``(None, None)`` when the model has no memory or ``history`` is None / empty.
-        """
-        if history is None or not self.uses_history or history.shape[1] == 0:
-            return None, None
-        history = history[:, -self.config.history_length :]
-        if history_mask is not None:
-            history_mask = history_mask[:, -self.config.history_length :].bool()
-        return self.latent_codec.encode_frames(history.to(self.dtype)), history_mask
-
-    @torch.no_grad()
-    def encode_action_frames(
-        self,
-        ee_poses: torch.Tensor | None,
-        gripper: torch.Tensor | None,
-        camera_k: torch.Tensor | None,
-        camera_extr: torch.Tensor | None,
-        has_camera: torch.Tensor | None,
-        size: tuple[int, int],
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Render and encode the action-frame video, aligned with the future latents.
-
-        Args:
-            ee_poses: ``(B, L, N, 7)`` future end-effector poses (xyz + quaternion wxyz, world frame) or None.
-            gripper: ``(B, L, N)`` openings in ``[0, 1]``.
-            camera_k: ``(B, 3, 3)`` intrinsics in pixels of the frame ``size``.
-            camera_extr: ``(B, 4, 4)`` world -> camera (OpenCV).
-            has_camera: ``(B,)`` bool (default all True).
-            size: Frame ``(H, W)``.
-
-        Returns:
-            ``(latents (B, C, T_f, h, w), has_camera (B,))``, or ``(None, None)`` when the stream is disabled, inputs
-            are missing or no sample has a camera. A copy of the first action frame is prepended before encoding so
-            that ``1 + L`` frames fit the codec; its latent is dropped.
-        """
-        if not self.config.use_action_frames or ee_poses is None or camera_k is None or camera_extr is None:
-            return None, None
-        if gripper is None:
-            raise ValueError("`gripper` is required with `ee_poses` for the action-frame stream")
-        b = ee_poses.shape[0]
-        has_camera = (
-            torch.ones(b, dtype=torch.bool, device=ee_poses.device) if has_camera is None else has_camera.bool()
-        )
-        if not bool(has_camera.any()):
-            return None, None
-        frames = render_action_frames(ee_poses, gripper, camera_k, camera_extr, *size, style=self.frame_style)
-        frames = torch.cat([frames[:, :1], frames], 1).to(self.dtype)
-        return self.latent_codec.encode(frames)[:, :, 1:], has_camera
-
-    def sample_t(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Training noise ``(B,)``: flow times in ``(0, 1)`` (DiT: logit-normal or uniform, then shifted by
-        ``flow_shift``) or EDM noise levels (U-Net: log-normal)."""
-        cfg = self.config
-        if self.is_unet:
-            return log_normal_sigmas(_randn((batch_size,), generator, device), cfg.edm_p_mean, cfg.edm_p_std)
-        if cfg.t_sampling == "uniform":
-            t = _rand((batch_size,), generator, device)
-        else:
-            t = torch.sigmoid(cfg.logit_mean + cfg.logit_std * _randn((batch_size,), generator, device))
-        shifted = cfg.flow_shift * t / (1 + (cfg.flow_shift - 1) * t)
-        if cfg.unshifted_fraction <= 0:
-            return shifted
-        keep = _rand((batch_size,), generator, device) < cfg.unshifted_fraction
-        return torch.where(keep, t, shifted)
-
-    # -----------------------------------------------------------------------------------------------------------------
-    # Training objective
-    # -----------------------------------------------------------------------------------------------------------------
-    def training_loss(
-        self, batch: dict[str, Any], generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Rectified-flow loss on the future latents + weighted success BCE.
-
-        Args:
-            batch: Keys from :mod:`lightning_prophrl.constants`: ``COND_FRAME`` ``(B, 3, H, W)``, ``FUTURE``
-                ``(B, L, 3, H, W)``, ``ACTIONS`` ``(B, L, A)`` (required); ``ACTION_MASK``, ``HISTORY``,
-                ``HISTORY_MASK``, ``EE_POSES``, ``GRIPPER``, ``CAMERA_K``, ``CAMERA_EXTR``, ``HAS_CAMERA``,
-                ``CLIP_SUCCESS`` (optional). Frames in ``[-1, 1]``.
-            generator: RNG of ``t`` and the noise (for reproducible losses).
-
-        Returns:
-            ``(loss, logs)`` with logs ``loss``, ``flow_loss`` and, with ``CLIP_SUCCESS``, ``success_loss`` and
-            ``success_acc`` (detached).
-        """
-        # 1. Inputs
-        for key in (COND_FRAME, FUTURE, ACTIONS):
-            if key not in batch:
-                raise KeyError(f"batch is missing the required key {key!r}")
-        cond, future, actions = batch[COND_FRAME], batch[FUTURE], batch[ACTIONS]
-        if future.ndim != 5 or cond.shape != (future.shape[0], *future.shape[2:]):
-            raise ValueError(f"`{FUTURE}` {tuple(future.shape)} and `{COND_FRAME}` {tuple(cond.shape)} do not match")
-        if future.shape[1] != self.config.action_chunk_length:
-            raise ValueError(f"`{FUTURE}` must hold action_chunk_length={self.config.action_chunk_length} frames")
-        with torch.no_grad():
-            latents = self.latent_codec.encode(torch.cat([cond[:, None], future], 1).to(self.dtype))
-        cond_lat = latents[:, :, :1]
-        hist, hist_mask = self.encode_history(batch.get(HISTORY), batch.get(HISTORY_MASK))
-        if self.training and self.config.cond_noise > 0:  # drift augmentation of what the model continues from
-            cond_lat = self._augment(cond_lat, generator)
-            hist = None if hist is None else self._augment(hist, generator)
-        z0 = self._to_target(latents[:, :, 1:], cond_lat)
-        af, has_cam = self.encode_action_frames(
-            batch.get(EE_POSES),
-            batch.get(GRIPPER),
-            batch.get(CAMERA_K),
-            batch.get(CAMERA_EXTR),
-            batch.get(HAS_CAMERA),
-            tuple(cond.shape[-2:]),
-        )
-
-        # 2. Rectified flow: z_t = (1 - t) z0 + t eps, target v = eps - z0 (z0 in the `prediction_target` space);
-        #    U-Net: EDM, x = z0 + sigma eps, weighted loss on the denoised z0
-        t = self.sample_t(z0.shape[0], z0.device, generator)
-        noise = _randn(z0.shape, generator, z0.device, z0.dtype)
-        t_b = t.view(-1, 1, 1, 1, 1).to(z0.dtype)
-        noisy = z0 + t_b * noise if self.is_unet else (1 - t_b) * z0 + t_b * noise
-        out = self(noisy, t, cond_lat, actions, batch.get(ACTION_MASK), hist, hist_mask, af, has_cam)
-        if self.is_unet:
-            weight = edm_loss_weight(t, self.config.sigma_data).view(-1, 1, 1, 1, 1)
-            flow_loss = (weight * (out.prediction.float() - z0.float()) ** 2).mean()
-        elif self.config.parameterization == "data":
-            flow_loss = F.mse_loss(out.prediction.float(), z0.float())
-        else:
-            flow_loss = F.mse_loss(out.velocity.float(), (noise - z0).float())
-
-        # 3. Success head
-        loss, logs = flow_loss, {"flow_loss": flow_loss.detach()}
-        if out.success_logit is not None and CLIP_SUCCESS in batch:
-            target = batch[CLIP_SUCCESS].float().view(-1)
-            success_loss = F.binary_cross_entropy_with_logits(out.success_logit.float(), target)
-            loss = loss + self.config.success_loss_weight * success_loss
-            logs["success_loss"] = success_loss.detach()
-            logs["success_acc"] = ((out.success_logit > 0).float() == target).float().mean()
-        logs["loss"] = loss.detach()
-        return loss, logs
-
-    # -----------------------------------------------------------------------------------------------------------------
-    # Sampling
-    # -----------------------------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def generate(
-        self,
-        cond_frame: torch.Tensor,
-        actions: torch.Tensor,
-        action_mask: torch.Tensor | None = None,
-        history: torch.Tensor | None = None,
-        history_mask: torch.Tensor | None = None,
-        history_latents: torch.Tensor | None = None,
-        ee_poses: torch.Tensor | None = None,
-        gripper: torch.Tensor | None = None,
-        camera_k: torch.Tensor | None = None,
-        camera_extr: torch.Tensor | None = None,
-        has_camera: torch.Tensor | None = None,
-        num_steps: int = 4,
-        generator: torch.Generator | None = None,
-        score_success: bool = True,
-    ) -> ProphetGeneration:
-        """Generate the ``L`` frames that follow ``cond_frame`` under ``actions`` (Euler flow sampling).
-
-        Args:
-            cond_frame: Current frame ``(B, 3, H, W)`` in ``[-1, 1]``.
-            actions: Normalized action chunk ``(B, L, A)``.
-            action_mask: ``(B, A)`` bool.
-            history: Past frames ``(B, T_h, 3, H, W)`` (oldest first), or give ``history_latents`` instead.
-            history_mask: ``(B, T_h)`` bool.
-            history_latents: Per-frame latents ``(B, C, T_h, h, w)`` of past frames.
-            ee_poses: ``(B, L, N, 7)`` future end-effector poses for the action-frame stream (optional).
-            gripper: ``(B, L, N)`` gripper openings.
-            camera_k: ``(B, 3, 3)`` intrinsics.
-            camera_extr: ``(B, 4, 4)`` world -> camera.
-            has_camera: ``(B,)`` bool.
-            num_steps: Euler steps (1 = one-step prediction).
-            generator: RNG of the initial noise.
-            score_success: Also return the success logit of a clean (``clean_level``) pass over the generated latents.
-
-        Returns:
-            :class:`ProphetGeneration` (frames ``(B, L, 3, H, W)``, latents, success logit).
-        """
-        if cond_frame.ndim != 4 or cond_frame.shape[1] != 3:
-            raise ValueError(f"`cond_frame` must have shape (B, 3, H, W), got {tuple(cond_frame.shape)}")
-        if num_steps < 1:
-            raise ValueError(f"`num_steps` must be >= 1, got {num_steps}")
-        # 1. Conditioning
-        b, device = cond_frame.shape[0], cond_frame.device
-        cond_lat = self.latent_codec.encode(cond_frame[:, None].to(self.dtype))
-        if history_latents is None:
-            history_latents, history_mask = self.encode_history(history, history_mask)
-        af, has_cam = self.encode_action_frames(
-            ee_poses, gripper, camera_k, camera_extr, has_camera, tuple(cond_frame.shape[-2:])
-        )
-        inputs = dict(
-            cond_latents=cond_lat,
-            actions=actions,
-            action_mask=action_mask,
-            history_latents=history_latents,
-            history_mask=history_mask,
-            action_frame_latents=af,
-            has_camera=has_cam,
-        )
-        # 2. Euler integration of the velocity from t = 1 (noise) to t = 0 (U-Net: EDM Euler from sigma_max to 0)
-        t_f = self.latent_codec.num_latent_frames(1 + self.config.action_chunk_length) - 1
-        shape = (b, cond_lat.shape[1], t_f, *cond_lat.shape[-2:])
-        if self.is_unet:
-            x = self._sample_edm(shape, num_steps, generator, inputs)
-        else:
-            x = self._sample_flow(shape, num_steps, generator, inputs)
-        # 3. Decode (the conditioning latent is decoded too, for the causal codec) and score
-        latents = self._from_target(x, cond_lat)
-        frames = self.latent_codec.decode(torch.cat([cond_lat, latents], 2))[:, 1:].clamp(-1, 1)
-        logit = None
-        if score_success and hasattr(self, "success_mlp"):
-            logit = self(x, torch.full((b,), self.clean_level, device=device), **inputs).success_logit
-        return ProphetGeneration(frames=frames, latents=latents, success_logit=logit)
-
-    def _sample_flow(
-        self, shape: tuple[int, ...], num_steps: int, generator: torch.Generator | None, inputs: dict[str, Any]
-    ) -> torch.Tensor:
-        """Euler integration of the rectified-flow velocity from ``t = 1`` to 0 (the DiT)."""
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        b, device = shape[0], inputs["cond_latents"].device
-        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=self.config.flow_shift)
-        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1.0 / num_steps, num_steps), device=device)
-        x = _randn(shape, generator, device, inputs["cond_latents"].dtype)
-        for i, timestep in enumerate(scheduler.timesteps):
-            velocity = self(x, scheduler.sigmas[i].expand(b), **inputs).velocity
-            x = scheduler.step(velocity, timestep, x).prev_sample
-        return x
-
-    def _sample_edm(
-        self, shape: tuple[int, ...], num_steps: int, generator: torch.Generator | None, inputs: dict[str, Any]
-    ) -> torch.Tensor:
-        """EDM Euler steps on the Karras schedule (the U-Net); one step returns ``D(sigma_max * eps)``."""
-        cfg = self.config
-        b, device = shape[0], inputs["cond_latents"].device
-        sigmas = karras_sigmas(num_steps, cfg.sigma_min, cfg.sigma_max, cfg.edm_rho)
-        x = _randn(shape, generator, device, inputs["cond_latents"].dtype) * sigmas[0]
-        for sigma, nxt in zip(sigmas[:-1], sigmas[1:]):
-            denoised = self(x, torch.full((b,), sigma, device=device), **inputs).prediction
-            x = denoised if nxt == 0 else x + (nxt - sigma) * (x - denoised) / sigma
-        return x
-
-    def _augment(self, latents: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """``latents + cond_noise * |n| * eps`` with one ``n ~ N(0, 1)`` per sample (see ``cond_noise``)."""
-        scale = self.config.cond_noise * _randn((latents.shape[0],), generator, latents.device).abs()
-        eps = _randn(latents.shape, generator, latents.device, latents.dtype)
-        return latents + scale.view(-1, *[1] * (latents.ndim - 1)).to(latents.dtype) * eps
-
-    def _to_target(self, future_latents: torch.Tensor, cond_latents: torch.Tensor) -> torch.Tensor:
-        """Future latents -> the space the flow generates (``prediction_target``, times ``target_scale``)."""
-        if self.config.prediction_target == "residual":
-            return (future_latents - cond_latents) * self.config.target_scale
-        return future_latents * self.config.target_scale
-
-    def _from_target(self, x: torch.Tensor, cond_latents: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`_to_target`."""
-        if self.config.prediction_target == "residual":
-            return x / self.config.target_scale + cond_latents
-        return x / self.config.target_scale
-
-    @torch.no_grad()
-    def rollout(
-        self,
-        first_frame: torch.Tensor,
-        action_chunks: torch.Tensor,
-        action_mask: torch.Tensor | None = None,
-        history: torch.Tensor | None = None,
-        history_mask: torch.Tensor | None = None,
-        num_steps: int = 4,
-        generator: torch.Generator | None = None,
-        ee_poses: torch.Tensor | None = None,
-        gripper: torch.Tensor | None = None,
-        camera_k: torch.Tensor | None = None,
-        camera_extr: torch.Tensor | None = None,
-        has_camera: torch.Tensor | None = None,
-        score_success: bool = True,
-    ) -> ProphetRollout:
-        """Segment-wise autoregressive imagination (paper: autoregressive rollout, Algorithm 1).
-
-        Each segment generates ``L`` frames from the current frame; its last frame seeds the next segment and the
-        frames before it are pushed into a bounded FIFO history (``history_length`` per-frame latents).
-
-        Args:
-            first_frame: ``(B, 3, H, W)`` in ``[-1, 1]``.
-            action_chunks: ``(B, S, L, A)`` normalized actions, one chunk per segment.
-            action_mask: ``(B, A)`` bool.
-            history: Optional frames before ``first_frame`` ``(B, T_h, 3, H, W)``, oldest first.
-            history_mask: ``(B, T_h)`` bool.
-            num_steps: Euler steps per segment.
-            generator: RNG (the rollout is deterministic given it).
-            ee_poses: ``(B, S, L, N, 7)`` absolute end-effector poses per segment for the action-frame stream, when
-                known (imagined rollouts usually only have actions: then only the scalar stream is used).
-            gripper: ``(B, S, L, N)``.
-            camera_k: ``(B, 3, 3)``.
-            camera_extr: ``(B, 4, 4)``.
-            has_camera: ``(B,)`` bool.
-            score_success: Return per-segment success probabilities.
-
-        Returns:
-            :class:`ProphetRollout` with the video ``(B, 1 + S * L, 3, H, W)`` and success probabilities ``(B, S)``.
-        """
-        if action_chunks.ndim != 4:
-            raise ValueError(f"`action_chunks` must have shape (B, S, L, A), got {tuple(action_chunks.shape)}")
-        buffer = HistoryBuffer(self.config.history_length if self.uses_history else 0)
-        lat, mask = self.encode_history(history, history_mask)
-        if lat is not None:
-            buffer.push(lat.transpose(1, 2), mask)
-        frames, probs, cond = [first_frame[:, None]], [], first_frame
-        for s in range(action_chunks.shape[1]):
-            gen = self.generate(
-                cond,
-                action_chunks[:, s],
-                action_mask,
-                history_latents=None if buffer.items is None else buffer.items.transpose(1, 2),
-                history_mask=buffer.mask,
-                ee_poses=None if ee_poses is None else ee_poses[:, s],
-                gripper=None if gripper is None else gripper[:, s],
-                camera_k=camera_k,
-                camera_extr=camera_extr,
-                has_camera=has_camera,
-                num_steps=num_steps,
-                generator=generator,
-                score_success=score_success,
-            )
-            frames.append(gen.frames)
-            if gen.success_logit is not None:
-                probs.append(torch.sigmoid(gen.success_logit))
-            if buffer.capacity > 0:  # frames before the next conditioning frame, newest `capacity` only
-                past = torch.cat([cond[:, None], gen.frames[:, :-1]], 1)[:, -buffer.capacity :]
-                buffer.push(self.latent_codec.encode_frames(past.to(self.dtype)).transpose(1, 2))
-            cond = gen.frames[:, -1]
-        return ProphetRollout(video=torch.cat(frames, 1), success_prob=torch.stack(probs, 1) if probs else None)
-
-
-def _randn(
-    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """Standard normal sample drawn on the generator's device (CPU generators work for CUDA tensors)."""
-    gen_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
-
-
-def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """Uniform ``[0, 1)`` sample drawn on the generator's device, like :func:`_randn`."""
-    gen_device = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=gen_device).to(device)
