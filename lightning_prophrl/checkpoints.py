@@ -4,6 +4,7 @@ injected optimizer / scheduler factories."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import torch
@@ -23,6 +24,17 @@ def load_submodule_weights(module: torch.nn.Module, checkpoint: str, prefix: str
         raise KeyError(f"{checkpoint}: no '{prefix}.*' weights in the checkpoint's state_dict")
     module.load_state_dict(state)
     return ckpt.get("hyper_parameters", {})
+
+
+def default_optimizer(
+    optimizer: Callable[[Any], torch.optim.Optimizer] | None, cls: type[torch.optim.Optimizer], **kwargs: Any
+) -> Callable[[Any], torch.optim.Optimizer]:
+    """The injected optimizer factory, or ``cls(params, **kwargs)`` when none was given.
+
+    Modules default ``optimizer`` to None rather than to a lambda, so the ``config.yaml`` LightningCLI saves with a
+    run (``optimizer: null``) parses and reruns as it was.
+    """
+    return optimizer if optimizer is not None else partial(cls, **kwargs)
 
 
 def build_optimizers(

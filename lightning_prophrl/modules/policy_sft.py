@@ -11,7 +11,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from typing_extensions import override
 
 from lightning_prophrl import constants as K
-from lightning_prophrl.checkpoints import build_optimizers
+from lightning_prophrl.checkpoints import build_optimizers, default_optimizer
 from lightning_prophrl.models.policy import FlowMatchingPolicy
 
 
@@ -61,7 +61,7 @@ class PolicySFTModule(L.LightningModule):
     def __init__(
         self,
         policy: FlowMatchingPolicy | None = None,
-        optimizer: OptimizerCallable = lambda p: torch.optim.Adam(p, lr=3e-4),
+        optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         shift_pad: int = 4,
         action_stats: dict[str, Any] | None = None,
@@ -75,7 +75,8 @@ class PolicySFTModule(L.LightningModule):
             policy = policy_from_config(policy_config)
         self.hparams.policy_config = policy.config
         self.policy = policy
-        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+        self.optimizer_factory = default_optimizer(optimizer, torch.optim.Adam, lr=3e-4)
+        self.scheduler_factory = lr_scheduler
         if action_stats is not None and action_dims is not None:
             policy.set_action_stats(action_stats, action_dims)
 

@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from typing_extensions import override
 
+from lightning_prophrl.checkpoints import default_optimizer
 from lightning_prophrl.models.prophet import Prophet
 from lightning_prophrl.modules.prophet_pretrain import ProphetTrainingBase
 
@@ -94,14 +95,15 @@ class ProphetAdaptModule(ProphetTrainingBase):
         lora_target_modules: tuple[str, ...] | None = None,
         lora_dropout: float = 0.0,
         train_conditioning: bool = True,
-        optimizer: OptimizerCallable = lambda p: torch.optim.AdamW(p, lr=1e-4, weight_decay=0.0),
+        optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         adapter_dir: str | None = None,
         val_seed: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
-        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+        self.optimizer_factory = default_optimizer(optimizer, torch.optim.AdamW, lr=1e-4, weight_decay=0.0)
+        self.scheduler_factory = lr_scheduler
         if mode not in ("lora", "full"):
             raise ValueError(f"`mode` must be 'lora' or 'full', got {mode!r}")
         if lora_rank < 1:

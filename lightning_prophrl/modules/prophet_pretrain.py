@@ -17,7 +17,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from typing_extensions import override
 
 from lightning_prophrl import constants as K
-from lightning_prophrl.checkpoints import build_optimizers
+from lightning_prophrl.checkpoints import build_optimizers, default_optimizer
 from lightning_prophrl.models.prophet import Prophet
 
 
@@ -91,7 +91,7 @@ class ProphetPretrainModule(ProphetTrainingBase):
     def __init__(
         self,
         model: Prophet,
-        optimizer: OptimizerCallable = lambda p: torch.optim.AdamW(p, lr=1e-4, weight_decay=0.1),
+        optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         export_dir: str | None = None,
         val_seed: int = 0,
@@ -104,7 +104,8 @@ class ProphetPretrainModule(ProphetTrainingBase):
         if not isinstance(model, Prophet):
             raise TypeError(f"`model` must be a lightning_prophrl.models.prophet.Prophet, got {type(model).__name__}")
         self.model = model
-        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+        self.optimizer_factory = default_optimizer(optimizer, torch.optim.AdamW, lr=1e-4, weight_decay=0.1)
+        self.scheduler_factory = lr_scheduler
 
     @override
     def on_train_end(self) -> None:

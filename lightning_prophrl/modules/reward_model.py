@@ -13,7 +13,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryPreci
 from typing_extensions import override
 
 from lightning_prophrl import constants as K
-from lightning_prophrl.checkpoints import build_optimizers
+from lightning_prophrl.checkpoints import build_optimizers, default_optimizer
 from lightning_prophrl.datamodules.reward import FRAME_SUCCESS
 from lightning_prophrl.models.reward import ClassifierReward, PersistenceRule, VideoSuccessClassifier
 from lightning_prophrl.modules.policy_sft import random_shift
@@ -39,7 +39,7 @@ class RewardModelModule(L.LightningModule):
     def __init__(
         self,
         classifier: VideoSuccessClassifier,
-        optimizer: OptimizerCallable = lambda p: torch.optim.Adam(p, lr=3e-4),
+        optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         pos_weight: float = 3.0,
         shift_pad: int = 4,
@@ -52,7 +52,8 @@ class RewardModelModule(L.LightningModule):
         if shift_pad < 0:
             raise ValueError(f"shift_pad must be >= 0, got {shift_pad}")
         self.classifier = classifier
-        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+        self.optimizer_factory = default_optimizer(optimizer, torch.optim.Adam, lr=3e-4)
+        self.scheduler_factory = lr_scheduler
         self.val_precision = BinaryPrecision(threshold=threshold)
         self.val_recall = BinaryRecall(threshold=threshold)
         self.val_accuracy = BinaryAccuracy(threshold=threshold)
