@@ -166,6 +166,8 @@ class PolicyDataModule(_ClipDataModuleBase):
         on_error, shard_split: as in ``RobotClipDataModule``.
         stats_from: dataset directory whose ``stats.json`` normalizes every dataset (the policy's action space);
             defaults to each dataset's own statistics.
+        val_datasets: held-out demonstration datasets read in one deterministic pass for validation (defaults to
+            none; normalized like the training data when ``stats_from`` is given, else by their own statistics).
 
     Attributes:
         skipped_samples: invalid samples skipped so far under ``on_error="skip"``, workers included.
@@ -188,28 +190,41 @@ class PolicyDataModule(_ClipDataModuleBase):
         on_error: OnError = "raise",
         stats_from: str | None = None,
         shard_split: ShardSplit = "shards",
+        val_datasets: list[Any] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
         check_shard_split(shard_split)
         self.specs = dataset_specs(datasets)
+        self.val_specs = dataset_specs(val_datasets or [])
         self.action_dims = list(action_dims) if action_dims is not None else list(range(K.ACTION_DIM))
         if any(not 0 <= d < K.ACTION_DIM for d in self.action_dims):
             raise ValueError(f"action_dims must lie in [0, {K.ACTION_DIM}), got {self.action_dims}")
         self.train_set: ClipIterable | None = None
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+    def _make(self, specs: list[DatasetSpec], eval_mode: bool) -> ClipIterable:
         h = self.hparams
-        stats = [load_stats(h.stats_from)] * len(self.specs) if h.stats_from else None
-        self.train_set = ClipIterable(
-            self.specs, 0, h.chunk_len, h.image_size, False, h.samples_per_epoch, h.windows_per_episode,
-            h.shuffle_buffer, h.norm_mode, h.state_dim, h.seed, h.on_error, stats=stats, shard_split=h.shard_split,
+        return ClipIterable(
+            specs, 0, h.chunk_len, h.image_size, False, h.samples_per_epoch, h.windows_per_episode,
+            h.shuffle_buffer, h.norm_mode, h.state_dim, h.seed, h.on_error, eval_mode=eval_mode,
+            stats=[load_stats(h.stats_from)] * len(specs) if h.stats_from else None, shard_split=h.shard_split,
         )  # fmt: skip
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self.train_set = self._make(self.specs, eval_mode=False)
+        if self.val_specs and self.val_set is None:
+            self.val_set = self._make(self.val_specs, eval_mode=True)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, collate=partial(collate_policy, action_dims=self.action_dims))
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []
+        return self._loader(
+            self.val_set, drop_last=False, collate=partial(collate_policy, action_dims=self.action_dims)
+        )
 
 
 def collate_policy(samples: list[dict[str, Any]], action_dims: list[int]) -> dict[str, Any]:

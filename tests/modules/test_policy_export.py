@@ -142,3 +142,24 @@ def test_fa_grpo_refuses_ambiguous_or_mismatched_settings(world_env, policy_dir,
         FAGRPOModule(env=world_env, group_size=2, action_stats=metaworld_stats(), action_dims=DIMS)
     with pytest.raises(FileNotFoundError, match="not a saved policy"):
         FAGRPOModule(env=world_env, policy_dir=str(tmp_path / "nowhere"), group_size=2)
+
+
+def test_sft_validation_logs_the_flow_loss_and_the_action_error_of_the_policy(coded_dataset, tmp_path):
+    """``val/action_mse`` is the squared error of the policy's seeded ODE chunk against the recorded actions, over the
+    real action dims; an untrained policy's chunk is far from the demonstrations and the error says so."""
+    dm = PolicyDataModule([coded_dataset], val_datasets=[coded_dataset], chunk_len=4, action_dims=DIMS, state_dim=4,
+                          image_size=32, batch_size=4, samples_per_epoch=8)  # fmt: skip
+    module = PolicySFTModule(tiny_policy(["task of coded"]), shift_pad=2, val_noise_seed=7)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=1, limit_val_batches=1, logger=False,
+                        num_sanity_val_steps=0, default_root_dir=tmp_path, enable_progress_bar=False,
+                        enable_model_summary=False)  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    logged = trainer.callback_metrics
+    assert {"val/loss", "val/action_mse"} <= set(logged)
+
+    batch = next(iter(dm.val_dataloader()))
+    pred = module.policy.predict_action_chunk(batch, generator=torch.Generator().manual_seed(7))
+    w = batch[K.ACTION_MASK].float()[:, None, :].expand_as(pred)
+    expected = ((pred - batch[K.ACTIONS]) ** 2 * w).sum() / w.sum()
+    assert torch.allclose(logged["val/action_mse"], expected, atol=1e-6)
+    assert module._action_mse(batch) > 0
