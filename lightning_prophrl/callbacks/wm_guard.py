@@ -11,10 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lightning_prophrl.callbacks._history import RealStepsHistory
+from lightning_prophrl.callbacks.rollout_video import log_video, side_by_side, video_to_uint8
 from lightning_prophrl.envs.agreement import closed_loop_agreement
 from lightning_prophrl.envs.rollout import ActionDecoder
 
@@ -33,6 +35,8 @@ class ImaginationGuardCallback(RealStepsHistory):
         history_path: JSON-lines file of the checks.
         max_segments: horizon of the imagined check episodes (None: the training environment's); training on short
             branches (``PromptDataModule(branch_every=...)``) still checks whole episodes against the simulator.
+        log_videos: check episodes logged to TensorBoard at every check, real (left) and imagined (right) side by
+            side (``guard/real_vs_imagined``; 0: none).
     """
 
     def __init__(
@@ -47,8 +51,11 @@ class ImaginationGuardCallback(RealStepsHistory):
         max_steps: int = 150,
         history_path: str | None = None,
         max_segments: int | None = None,
+        log_videos: int = 2,
     ):
         super().__init__(history_path)
+        self.log_videos = log_videos
+        self.last_video: torch.Tensor | None = None
         self.max_segments = max_segments
         self.task = task
         self.check_seeds = list(check_seeds) if check_seeds is not None else list(range(4000, 4030))
@@ -86,6 +93,10 @@ class ImaginationGuardCallback(RealStepsHistory):
         row = {"update": getattr(pl_module, "updates", trainer.global_step), **res,
                "real_steps_total": self.real_steps_total}  # fmt: skip
         self.record(row)
+        if self.log_videos > 0:
+            k = self.log_videos
+            self.last_video = side_by_side(video_to_uint8(real.video()[:k]), video_to_uint8(world.video()[:k]))
+            log_video(trainer, "guard/real_vs_imagined", self.last_video, row["update"])
         for key in ("real_success", "imagined_success", "kappa"):
             pl_module.log(f"guard/{key}", float(res[key]), batch_size=1)
         pl_module.log("guard/real_steps_total", float(self.real_steps_total), batch_size=1)
