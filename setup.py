@@ -50,7 +50,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["lightning_prophrl", "lightning_prophrl.*"]),
-    package_data={"lightning_prophrl.assets": ["prophet_metaworld/*"]},
+    package_data={
+        "lightning_prophrl.assets": ["prophet_metaworld/*"],
+        "lightning_prophrl": ["configs/*/*.yaml", "configs/*/*.sbatch"],
+    },
     install_requires=CORE,
     extras_require=EXTRAS,
     entry_points={

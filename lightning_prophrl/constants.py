@@ -3,6 +3,11 @@
 Never write these strings by hand elsewhere: import them from here.
 """
 
+from pathlib import Path
+
+# ---- The YAML configs that ship inside the package (``configs/`` at the repository root links here) ----
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
 # ---- Unified action space (paper: unified action representation): 2 arms x [dpos(3), deuler(3), gripper(1)] ----
 NUM_ARMS = 2
 ARM_DIM = 7

@@ -48,3 +48,31 @@ def test_a_saved_config_parses_again_to_the_same_config(path, drop_optimizer, tm
     finally:
         source.unlink()
     assert _printed(["--config", str(saved)], capsys) == saved.read_text()
+
+
+def test_the_configs_ship_inside_the_package_and_its_wheel(tmp_path):
+    """``configs/`` at the repository root is the package's own directory (so an installed wheel has every config the
+    demo and the docs name), and a wheel built from the sources carries every config file."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    from lightning_prophrl.constants import CONFIG_DIR
+
+    root = Path(__file__).resolve().parents[1]
+    assert (root / "configs").resolve() == CONFIG_DIR and CONFIG_DIR.parent == root / "lightning_prophrl"
+    files = {str(p.relative_to(CONFIG_DIR.parent.parent)) for p in CONFIG_DIR.rglob("*") if p.is_file()}
+    assert {
+        "lightning_prophrl/configs/rl/fagrpo_prophet.yaml",
+        "lightning_prophrl/configs/prophet/model_tiny.yaml",
+    } <= files
+    src = tmp_path / "src"
+    shutil.copytree(root / "lightning_prophrl", src / "lightning_prophrl", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.py", "README.md"):
+        shutil.copy(root / name, src / name)
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(src),
+                          "-w", str(tmp_path / "dist")], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    assert files <= set(zipfile.ZipFile(wheel).namelist())

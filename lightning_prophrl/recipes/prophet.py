@@ -18,9 +18,10 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import torch
 
 from lightning_prophrl import constants as K
+from lightning_prophrl.constants import CONFIG_DIR
 from lightning_prophrl.stage_cache import is_done, load_done, mark_done
 
-MODEL_TINY_YAML = Path(__file__).resolve().parents[2] / "configs" / "prophet" / "model_tiny.yaml"
+MODEL_TINY_YAML = CONFIG_DIR / "prophet" / "model_tiny.yaml"
 TARGET_SEED_OFFSET, EVAL_SEED_OFFSET = 500, 800  # seeds of the target-task and evaluation episodes
 MAX_TARGET_EPISODES = 20
 

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 from lightning_prophrl import constants as K
+from lightning_prophrl.constants import CONFIG_DIR
 from lightning_prophrl.datamodules.shards import Episode, ShardWriter, iter_episodes
 from lightning_prophrl.models.reward import load_classifier  # noqa: F401 (re-exported)
 from lightning_prophrl.stage_cache import run_stage
 
-CLASSIFIER_YAML = Path(__file__).resolve().parents[2] / "configs" / "reward" / "classifier_tiny.yaml"
+CLASSIFIER_YAML = CONFIG_DIR / "reward" / "classifier_tiny.yaml"
 
 
 SETUP_KEYS = ("stride", "image_size", "camera", "max_steps", "chunk_len")
