@@ -26,6 +26,12 @@ policy's actions chosen on the first copy (the one the policy sees). ``info["dra
 on success: a rollout whose outcome depends on the world model's noise is one the model is unsure about
 (dual-noise verification). :func:`draws_reward` turns the copies into one reward (their mean, or their minimum:
 success only when every draw succeeds).
+
+Devices and dtypes: Prophet runs where its parameters are and in their dtype (``to(device, dtype)`` moves it and the
+success scorer's classifier; inside ``FAGRPOModule`` they follow the module). The current frames and the memory of an
+episode stay on that device between steps; observations, videos, states and success are float32 CPU tensors, as the
+``BatchedEnv`` contract says. ``reseed(*key)`` restarts the sampling noise on the stream ``key`` of ``seed``
+(``FAGRPOModule`` uses ``(update, process)``).
 """
 
 from __future__ import annotations
@@ -35,12 +41,14 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import nn
 
 from lightning_prophrl import constants as K
 from lightning_prophrl.actions import ActionStats
 from lightning_prophrl.envs.base import INFO_STEPS, INFO_SUCCESS, BatchedEnvBase, Prompt, check_prompts
 from lightning_prophrl.envs.poses import CommandedPoses
 from lightning_prophrl.models.history import HistoryBuffer
+from lightning_prophrl.rl.sharding import stream_seed
 
 
 def group_actions(actions: np.ndarray, frames: int) -> np.ndarray:
@@ -55,15 +63,30 @@ def group_actions(actions: np.ndarray, frames: int) -> np.ndarray:
     return out
 
 
-def classifier_scorer(classifier: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+class ClassifierScorer:
     """A ``WorldModelEnv`` success scorer from a ``VideoSuccessClassifier``: the probability of the newest frame, given
-    the frames its temporal kernel sees."""
-    k = int(getattr(classifier, "temporal_kernel", 1))
+    the frames its temporal kernel sees, computed on the classifier's device and in its dtype.
 
-    def score(video: torch.Tensor) -> torch.Tensor:
-        return classifier.frame_probs(video[:, -k:])[:, -1]
+    Args:
+        classifier: the frame classifier (``frame_probs``); it moves with the environment (``WorldModelEnv.to``).
+    """
 
-    return score
+    def __init__(self, classifier: Any):
+        self.classifier = classifier
+        self.frames = int(getattr(classifier, "temporal_kernel", 1))
+
+    def __call__(self, video: torch.Tensor) -> torch.Tensor:
+        """``(N, T, 3, H, W)`` -> ``(N,)`` float32 probabilities of frame ``T - 1``."""
+        clip = video[:, -self.frames :]
+        param = next(iter(self.classifier.parameters()), None) if isinstance(self.classifier, nn.Module) else None
+        if param is not None:
+            clip = clip.to(dtype=param.dtype)
+        return self.classifier.frame_probs(clip)[:, -1].float()
+
+
+def classifier_scorer(classifier: Any) -> ClassifierScorer:
+    """A ``WorldModelEnv`` success scorer from a ``VideoSuccessClassifier`` (see :class:`ClassifierScorer`)."""
+    return ClassifierScorer(classifier)
 
 
 INFO_SCORE = "success_score"  # (N,) float, best success probability held for success_k consecutive segments
@@ -119,7 +142,7 @@ class WorldModelEnv(BatchedEnvBase):
         stop_at_success: end imagined episodes at their first success.
         state_mode: ``integrate`` (dead-reckoned hand xyz + gripper, 4-D) or ``zeros``.
         action_scale_to_state: metres of hand motion per unit of unified dpos (1.0: unified dpos is in metres).
-        seed: seeds the sampling noise.
+        seed: seeds the sampling noise (``reseed`` restarts it on a stream of this seed).
         initial_env: optional real ``BatchedEnv`` (e.g. a ``MetaWorldEnv`` with ``group_size=1``) that renders the
             initial frame and proprioception of prompts given only as simulator seeds (real resets):
             one reset per prompt, no environment step.
@@ -165,12 +188,39 @@ class WorldModelEnv(BatchedEnvBase):
         self.state_mode, self.action_scale_to_state = state_mode, action_scale_to_state
         self.state_dim = 4
         self.chunk = int(prophet.config.action_chunk_length)
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self.mask = torch.as_tensor(np.asarray(self.stats.mask, dtype=bool))
         self.initial_env = initial_env
         self.poses = poses
         self.success_scorer = success_scorer
         self.draws = draws
+
+    # 0. placement and noise ----------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where Prophet runs (its parameters' device)."""
+        return next(self.prophet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Prophet's floating dtype."""
+        return next(self.prophet.parameters()).dtype
+
+    def networks(self) -> list[nn.Module]:
+        """The networks the environment runs: Prophet and the success scorer's (when it is or holds one)."""
+        held = [self.success_scorer, getattr(self.success_scorer, "classifier", None)]
+        return [self.prophet, *(m for m in held if isinstance(m, nn.Module))]
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> WorldModelEnv:
+        """Move (and cast the floating parameters of) Prophet and the scorer's network; takes effect at ``reset``."""
+        for net in self.networks():
+            net.to(device=device, dtype=dtype)
+        return self
+
+    def reseed(self, *key: int) -> None:
+        """Restart the sampling noise on the stream ``key`` (non-negative ints) of ``seed`` (``rl.stream_seed``)."""
+        self.generator.manual_seed(stream_seed(self.seed, *key))
 
     # 1. reset ------------------------------------------------------------------------------------------------------
     def reset(self, prompts: Sequence[Prompt | Mapping[str, Any]]) -> dict[str, Any]:
@@ -191,7 +241,7 @@ class WorldModelEnv(BatchedEnvBase):
                 )
             frames.append(torch.as_tensor(p.initial_frame, dtype=torch.float32))
         g = self.group_size
-        self.frame = torch.stack(frames).repeat_interleave(g, 0)  # (N, 3, H, W)
+        self.frame = torch.stack(frames).repeat_interleave(g, 0).to(self.device)  # (N, 3, H, W) float32, on device
         states = [p.initial_state if p.initial_state is not None else torch.zeros(4) for p in ps]
         self.state = torch.stack([torch.as_tensor(s, dtype=torch.float32)[:4] for s in states]).repeat_interleave(g, 0)
         self.target = None if self.poses is None else self.poses.start(self.state[:, :3].double()).float()
@@ -202,7 +252,7 @@ class WorldModelEnv(BatchedEnvBase):
         self.instructions = [p.instruction or p.task for p in ps for _ in range(g)]
         self.history = HistoryBuffer(int(self.prophet.config.history_length) if self.prophet.uses_history else 0)
         self._push_prompt_history(ps)
-        self.video_frames = [self.frame.clone()]
+        self.video_frames = [self.frame.cpu()]
         rows = self.num_envs * self.draws
         self.lengths = torch.ones(rows, dtype=torch.long)
         self.done = torch.zeros(rows, dtype=torch.bool)
@@ -233,8 +283,8 @@ class WorldModelEnv(BatchedEnvBase):
             frames[i, cap - len(h) :], mask[i, cap - len(h) :] = h, m[-cap:].bool()
         g = self.group_size
         with torch.no_grad():
-            latents = self.prophet.latent_codec.encode_frames(frames).transpose(1, 2)  # (P, cap, C, h, w)
-        self.history.push(latents.repeat_interleave(g, 0), mask.repeat_interleave(g, 0))
+            latents = self.prophet.latent_codec.encode_frames(frames.to(self.device, self.dtype)).transpose(1, 2)
+        self.history.push(latents.repeat_interleave(g, 0), mask.to(self.device).repeat_interleave(g, 0))
 
     # 2. step -------------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -244,32 +294,11 @@ class WorldModelEnv(BatchedEnvBase):
         if a.ndim != 3 or a.shape[0] != self.num_envs or a.shape[2] != K.ACTION_DIM:
             raise ValueError(f"actions must be (N={self.num_envs}, h, {K.ACTION_DIM}) raw unified, got {a.shape}")
         a = np.concatenate([a] * self.draws)  # every draw executes the policy's actions
-        rows = len(a)
-        grouped = group_actions(a, self.chunk)
-        norm = torch.from_numpy(self.stats.normalize(grouped))
         alive = ~self.done
-        hist = self.history.items
-        geometry, targets = {}, None
+        targets = None
         if self.poses is not None:
             targets = self.poses.integrate(self.target, torch.from_numpy(a), self.chunk)  # (N, L, 3)
-            geometry = self.poses.geometry(targets, torch.from_numpy(grouped[:, :, 6]))
-        gen = self.prophet.generate(
-            self.frame, norm, self.mask[None].expand(rows, -1),
-            history_latents=None if hist is None else hist.transpose(1, 2), history_mask=self.history.mask,
-            num_steps=self.num_steps, generator=self.generator, **geometry,
-        )  # fmt: skip
-        new_frame = gen.frames[:, -1]
-        if self.history.capacity > 0:
-            past = torch.cat([self.frame[:, None], gen.frames[:, :-1]], 1)[:, -self.history.capacity :]
-            self.history.push(self.prophet.latent_codec.encode_frames(past).transpose(1, 2))
-        keep = alive[:, None, None, None]
-        self.frame = torch.where(keep, new_frame, self.frame)
-        if self.success_scorer is not None:
-            prob = self.success_scorer(torch.stack([*self.video_frames, self.frame], 1)).float().cpu()
-        elif gen.success_logit is not None:
-            prob = torch.sigmoid(gen.success_logit)
-        else:
-            prob = torch.zeros(rows)
+        prob = self._imagine(a, alive, targets)
         if targets is not None:
             self.target = torch.where(alive[:, None], targets[:, -1], self.target)
         if self.state_mode == "integrate":
@@ -296,7 +325,7 @@ class WorldModelEnv(BatchedEnvBase):
         self.done |= stop | (self.segments >= self.max_segments)
         n = self.num_envs
         self.done[n:] |= self.done[:n].repeat(self.draws - 1)  # the policy stops acting: every draw ends
-        self.video_frames.append(self.frame.clone())
+        self.video_frames.append(self.frame.to("cpu", copy=True))
         info = {INFO_SUCCESS: self.success[:n].clone(), INFO_STEPS: self.steps[:n].clone(), "success_prob": prob[:n],
                 INFO_SCORE: self.score[:n].clone()}  # fmt: skip
         if self.draws > 1:
@@ -305,10 +334,44 @@ class WorldModelEnv(BatchedEnvBase):
                          INFO_DRAWS_AGREE: (draw_success == draw_success[:1]).all(0)})  # fmt: skip
         return self._obs(), self.done[:n].clone(), info
 
+    def _imagine(self, a: np.ndarray, alive: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        """Generate the segment of every row on Prophet's device and in its dtype, advance the alive rows' frames and
+        the memory; returns the ``(rows,)`` float32 CPU success probabilities of the new frames.
+
+        Args:
+            a: ``(rows, h, 14)`` raw unified actions of every row (draws included).
+            alive: ``(rows,)`` bool, rows still running.
+            targets: ``(rows, L, 3)`` commanded targets of the segment's frames (with ``poses``), or None.
+        """
+        rows, device, dtype = len(a), self.device, self.dtype
+        grouped = group_actions(a, self.chunk)
+        norm = torch.from_numpy(self.stats.normalize(grouped)).to(device, dtype)
+        geometry = {}
+        if targets is not None:
+            geometry = self.poses.geometry(targets, torch.from_numpy(grouped[:, :, 6]))
+            geometry = {k: v.to(device) for k, v in geometry.items()}
+        hist = self.history.items
+        gen = self.prophet.generate(
+            self.frame, norm, self.mask[None].expand(rows, -1).to(device),
+            history_latents=None if hist is None else hist.transpose(1, 2), history_mask=self.history.mask,
+            num_steps=self.num_steps, generator=self.generator, **geometry,
+        )  # fmt: skip
+        frames = gen.frames.float()  # (rows, L, 3, H, W)
+        if self.history.capacity > 0:
+            past = torch.cat([self.frame[:, None], frames[:, :-1]], 1)[:, -self.history.capacity :]
+            self.history.push(self.prophet.latent_codec.encode_frames(past.to(dtype)).transpose(1, 2))
+        self.frame = torch.where(alive.to(device)[:, None, None, None], frames[:, -1], self.frame)
+        if self.success_scorer is not None:
+            return self.success_scorer(torch.stack([*self.video_frames, self.frame.cpu()], 1)).float().cpu()
+        if gen.success_logit is not None:
+            return torch.sigmoid(gen.success_logit.float()).cpu()
+        return torch.zeros(rows)
+
     def _obs(self) -> dict[str, Any]:
         n = self.num_envs
         state = self.state[:n] if self.state_mode == "integrate" else torch.zeros_like(self.state[:n])
-        return {K.OBS_IMAGE: self.frame[:n].clone(), K.OBS_STATE: state.clone(), K.INSTRUCTION: self.instructions[:n]}
+        return {K.OBS_IMAGE: self.frame[:n].to("cpu", copy=True), K.OBS_STATE: state.clone(),
+                K.INSTRUCTION: self.instructions[:n]}  # fmt: skip
 
     def video(self, draw: int = 0) -> torch.Tensor:
         """``(N, T, 3, H, W)`` in ``[-1, 1]`` of one noise draw (0: the one the policy saw); frames after an episode

@@ -94,8 +94,8 @@ class ConvImageEncoder(nn.Module):
         self.proj = nn.Linear(c_in * 16, out_dim)
 
     def forward(self, images: Tensor) -> Tensor:
-        """``(B, 3, H, W)`` in [-1, 1] -> ``(B, out_dim)``."""
-        return self.proj(self.net(_check_image(images)))
+        """``(B, 3, H, W)`` in [-1, 1] -> ``(B, out_dim)``, in the encoder's dtype."""
+        return self.proj(self.net(_check_image(images).to(self.proj.weight.dtype)))
 
 
 class EfficientNetImageEncoder(nn.Module):

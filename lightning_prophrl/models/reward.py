@@ -229,7 +229,8 @@ class VideoSuccessClassifier(nn.Module):
 
     @torch.no_grad()
     def frame_probs(self, videos: Tensor, batch_size: int = 16) -> Tensor:
-        """Per-frame success probabilities ``(N, T)`` of ``(N, T, 3, H, W)`` videos, ``batch_size`` videos per pass.
+        """Per-frame success probabilities ``(N, T)`` float32 on the CPU of ``(N, T, 3, H, W)`` videos, ``batch_size``
+        videos per pass on the classifier's device and in its dtype.
 
         Runs in eval mode (restoring the previous mode) without gradients.
         """
@@ -237,8 +238,9 @@ class VideoSuccessClassifier(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            device = next(self.parameters()).device
-            out = [torch.sigmoid(self(v.to(device))).cpu() for v in videos.split(max(1, batch_size))]
+            param = next(self.parameters())
+            out = [torch.sigmoid(self(v.to(param.device, param.dtype))).float().cpu()
+                   for v in videos.split(max(1, batch_size))]  # fmt: skip
         finally:
             self.train(was_training)
         return torch.cat(out)

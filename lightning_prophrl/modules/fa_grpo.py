@@ -9,7 +9,7 @@ One ``training_step`` is one RL update (``self.updates`` counts them; ``trainer.
    over the executed chunk positions of every query while the rollout was alive;
 4. ``ppo_epochs`` passes over shuffled minibatches of the recorded queries: per-step log-probs recomputed in one
    batched forward, FA-GRPO (or the Flow-GRPO baseline) with optional FlowScale, plus ``beta_kl`` x KL to the
-   frozen SFT policy; gradient clipping and an optimizer step per minibatch.
+   frozen SFT policy; gradient clipping and an optimizer step per minibatch (``modules.fa_grpo_ppo``).
 
 Non-finite values never reach the weights: the rollouts' observations, behaviour log-probs and rewards, the loss and
 the gradient norm are checked before they are used (``lightning_prophrl.rl.nonfinite``); ``on_nonfinite`` chooses
@@ -18,13 +18,23 @@ between stopping with an error that names the offender and skipping the update.
 The behaviour log-probs are recomputed with the same minibatch partition as the first epoch just before the update, so
 the importance ratio of the first minibatch is exactly 1; the gap to the log-probs recorded while sampling is logged as
 ``train/sampler_mismatch``.
+
+Under DDP each process rolls out its share of the update's prompts (whole groups, ``PromptSampler``) in its own
+environment on its own device. One all-gather per update shares the rollouts' alive masks, rewards, success and steps
+(``fa_grpo_batch.gather_rollouts``): the minibatches are drawn over the queries of all processes
+(``rl.sharding``), so every process runs the same number of optimizer steps, and the averaged gradient of a
+minibatch is the gradient of its mean loss, whatever the number of processes. The ``rollout/*`` metrics and the
+counters (``env_steps_total``, ``episodes_total``) are those of the whole update; the ``train/*`` metrics are the
+logging process's part. Only the policy is trained: the reference policy has no gradient (DDP reduces, and the
+optimizer holds, the policy's parameters only), and the environment's and the reward model's networks are not
+submodules (not in checkpoints, DDP or the optimizer) but follow every ``.to(device / dtype)`` of the module
+(``modules.placement``).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -34,61 +44,65 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from lightning_prophrl import constants as K
-from lightning_prophrl.checkpoints import load_submodule_weights
+from lightning_prophrl.checkpoints import default_optimizer
 from lightning_prophrl.envs.base import BatchedEnvBase
 from lightning_prophrl.envs.rollout import ActionDecoder, RolloutBatch, collect_rollouts
 from lightning_prophrl.models.policy import FlowMatchingPolicy
-from lightning_prophrl.rl import (
-    NonFiniteError,
-    check_rollouts,
-    fa_grpo_loss,
-    flow_grpo_loss,
-    flowscale_weights,
-    gaussian_mean_kl,
-    group_advantages,
-    kl_k3,
-    masked_mean,
+from lightning_prophrl.modules.fa_grpo_batch import (
+    agreement_logs,
+    flatten_queries,
+    gather_rollouts,
+    prompts_from_batch,
+    take_queries,
 )
+from lightning_prophrl.modules.fa_grpo_ppo import PPOEpochsMixin
+from lightning_prophrl.modules.placement import held_modules
+from lightning_prophrl.modules.policy_loading import load_policy_weights, policy_from_dir
+from lightning_prophrl.rl import NonFiniteError, check_rollouts, group_advantages, plan_minibatches, stream_seed
+
+__all__ = [
+    "FAGRPOModule",
+    "agreement_logs",
+    "flatten_queries",
+    "load_policy_weights",
+    "policy_from_dir",
+    "prompts_from_batch",
+    "take_queries",
+]
+
+_ROLLOUT_STREAM, _SHUFFLE_STREAM = 0, 1  # stream keys of rl.stream_seed
 
 
-def load_policy_weights(policy: torch.nn.Module, checkpoint: str) -> dict[str, Any]:
-    """Load ``policy.*`` weights from a ``PolicySFTModule`` (or ``FAGRPOModule``) checkpoint; returns its
-    hyper-parameters."""
-    return load_submodule_weights(policy, checkpoint, "policy")
+def check_settings(env: Any, group_size: int, max_queries: int, ppo_epochs: int, minibatch_size: int, loss: str,
+                   on_nonfinite: str, sft_checkpoint: str | None, policy_dir: str | None) -> None:  # fmt: skip
+    """Reject ``FAGRPOModule`` settings that cannot train, naming the argument (and config key) to change."""
+    for name, value in (("group_size", group_size), ("max_queries", max_queries), ("ppo_epochs", ppo_epochs),
+                        ("minibatch_size", minibatch_size)):  # fmt: skip
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if loss not in ("fa_grpo", "flow_grpo"):
+        raise ValueError(f"loss must be 'fa_grpo' or 'flow_grpo', got {loss!r}")
+    if on_nonfinite not in ("raise", "skip"):
+        raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
+    if env is None:
+        raise ValueError("FAGRPOModule needs `env` (the batched environment the policy is trained in)")
+    env_group = getattr(env, "group_size", group_size)
+    if env_group != group_size:
+        raise ValueError(f"model.init_args.group_size={group_size} differs from the environment's group size "
+                         f"model.init_args.env.init_args.group_size={env_group}: set both to the same value")  # fmt: skip
+    if sft_checkpoint is not None and policy_dir is not None:
+        raise ValueError("pass either `sft_checkpoint` or `policy_dir` to initialise the policy, not both")
 
 
-def policy_from_dir(
-    policy_dir: str, policy: FlowMatchingPolicy | None = None
-) -> tuple[FlowMatchingPolicy, dict[str, Any]]:
-    """The policy of a ``save_pretrained`` directory and what the directory says about its actions (``norm_mode``,
-    and ``action_stats`` as a dict and ``action_dims`` when it has them). Without ``policy`` it is rebuilt with
-    ``FlowMatchingPolicy.from_pretrained``; with one, the directory's weights are loaded into it (a different
-    architecture fails to load, naming the mismatched weights)."""
-    from safetensors.torch import load_model
-
-    from lightning_prophrl.models.policy import POLICY_WEIGHTS_FILE, load_policy_meta
-
-    meta = load_policy_meta(policy_dir)
-    if "action_stats" in meta:
-        meta["action_stats"] = meta["action_stats"].to_dict()
-    if policy is None:
-        return FlowMatchingPolicy.from_pretrained(policy_dir), meta
-    weights = Path(policy_dir) / POLICY_WEIGHTS_FILE
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found: the saved policy {policy_dir} has no weights")
-    load_model(policy, str(weights), strict=True, device="cpu")
-    return policy, meta
-
-
-class FAGRPOModule(L.LightningModule):
+class FAGRPOModule(PPOEpochsMixin, L.LightningModule):
     """FA-GRPO with FlowScale, trained against a ``BatchedEnv`` (simulator or world model).
 
     The policy and the frozen reference start from the same weights: the given ``policy``'s, those of
     ``sft_checkpoint``, or a saved policy directory (``policy_dir``, ``FlowMatchingPolicy.save_pretrained``), which
     also carries the action statistics and dims. The environment must run ``group_size`` rollouts per prompt, and the
     prompt datamodule must give as many prompts per batch as the environment takes (checked at fit start, naming both
-    config keys).
+    config keys). The environment's and the reward model's networks follow the module's device and dtype (see the
+    module docstring) without being part of its state.
 
     Args:
         policy: the flow-matching policy being optimized; None: ``FlowMatchingPolicy.from_pretrained(policy_dir)``.
@@ -116,14 +130,17 @@ class FAGRPOModule(L.LightningModule):
             Prophet, docs/results.md).
         kl_estimator: ``k3`` (sampled, per element, summed over flow steps) or ``gaussian_mean`` (closed form per step).
         ppo_epochs: passes over the rollouts per update (UNKNOWN; 2).
-        minibatch_size: policy queries per minibatch (UNKNOWN; 256).
+        minibatch_size: policy queries per minibatch, over all processes (UNKNOWN; 256).
         max_grad_norm: gradient clipping.
         noise_level: SDE noise level ``a`` for rollouts (default: the policy's).
-        reward_model: optional callable ``RolloutBatch -> (N,) rewards``; default the env's success.
-        optimizer: optimizer factory (default Adam 3e-5, the stable learning rate of docs/results.md).
+        reward_model: optional callable ``RolloutBatch -> (N,) rewards``; default the env's success. A reward model
+            that is an ``nn.Module`` is frozen (``requires_grad_(False)``): RL never trains it.
+        optimizer: optimizer factory (None: Adam 3e-5, the stable learning rate of docs/results.md).
         step_grad_every: every this many updates, log the gradient norm contributed by each flow step (K extra
             backward passes on one minibatch; 0 disables).
-        seed: seeds the sampler noise of the rollouts.
+        seed: seeds the sampler noise of the rollouts (update ``u``, counting skipped ones, on process ``r`` draws
+            from its own stream, ``rl.stream_seed(seed, u, 0, r)``) and the minibatch shuffles
+            (``stream_seed(seed, u, 1)``, the same on every process).
         export_dir: directory the optimized policy is written to (``save_pretrained``, with its action statistics)
             at the end of ``fit``; None writes nothing.
         on_nonfinite: what a NaN or inf in an update's observations, behaviour log-probs, rewards, loss or gradient
@@ -161,7 +178,7 @@ class FAGRPOModule(L.LightningModule):
         max_grad_norm: float = 1.0,
         noise_level: float | None = None,
         reward_model: Callable[[RolloutBatch], torch.Tensor] | None = None,
-        optimizer: OptimizerCallable = lambda p: torch.optim.Adam(p, lr=3e-5),
+        optimizer: OptimizerCallable | None = None,
         step_grad_every: int = 10,
         seed: int = 0,
         export_dir: str | None = None,
@@ -169,22 +186,8 @@ class FAGRPOModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["policy", "env", "reward_model", "optimizer"])
-        for name, value in (("group_size", group_size), ("max_queries", max_queries), ("ppo_epochs", ppo_epochs),
-                            ("minibatch_size", minibatch_size)):  # fmt: skip
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if loss not in ("fa_grpo", "flow_grpo"):
-            raise ValueError(f"loss must be 'fa_grpo' or 'flow_grpo', got {loss!r}")
-        if on_nonfinite not in ("raise", "skip"):
-            raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
-        if env is None:
-            raise ValueError("FAGRPOModule needs `env` (the batched environment the policy is trained in)")
-        env_group = getattr(env, "group_size", group_size)
-        if env_group != group_size:
-            raise ValueError(f"model.init_args.group_size={group_size} differs from the environment's group size "
-                             f"model.init_args.env.init_args.group_size={env_group}: set both to the same value")  # fmt: skip
-        if sft_checkpoint is not None and policy_dir is not None:
-            raise ValueError("pass either `sft_checkpoint` or `policy_dir` to initialise the policy, not both")
+        check_settings(env, group_size, max_queries, ppo_epochs, minibatch_size, loss, on_nonfinite, sft_checkpoint,
+                       policy_dir)  # fmt: skip
         self.automatic_optimization = False
         norm_mode = "quantile"
         if policy_dir is not None:
@@ -195,8 +198,10 @@ class FAGRPOModule(L.LightningModule):
             self.hparams.action_stats, self.hparams.action_dims = action_stats, action_dims
         if policy is None:
             raise ValueError("FAGRPOModule needs `policy` or `policy_dir` (a save_pretrained policy directory)")
+        if isinstance(reward_model, torch.nn.Module):
+            reward_model.requires_grad_(False)
         self.policy, self.env, self.reward_model = policy, env, reward_model
-        self.optimizer_factory = optimizer
+        self.optimizer_factory = default_optimizer(optimizer, torch.optim.Adam, lr=3e-5)
         if sft_checkpoint is not None:
             hp = load_policy_weights(policy, sft_checkpoint)
             action_stats = action_stats or hp.get("action_stats")
@@ -208,7 +213,7 @@ class FAGRPOModule(L.LightningModule):
         policy.set_action_stats(action_stats, action_dims, norm_mode)
         self.decoder = ActionDecoder(action_stats, action_dims, target=action_target, norm_mode=norm_mode)
         self.reference = copy.deepcopy(policy).requires_grad_(False).eval()
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(stream_seed(seed, 0, _ROLLOUT_STREAM, 0))  # reseeded per update
         self.env_steps_total = 0
         self.episodes_total = 0
         self.updates = 0  # RL updates done (trainer.global_step counts optimizer steps: ppo_epochs x minibatches)
@@ -252,6 +257,8 @@ class FAGRPOModule(L.LightningModule):
 
     def _update(self, prompts: list[dict[str, Any]]) -> None:
         h = self.hparams
+        rank, world = self._rank_and_world()
+        self._seed_streams(rank)
         err = None
         try:
             rollouts = self.rollout(prompts)
@@ -259,19 +266,16 @@ class FAGRPOModule(L.LightningModule):
         except NonFiniteError as e:
             err = e
         self._agree_on_nonfinite(err)
-        adv = group_advantages(rollouts.rewards, h.group_size)  # (N,)
-        data = self._flatten(rollouts, adv)
-        stats = self._ppo_update(data)
-        zero_var = (rollouts.rewards.view(-1, h.group_size).std(1) == 0).float().mean()
+        every = gather_rollouts(rollouts, h.max_queries, rank, world, self._all_gather)
+        data = flatten_queries(rollouts, group_advantages(rollouts.rewards, h.group_size))
+        shuffle = torch.Generator().manual_seed(stream_seed(h.seed, self._attempt, _SHUFFLE_STREAM))
+        plan = plan_minibatches(every.alive, rank, every.rollouts_per_rank, h.minibatch_size, h.ppo_epochs, shuffle)
+        stats = self._ppo_update(data, plan, skip=bool((every.advantages(h.group_size) == 0).all()))
         self.updates += 1
-        self.env_steps_total += int(rollouts.steps.sum())
-        self.episodes_total += int(rollouts.rewards.numel())
+        self.env_steps_total += int(every.steps.sum())
+        self.episodes_total += int(every.rewards.numel())
         logs = {
-            "rollout/reward_mean": rollouts.rewards.mean(),
-            "rollout/success_rate": rollouts.success.mean(),
-            "rollout/zero_var_groups": zero_var,
-            "rollout/episode_steps": rollouts.steps.float().mean(),
-            "rollout/queries": torch.tensor(float(data["adv"].numel())),
+            **every.logs(h.group_size),
             "rollout/env_steps_total": torch.tensor(float(self.env_steps_total)),
             "rollout/updates": torch.tensor(float(self.updates)),
             "train/nonfinite_skips": torch.tensor(float(self.nonfinite_skips)),
@@ -280,7 +284,28 @@ class FAGRPOModule(L.LightningModule):
             **stats,
         }
         self.log_dict(logs, prog_bar=False, batch_size=1)
-        self.log("rollout/success", rollouts.success.mean(), prog_bar=True, batch_size=1)
+        self.log("rollout/success", logs["rollout/success_rate"], prog_bar=True, batch_size=1)
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = self._trainer
+        return (0, 1) if trainer is None else (int(getattr(trainer, "global_rank", 0)), int(trainer.world_size))
+
+    def _all_gather(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trainer.strategy.all_gather(x.to(self.device))
+
+    @property
+    def _attempt(self) -> int:
+        """Index of the current update among all updates tried (skipped ones too): the key of its random streams."""
+        return self.updates + self.nonfinite_skips
+
+    def _seed_streams(self, rank: int) -> None:
+        """The rollout noise of this update on this process: the policy sampler's stream and, for an environment
+        that samples (``WorldModelEnv.reseed``), the environment's stream of the same update and process."""
+        self.generator = torch.Generator().manual_seed(stream_seed(self.hparams.seed, self._attempt, _ROLLOUT_STREAM,
+                                                                   rank))  # fmt: skip
+        reseed = getattr(self.env, "reseed", None)
+        if callable(reseed):
+            reseed(self._attempt, rank)
 
     def _agree_on_nonfinite(self, err: NonFiniteError | None) -> None:
         """Raise ``err`` on this process, and under DDP on every process when any process's rollouts were
@@ -316,145 +341,25 @@ class FAGRPOModule(L.LightningModule):
         finally:
             self.policy.train()
 
-    def _flatten(self, r: RolloutBatch, adv: torch.Tensor) -> dict[str, Any]:
-        """Keep the (step, rollout) queries made while the rollout was alive."""
-        s_idx, n_idx = r.alive.nonzero(as_tuple=True)
-        obs: dict[str, Any] = {}
-        for key in r.obs[0]:
-            vals = [r.obs[s][key] for s in range(len(r.obs))]
-            if isinstance(vals[0], torch.Tensor):
-                obs[key] = torch.stack(vals)[s_idx, n_idx]
-            else:
-                obs[key] = [vals[s][n] for s, n in zip(s_idx.tolist(), n_idx.tolist())]
-        return {
-            "obs": obs,
-            "x_steps": r.x_steps[s_idx, n_idx],
-            "sampled_log_probs": r.log_probs[s_idx, n_idx],
-            "adv": adv[n_idx],
-        }
-
-    # 2. PPO epochs -------------------------------------------------------------------------------------------------
-    def _ppo_update(self, data: dict[str, Any]) -> dict[str, torch.Tensor]:
-        h = self.hparams
-        opt = self.optimizers()
-        m = data["adv"].numel()
-        c = self.policy.chunk_len
-        chunk_mask = (torch.arange(c) < self.policy.exec_horizon).float().to(self.device)  # only executed actions
-        weights = None
-        if h.flowscale:
-            sigma2 = self.policy.step_sigma2(noise_level=h.noise_level).to(self.device)
-            weights = flowscale_weights(sigma2, h.flowscale_p, h.flowscale_alpha, h.flowscale_w_min, h.flowscale_w_max,
-                                        h.flowscale_eps, mask=sigma2 > 0)  # fmt: skip
-        perms = [torch.randperm(m, generator=self.generator) for _ in range(h.ppo_epochs)]
-        mbs = [perms[0][i : i + h.minibatch_size] for i in range(0, m, h.minibatch_size)]
-        with torch.no_grad():  # behaviour log-probs, same partition as the first epoch (ratio exactly 1 at start)
-            old = torch.empty_like(data["sampled_log_probs"])
-            for idx in mbs:
-                old[idx] = self.policy.log_prob(self._take(data["obs"], idx), data["x_steps"][idx].to(self.device),
-                                                noise_level=h.noise_level).cpu()  # fmt: skip
-        logs: dict[str, list[float]] = {}
-        if bool((data["adv"] == 0).all()):
-            return {"train/skipped_update": torch.tensor(1.0), "train/sampler_mismatch": self._mismatch(data, old)}
-        first = True
-        for epoch, perm in enumerate(perms):
-            for i in range(0, m, h.minibatch_size):
-                idx = perm[i : i + h.minibatch_size]
-                try:
-                    stats = self._minibatch_step(
-                        data, old, idx, chunk_mask, weights, opt, log_step_grads=first and epoch == 0
-                    )
-                except NonFiniteError as err:
-                    raise NonFiniteError(f"PPO epoch {epoch}, minibatch {i // h.minibatch_size}: {err}") from err
-                if first:
-                    logs.setdefault("train/first_ratio_max_dev", []).append(stats.pop("ratio_dev"))
-                stats.pop("ratio_dev", None)
-                first = False
-                for k, v in stats.items():
-                    logs.setdefault(f"train/{k}", []).append(float(v))
-        out = {k: torch.tensor(float(np.mean(v))) for k, v in logs.items()}
-        out["train/ratio_min"] = torch.tensor(float(np.min(logs["train/ratio_min"])))
-        out["train/ratio_max"] = torch.tensor(float(np.max(logs["train/ratio_max"])))
-        out["train/skipped_update"] = torch.tensor(0.0)
-        out["train/sampler_mismatch"] = self._mismatch(data, old)
-        return out
-
-    def _minibatch_step(self, data, old, idx, chunk_mask, weights, opt, log_step_grads: bool) -> dict[str, Any]:
-        h = self.hparams
-        obs = self._take(data["obs"], idx)
-        x = data["x_steps"][idx].to(self.device)
-        adv = data["adv"][idx].to(self.device)
-        mask = chunk_mask[None].expand(len(idx), -1)
-        new_lp, new_mean = self.policy.log_prob(obs, x, noise_level=h.noise_level, return_means=True)
-        old_lp = old[idx].to(self.device)
-        adv_c = adv[:, None].expand(-1, mask.shape[1])
-        if h.loss == "fa_grpo":
-            pg, st = fa_grpo_loss(new_lp, old_lp, adv_c, mask, h.eps_low, h.eps_high, weights, h.flowscale_mode)
-        else:
-            pg, st = flow_grpo_loss(new_lp, old_lp, adv_c, mask, h.eps_low, h.eps_high, weights)
-        kl = torch.zeros((), device=self.device)
-        if h.beta_kl > 0 or log_step_grads:
-            with torch.no_grad():
-                ref_lp, ref_mean = self.reference.log_prob(obs, x, noise_level=h.noise_level, return_means=True)
-            m3 = mask[:, :, None].expand(-1, -1, new_lp.shape[-1])
-            if h.kl_estimator == "k3":
-                kl = masked_mean(kl_k3(new_lp.sum(1), ref_lp.sum(1)), m3)
-            else:
-                std = self.policy.step_sigma2(noise_level=h.noise_level).sqrt().to(self.device)
-                kl = masked_mean(gaussian_mean_kl(new_mean, ref_mean, std).sum(1), m3)
-        loss = pg + h.beta_kl * kl
-        if not bool(torch.isfinite(loss)):
-            raise NonFiniteError(f"the loss is non-finite: policy gradient {float(pg)} + beta_kl x KL {float(kl)}")
-        step_norms = self._step_grad_norms(new_lp, loss) if log_step_grads and self._log_step_grads_now() else None
-        opt.zero_grad()
-        self.manual_backward(loss)
-        gnorm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), h.max_grad_norm)
-        if not bool(torch.isfinite(gnorm)):  # clipping scales a NaN gradient to NaN: never step with it
-            opt.zero_grad()
-            raise NonFiniteError(f"the policy's gradient norm is non-finite: {float(gnorm)} (before clipping)")
-        opt.step()
-        ratio_dev = float((torch.exp(new_lp.detach().sum(1) - old_lp.sum(1)) - 1).abs().max())
-        out = {"loss": pg.detach(), "kl_ref": kl.detach(), "grad_norm": gnorm.detach(), "ratio_dev": ratio_dev,
-               **{k: v for k, v in st.items()}}  # fmt: skip
-        if step_norms is not None:
-            for k, v in enumerate(step_norms):
-                self.log(f"grad_step/k{k:02d}", v, batch_size=1)
-        return out
-
-    def _log_step_grads_now(self) -> bool:
-        every = self.hparams.step_grad_every
-        return every > 0 and self.updates % every == 0
-
-    def _step_grad_norms(self, new_lp: torch.Tensor, loss: torch.Tensor) -> list[float]:
-        """Norm of the parameter gradient contributed through each flow step k (FlowScale's effect)."""
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        (g_lp,) = torch.autograd.grad(loss, new_lp, retain_graph=True)
-        norms = []
-        for k in range(new_lp.shape[1]):
-            grads = torch.autograd.grad((g_lp[:, k].detach() * new_lp[:, k]).sum(), params, retain_graph=True,
-                                        allow_unused=True)  # fmt: skip
-            norms.append(float(torch.sqrt(sum((g**2).sum() for g in grads if g is not None))))
-        return norms
-
-    @staticmethod
-    def _mismatch(data: dict[str, Any], old: torch.Tensor) -> torch.Tensor:
-        sampled = data["sampled_log_probs"]
-        return (sampled.sum(1) - old.sum(1)).abs().max() if sampled.numel() else torch.tensor(0.0)
-
-    def _take(self, obs: dict[str, Any], idx: torch.Tensor) -> dict[str, Any]:
-        il = idx.tolist()
-        return {
-            k: (v[idx].to(self.device) if isinstance(v, torch.Tensor) else [v[i] for i in il]) for k, v in obs.items()
-        }
-
-    # 3. optimizer and state ----------------------------------------------------------------------------------------
+    # 2. optimizer, placement and state -----------------------------------------------------------------------------
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory([p for p in self.policy.parameters() if p.requires_grad])
 
     @override
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> FAGRPOModule:
+        """Every device or dtype conversion of the module (``to``, ``cuda``, ``double``, Lightning's placement and
+        precision) also converts the networks the environment and the reward model hold (``held_modules``)."""
+        super()._apply(fn, recurse)
+        own = {id(m) for m in self.modules()}
+        for net in held_modules(getattr(self, "env", None), getattr(self, "reward_model", None)):
+            if id(net) not in own:
+                net._apply(fn)
+        return self
+
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rl_state"] = {
-            "generator": self.generator.get_state(),
             "env_steps_total": self.env_steps_total,
             "episodes_total": self.episodes_total,
             "updates": self.updates,
@@ -464,21 +369,7 @@ class FAGRPOModule(L.LightningModule):
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("rl_state")
-        if state is not None:
-            self.generator.set_state(state["generator"])
+        if state is not None:  # the random streams depend on (seed, update, process) only: nothing else to restore
             self.env_steps_total, self.episodes_total = state["env_steps_total"], state["episodes_total"]
             self.updates = state["updates"]
             self.nonfinite_skips = state.get("nonfinite_skips", 0)
-
-
-def agreement_logs(info: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """``rollout/draws_agree``: the share of rollouts whose world-model noise draws agree on success (present when the
-    environment imagines several draws, ``WorldModelEnv(draws=D)``)."""
-    agree = info.get("draws_agree")
-    return {} if agree is None else {"rollout/draws_agree": torch.as_tensor(agree, dtype=torch.float32).mean()}
-
-
-def prompts_from_batch(batch: dict[str, Any]) -> list[dict[str, Any]]:
-    """Split a collated prompt batch back into one dict per prompt."""
-    n = len(batch[K.INSTRUCTION])
-    return [{k: (v[i] if not isinstance(v, torch.Tensor) else v[i].cpu()) for k, v in batch.items()} for i in range(n)]

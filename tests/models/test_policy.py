@@ -327,3 +327,17 @@ def test_custom_backbone_policy_needs_its_backbone_to_load(tmp_path):
     assert torch.equal(loaded.backbone.mlp.weight, policy.backbone.mlp.weight)
     with pytest.raises(FileNotFoundError, match="not a saved policy"):
         FlowMatchingPolicy.from_pretrained(tmp_path / "missing")
+
+
+def test_a_policy_in_float64_samples_and_scores_its_own_trajectories():
+    """The policy follows its parameters' dtype (float32 observations in, as environments give them): a float64
+    policy samples an SDE chunk and recomputes exactly the log-probs it recorded (ratio 1)."""
+    from lightning_prophrl import constants as K
+
+    torch.manual_seed(0)
+    policy = FlowMatchingPolicy(action_dim=4, chunk_len=4, exec_horizon=2, state_dim=4, instructions=["a"],
+                                cond_dim=32, width=32, depth=1, num_heads=2, num_steps=4).double()  # fmt: skip
+    obs = {K.OBS_IMAGE: torch.rand(2, 3, 32, 32) * 2 - 1, K.OBS_STATE: torch.randn(2, 4), K.INSTRUCTION: ["a", "a"]}
+    res = policy.sample(obs, mode="sde", generator=torch.Generator().manual_seed(0))
+    assert res.log_probs is not None and torch.isfinite(res.log_probs).all()
+    torch.testing.assert_close(policy.log_prob(obs, res.x_steps), res.log_probs, rtol=0, atol=1e-6)

@@ -279,3 +279,13 @@ def test_reward_chain_builds_from_a_class_path_config(tmp_path):
         ["--rl.reward_model", '{"class_path": "lightning_prophrl.models.reward.SimulatorOracle"}']
     )
     assert isinstance(parser.instantiate(oracle).rl.reward_model, SimulatorOracle)
+
+
+def test_frame_probs_run_in_the_classifiers_dtype_and_return_float32():
+    torch.manual_seed(0)
+    clf = VideoSuccessClassifier(feature_dim=16, channels=(8, 8), groups=4)
+    videos = torch.rand(2, 3, 3, 16, 16) * 2 - 1
+    probs32 = clf.frame_probs(videos)
+    probs64 = clf.double().frame_probs(videos)  # float32 frames from an environment, a float64 classifier
+    assert probs64.dtype == torch.float32 and probs64.shape == (2, 3)
+    torch.testing.assert_close(probs64, probs32, rtol=0, atol=1e-5)

@@ -134,7 +134,13 @@ def test_checkpoint_resume_restores_rl_state_exactly(env, tmp_path):
     fresh.load_state_dict(ckpt["state_dict"])
     fresh.on_load_checkpoint(ckpt)
     assert fresh.updates == module.updates == 1 and fresh.env_steps_total == module.env_steps_total
-    assert torch.equal(fresh.generator.get_state(), module.generator.get_state())
+    assert set(ckpt["rl_state"]) == {"env_steps_total", "episodes_total", "updates", "nonfinite_skips"}
+    same_seed = rl_module(env, reward_model=varied_reward)  # the noise streams depend on (seed, update, process)
+    same_seed.on_load_checkpoint(ckpt)
+    same_seed._seed_streams(rank=0), module._seed_streams(rank=0)
+    assert torch.equal(same_seed.generator.get_state(), module.generator.get_state())
+    fresh._seed_streams(rank=0)
+    assert not torch.equal(fresh.generator.get_state(), module.generator.get_state())
     for k, v in module.state_dict().items():
         assert torch.equal(v, fresh.state_dict()[k]), k
 
