@@ -92,8 +92,12 @@ def _conventions_help() -> str:
     from lightning_prophrl.datamodules.converters import CONVENTIONS
 
     width = max(map(len, CONVENTIONS))
-    return "action conventions (--action-convention, see lightning_prophrl.actions.to_unified):\n" + "\n".join(
-        f"  {name:<{width}}  {text}" for name, text in CONVENTIONS.items()
+    from lightning_prophrl.datamodules.converters import JOINT_MAPPING_HELP
+
+    return (
+        "action conventions (--action-convention, see lightning_prophrl.actions.to_unified):\n"
+        + "\n".join(f"  {name:<{width}}  {text}" for name, text in CONVENTIONS.items())
+        + f"\n\n{JOINT_MAPPING_HELP}"
     )
 
 
@@ -160,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
             "dataset under data/demo_N holding the actions (default: actions), or 'ee_poses' to derive them from the "
             "end-effector poses (with --action-convention ee_abs_quat)")  # fmt: skip
         c.add_argument("--action-key", default=None, help=key_help)
+        c.add_argument("--joint-mapping", default=None, metavar="MODULE:FUNCTION",
+                       help="forward kinematics of a joint-space robot (with --action-convention joint; see below)")  # fmt: skip
         c.add_argument("--image-key", default=None, help="camera to convert (default: the layout's / first video)")
         c.add_argument("--frame-format", choices=["mp4", "npy"], default="mp4", help="frames in the shards")
         c.add_argument("--max-episodes", type=_at_least(1), default=None, help="convert at most this many episodes")
@@ -240,6 +246,10 @@ def main(argv: list[str] | None = None) -> None:
             kwargs["image_key"] = args.image_key
         if args.action_key:
             kwargs["action_key"] = args.action_key
+        if args.joint_mapping:
+            from lightning_prophrl.datamodules.converters import load_joint_mapping
+
+            kwargs["joint_mapping"] = load_joint_mapping(args.joint_mapping)
         if not args.append:
             _require_new_output(args.out, append_flag=True)
         if args.source == "lerobot":  # the converters put --out back as it was when they fail

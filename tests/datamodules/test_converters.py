@@ -417,3 +417,37 @@ def test_hdf5_errors_are_named(tmp_path):
                            progress=False)  # fmt: skip
     assert (summary["episodes"], summary["skipped"]) == (1, 1)
     assert (tmp_path / "o6" / STATS_FILE).exists()
+
+
+def test_lerobot_joint_space_robot_converts_through_its_forward_kinematics(tmp_path, capsys):
+    """A joint-space dataset (``action_convention="joint"``) goes through the caller's forward kinematics, from Python
+    and from ``prophrl-data --joint-mapping MODULE:FUNCTION``; without one, or with a bad one, it is refused by name."""
+    from lightning_prophrl.data_cli import main
+    from tests.datamodules.joint_fk import planar_to_unified
+
+    truth = make_v21(tmp_path / "src")
+    convert_lerobot(tmp_path / "src", tmp_path / "py", action_convention="joint", joint_mapping=planar_to_unified,
+                    frame_format="npy", progress=False)  # fmt: skip
+    main(["convert", "lerobot", str(tmp_path / "src"), "--out", str(tmp_path / "cli"), "--action-convention", "joint",
+          "--joint-mapping", "tests.datamodules.joint_fk:planar_to_unified", "--frame-format", "npy"])  # fmt: skip
+    for out in ("py", "cli"):
+        eps = list(iter_episodes(tmp_path / out))
+        assert len(eps) == 3
+        for ep, (_, act, _) in zip(eps, truth, strict=True):
+            want, mask = planar_to_unified(act.astype(np.float64))
+            np.testing.assert_allclose(ep.actions, want, rtol=0, atol=1e-6)
+            np.testing.assert_array_equal(ep.action_mask, mask)
+
+    with pytest.raises(ValueError, match="joint_mapping"):
+        convert_lerobot(tmp_path / "src", tmp_path / "none", action_convention="joint", progress=False)
+    with pytest.raises(ValueError, match="only with action_convention 'joint'"):
+        convert_lerobot(tmp_path / "src", tmp_path / "other", action_convention="ee_delta_euler",
+                        joint_mapping=planar_to_unified, progress=False)  # fmt: skip
+    capsys.readouterr()  # the successful conversions' progress and summary
+    for spec in ("no_colon", "tests.datamodules.joint_fk:missing", "no_such_module_xyz:f"):
+        with pytest.raises(SystemExit):
+            main(["convert", "lerobot", str(tmp_path / "src"), "--out", str(tmp_path / "bad"), "--action-convention",
+                  "joint", "--joint-mapping", spec])  # fmt: skip
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: --joint-mapping") and spec in err[0]
+        assert not (tmp_path / "bad").exists()

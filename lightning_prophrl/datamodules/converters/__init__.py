@@ -25,6 +25,8 @@ added are deleted and ``index.json`` / ``stats.json`` restored.
 
 from lightning_prophrl.datamodules.converters.common import (
     CONVENTIONS,
+    JOINT_MAPPING_HELP,
+    JointMapping,
     MissingKeyError,
     check_arm_count,
     check_convention,
@@ -32,6 +34,7 @@ from lightning_prophrl.datamodules.converters.common import (
     check_source_array,
     guarded_output,
     key_part,
+    load_joint_mapping,
     map_actions,
     postprocess_frames,
     run_conversion,
@@ -42,11 +45,14 @@ from lightning_prophrl.datamodules.converters.lerobot import convert_lerobot
 
 __all__ = [
     "CONVENTIONS",
+    "JOINT_MAPPING_HELP",
+    "JointMapping",
     "MissingKeyError",
     "check_arm_count",
     "check_convention",
     "check_frames",
     "check_source_array",
+    "load_joint_mapping",
     "convert_hdf5",
     "convert_lerobot",
     "guarded_output",

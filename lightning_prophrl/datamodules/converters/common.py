@@ -52,23 +52,62 @@ CONVENTIONS: dict[str, str] = {
     "ee_abs_quat": "(T, n_arms*8) absolute end-effector xyz + quaternion wxyz + gripper opening [0, 1] per arm",
     "ee_abs_euler": "(T, n_arms*7) absolute end-effector xyz + Euler xyz + gripper opening [0, 1] per arm",
     "ee_delta_euler": "(T, 7) or (T, 14) tool-frame deltas dpos xyz + deuler xyz + gripper opening per arm",
-    "joint": "joint positions: refused, they need forward kinematics (convert to end-effector poses first)",
+    "joint": "joint positions, mapped by your forward kinematics (--joint-mapping MODULE:FUNCTION, see below)",
 }
+JOINT_MAPPING_HELP = (
+    "joint-space robots (SO-100, Koch, ALOHA, ...): --action-convention joint --joint-mapping MODULE:FUNCTION, where "
+    "FUNCTION((T, D) joint actions) returns (unified (T, 14) actions, mask (14,) bool): the robot's forward kinematics "
+    "(MODULE is imported from the installed packages or the current directory)"
+)
+# A forward-kinematics mapping: ``(T, D)`` joint-space actions -> ``(unified (T, 14), mask (14,) bool)``.
+JointMapping = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 # Values per arm of each convention (None: not split by arm).
 _ARM_WIDTH = {"metaworld": 4, "ee_abs_quat": 8, "ee_abs_euler": 7, "ee_delta_euler": ARM_DIM}
 
 
-def check_convention(convention: str) -> None:
-    """Reject anything that is not a known ``SourceConvention`` (the argument is mandatory and never guessed), and
-    ``"joint"`` (the converters have no forward kinematics), before anything is read or written."""
+def check_convention(convention: str, joint_mapping: JointMapping | None = None) -> None:
+    """Reject anything that is not a known ``SourceConvention`` (the argument is mandatory and never guessed),
+    ``"joint"`` without a ``joint_mapping`` (the library has no robot's forward kinematics) and a ``joint_mapping``
+    with any other convention, before anything is read or written."""
     known = get_args(SourceConvention)
     if convention not in known:
         raise ValueError(f"action_convention must be one of {list(known)}, got {convention!r}")
-    if convention == "joint":
+    if convention == "joint" and joint_mapping is None:
         raise ValueError(
-            "action_convention 'joint': joint-space actions cannot be mapped to the unified end-effector action space "
-            "without a forward-kinematics mapping; convert the dataset to end-effector poses first"
+            "action_convention 'joint': joint-space actions need the robot's forward-kinematics mapping to reach "
+            "the unified end-effector action space: pass joint_mapping=FUNCTION (prophrl-data: --joint-mapping "
+            "MODULE:FUNCTION), or convert the dataset to end-effector poses first"
         )
+    if convention != "joint" and joint_mapping is not None:
+        raise ValueError(f"joint_mapping is used only with action_convention 'joint', got {convention!r}")
+    if joint_mapping is not None and not callable(joint_mapping):
+        raise ValueError(
+            f"joint_mapping must be a function (T, D) -> (actions (T, 14), mask (14,)), got {joint_mapping!r}"
+        )
+
+
+def load_joint_mapping(spec: str) -> JointMapping:
+    """The function ``MODULE:FUNCTION`` names (``--joint-mapping``), importing ``MODULE`` from the installed packages
+    or the current directory.
+
+    Raises:
+        ValueError: naming the flag, when ``spec`` is not ``MODULE:FUNCTION`` or does not import to a function.
+    """
+    import importlib
+    import sys
+
+    module, sep, name = spec.partition(":")
+    if not (sep and module and name):
+        raise ValueError(f"--joint-mapping {spec!r}: expected MODULE:FUNCTION, e.g. my_robot.kinematics:to_unified")
+    if os.getcwd() not in sys.path:  # console scripts do not search the current directory
+        sys.path.append(os.getcwd())
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"--joint-mapping {spec!r}: {err}") from err
+    if not callable(fn):
+        raise ValueError(f"--joint-mapping {spec!r}: {name} is not a function")
+    return fn
 
 
 def check_source_array(
@@ -208,6 +247,7 @@ def map_actions(
     source: str = "actions",
     width: int | None = None,
     width_from: str | None = None,
+    joint_mapping: JointMapping | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Check the source actions (``check_source_array``) and map them with ``to_unified``, naming the episode and
     the source in any error.
@@ -219,13 +259,14 @@ def map_actions(
         source: the file / key the actions come from, used in error messages.
         width: the action width the dataset declares (``D`` must equal it), or None.
         width_from: where ``width`` is declared, named in the error.
+        joint_mapping: the forward kinematics of ``convention="joint"``.
 
     Returns:
         ``(actions (T, 14) float32, mask (14,) bool)``.
     """
     actions = check_source_array(actions, where, source, width=width, width_from=width_from)
     try:
-        return to_unified(actions, convention)
+        return to_unified(actions, convention, joint_mapping=joint_mapping)
     except ValueError as err:
         raise ValueError(f"{where}: cannot map actions with convention {convention!r} ({source}): {err}") from err
 

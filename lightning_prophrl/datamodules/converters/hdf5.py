@@ -46,6 +46,7 @@ from lightning_prophrl.actions import SourceConvention
 from lightning_prophrl.datamodules.converters.common import (
     Flip,
     FrameFormat,
+    JointMapping,
     MissingKeyError,
     OnError,
     check_arm_count,
@@ -239,7 +240,8 @@ def _build_episode(f, path: Path, file_idx: int, name: str, cfg: dict[str, Any])
         source, action_key, arms = _read(demo, cfg["action_key"], path), _key(demo, cfg["action_key"]), info["arms"]
         width = source.shape[1] if source.ndim == 2 else 1
         check_arm_count(width, cfg["convention"], arms, where, action_key, f"{path} (env_kwargs.robots)")
-        actions, mask = map_actions(source, cfg["convention"], where, source=action_key)
+        actions, mask = map_actions(source, cfg["convention"], where, source=action_key,
+                                    joint_mapping=cfg["joint_mapping"])  # fmt: skip
         ee = _ee_poses(obs, path, cfg, False, where, len(actions))
     if len(frames) != len(actions):
         raise ValueError(
@@ -280,6 +282,7 @@ def convert_hdf5(
     out: str | Path,
     *,
     action_convention: SourceConvention,
+    joint_mapping: JointMapping | None = None,
     layout: Layout = "robomimic",
     image_key: str | None = None,
     action_key: str = "actions",
@@ -310,6 +313,7 @@ def convert_hdf5(
         src: an hdf5 file, or a directory whose ``*.hdf5`` files (sorted) are all converted (LIBERO: one per task).
         out: output directory of the shards.
         action_convention: how the actions are written (see ``to_unified``); mandatory, never guessed.
+        joint_mapping: with ``action_convention="joint"``, the robot's forward kinematics (as in ``convert_lerobot``).
         layout: ``"robomimic"`` or ``"libero"``; picks the default keys and conventions (module docstring).
         image_key: camera under ``obs``; None takes the layout's (``agentview_image`` / ``agentview_rgb``).
         action_key: dataset under ``data/demo_N`` holding the actions, or ``"ee_poses"`` to derive the actions from
@@ -341,7 +345,7 @@ def convert_hdf5(
     """
     import h5py
 
-    check_convention(action_convention)
+    check_convention(action_convention, joint_mapping)
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
     for arg, value, options in (("success_from", success_from, SuccessFrom), ("flip", flip, Flip)):
@@ -357,7 +361,7 @@ def convert_hdf5(
         raise FileNotFoundError(f"no hdf5 file at {src}")
     d = LAYOUTS[layout]
     cfg: dict[str, Any] = dict(
-        layout=layout, convention=action_convention, action_key=action_key, image_key=image_key or d.image_key,
+        layout=layout, convention=action_convention, joint_mapping=joint_mapping, action_key=action_key, image_key=image_key or d.image_key,
         pos_key=pos_key or d.pos_key, ori_key=ori_key or d.ori_key, ori_format=ori_format or d.ori_format,
         gripper_key=gripper_key or d.gripper_key, gripper_width=gripper_width, state_keys=state_keys,
         flip=flip or d.flip, resize=resize, success_from=success_from, instruction=instruction_override,

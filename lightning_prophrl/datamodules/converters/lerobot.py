@@ -34,6 +34,7 @@ import numpy as np
 from lightning_prophrl.actions import SourceConvention
 from lightning_prophrl.datamodules.converters.common import (
     FrameFormat,
+    JointMapping,
     MissingKeyError,
     OnError,
     check_convention,
@@ -70,6 +71,7 @@ def convert_lerobot(
     out: str | Path,
     *,
     action_convention: SourceConvention,
+    joint_mapping: JointMapping | None = None,
     action_key: str = "action",
     image_key: str | None = None,
     state_key: str | None = "observation.state",
@@ -91,8 +93,10 @@ def convert_lerobot(
     Args:
         src: dataset root (holding ``meta/info.json``).
         out: output directory of the shards.
-        action_convention: how ``action_key`` is written (see ``to_unified``); mandatory, never guessed. Joint-space
-            datasets (``"joint"``) are refused: they need forward kinematics.
+        action_convention: how ``action_key`` is written (see ``to_unified``); mandatory, never guessed.
+        joint_mapping: with ``action_convention="joint"`` (SO-100, Koch, ALOHA, ...), the robot's forward kinematics:
+            ``(T, D)`` joint actions -> ``(unified (T, 14) actions, mask (14,) bool)``; required there, refused
+            otherwise.
         action_key: parquet column of the actions.
         image_key: camera feature to convert; None takes the first ``video`` feature of ``meta/info.json``.
         state_key: parquet column stored as ``state.npy`` when present (None: never).
@@ -113,7 +117,7 @@ def convert_lerobot(
         Summary ``{"dataset", "out", "episodes", "frames", "skipped", "skipped_episodes", "source_format",
         "image_key"}``.
     """
-    check_convention(action_convention)
+    check_convention(action_convention, joint_mapping)
     src = Path(src)
     info = read_info(src)
     version = major_version(info)
@@ -127,6 +131,7 @@ def convert_lerobot(
     name = dataset_name or src.name
     cfg = dict(
         src=src, info=info, camera=camera, tasks=tasks, convention=action_convention, action_key=action_key,
+        joint_mapping=joint_mapping,
         state_key=state_key if state_key in info["features"] else None,
         success_key=success_key if success_key in info["features"] else None,
         default_success=default_success, resize=resize, instruction=instruction_override, dataset=name,
@@ -157,7 +162,7 @@ def _build_episode(ep: dict[str, Any], cfg: dict[str, Any]) -> Episode:
     action_key = cfg["action_key"]
     actions, mask = map_actions(_column(rows, action_key, np.float64, where, data_file), cfg["convention"], where,
                                 source=f"column {action_key!r} of {data_file}", width=cfg["action_width"],
-                                width_from=width_from)  # fmt: skip
+                                width_from=width_from, joint_mapping=cfg["joint_mapping"])  # fmt: skip
     try:
         if is_video:
             frames = decode_video_window(ep["video_file"], ep["from_ts"], ep["to_ts"], float(info["fps"]))
