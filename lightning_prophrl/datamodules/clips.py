@@ -12,6 +12,10 @@ command), so short episodes (e.g. stopped at success) still yield full clips. Fr
 the frames are subsampled ``[::s]`` and the ``s`` unified deltas between two kept frames are summed (exact for pure
 translations, a small-rotation approximation for rotations); the gripper takes the last command.
 
+Decoding: episodes are read with their mp4 frames still encoded (``iter_episodes(lazy_frames=True)``); once the
+window starts of an episode are drawn, the frames those windows need are decoded in one pass and nothing else
+(``ClipIterable.load_windows``), giving the same pixels as decoding the whole episode.
+
 Distribution (``slots``): each rank x DataLoader-worker slot reads a disjoint share of every dataset (whole shards by
 default, or its own samples of every shard with ``shard_split="samples"``), so ranks and workers never see the same
 episode; every slot stops after the same number of samples (``with_epoch`` in WebDataset terms), so DDP ranks run the
@@ -33,7 +37,15 @@ from torch.utils.data import IterableDataset
 
 from lightning_prophrl import constants as K
 from lightning_prophrl.actions import ActionStats, NormMode
-from lightning_prophrl.datamodules.shards import Episode, OnError, iter_episodes, list_shards, load_stats
+from lightning_prophrl.datamodules.lazy_frames import FrameSource
+from lightning_prophrl.datamodules.shards import (
+    Episode,
+    OnError,
+    ShardFormatError,
+    iter_episodes,
+    list_shards,
+    load_stats,
+)
 from lightning_prophrl.datamodules.slots import (
     SampleShare,
     ShardSplit,
@@ -108,7 +120,7 @@ def stride_episode(ep: Episode, stride: int) -> Episode:
     meta["fps"] = float(meta["fps"]) / stride
     return Episode(
         ep.key,
-        None if ep.frames is None else ep.frames[keep],
+        _subsample_frames(ep.frames, keep),
         acts,
         ep.action_mask,
         meta,
@@ -116,6 +128,12 @@ def stride_episode(ep: Episode, stride: int) -> Episode:
         None if ep.ee_poses is None else ep.ee_poses[keep],
         {k: v[keep] if isinstance(v, np.ndarray) and v.shape[:1] == (t,) else v for k, v in ep.extras.items()},
     )
+
+
+def _subsample_frames(frames: np.ndarray | FrameSource | None, keep: np.ndarray) -> np.ndarray | FrameSource | None:
+    if isinstance(frames, FrameSource):
+        return frames.select(keep)  # decodes nothing: the clip sampler asks for its windows' frames later
+    return None if frames is None else frames[keep]
 
 
 class ClipIterable(IterableDataset):
@@ -128,7 +146,8 @@ class ClipIterable(IterableDataset):
         image_size: square output size, or None to keep the stored size.
         with_future: emit the future frames (False for policy data).
         samples_per_epoch: clips per epoch summed over all ranks and workers.
-        windows_per_episode: clips drawn from each decoded episode before moving on (amortises decoding).
+        windows_per_episode: clips drawn from each episode before moving on; the frames of all its windows are
+            decoded in one pass, and of an mp4 episode only the groups of pictures that hold them.
         shuffle_buffer: clips held for shuffling across episodes.
         norm_mode: action normalization (``quantile`` maps q01/q99 to -1/+1).
         state_dim: pad/truncate proprioception to this width (0: no state key).
@@ -216,10 +235,12 @@ class ClipIterable(IterableDataset):
     def _eval_pass(self) -> Iterator[dict[str, Any]]:
         for di, spec in enumerate(self.datasets):
             shards, share = self.my_share(di)
-            for ep in iter_episodes(shards, self.on_error, skip_counter=self.skips, share=share):
+            for ep in iter_episodes(shards, self.on_error, skip_counter=self.skips, share=share, lazy_frames=True):
                 ep = stride_episode(ep, spec.stride)
-                for c in np.linspace(0, len(ep) - 1, self.windows_per_episode).round().astype(int):
-                    yield self.make_clip(ep, int(c), di)
+                starts = np.linspace(0, len(ep) - 1, self.windows_per_episode).round().astype(int)
+                if self.load_windows(ep, starts):
+                    for c in starts:
+                        yield self.make_clip(ep, int(c), di)
 
     def _episode_clips(self, di: int, rng: np.random.Generator) -> Iterator[dict[str, Any]]:
         shards, share = self.my_share(di)
@@ -227,10 +248,15 @@ class ClipIterable(IterableDataset):
         while True:  # cycle over this slot's shards, reshuffled on every pass
             order = rng.permutation(len(shards))
             got_any = False
-            for ep in iter_episodes([shards[i] for i in order], self.on_error, skip_counter=self.skips, share=share):
-                got_any = True
+            episodes = iter_episodes([shards[i] for i in order], self.on_error, skip_counter=self.skips, share=share,
+                                     lazy_frames=True)  # fmt: skip
+            for ep in episodes:
                 ep = stride_episode(ep, spec.stride)
-                for c in rng.integers(0, len(ep), size=self.windows_per_episode):
+                starts = rng.integers(0, len(ep), size=self.windows_per_episode)
+                if not self.load_windows(ep, starts):
+                    continue
+                got_any = True
+                for c in starts:
                     yield self.make_clip(ep, int(c), di)
             if not got_any:
                 slot, nslots = slot_info()
@@ -239,6 +265,29 @@ class ClipIterable(IterableDataset):
                                    f"(shard_split={self.shard_split!r}, skipped so far: {self.skips.count})")  # fmt: skip
 
     # 3. one clip ----------------------------------------------------------------------------------------------------
+    def frame_indices(self, t: int, c: int) -> list[int]:
+        """Frames of the clip at ``c`` of a ``t``-frame episode: ``[c, future..., history...]`` (clamped to it)."""
+        need = [c]
+        if self.with_future:
+            need += np.minimum(np.arange(c + 1, c + self.chunk_len + 1), t - 1).tolist()
+        return need + np.maximum(np.arange(c - self.history_len, c), 0).tolist()
+
+    def load_windows(self, ep: Episode, starts: np.ndarray) -> bool:
+        """Decode, in one pass, the frames the clips at ``starts`` need (frames held lazily; arrays need nothing).
+
+        Returns False when the video fails to decode under ``on_error="skip"`` (counted in ``skips``).
+        """
+        if not isinstance(ep.frames, FrameSource):
+            return True
+        try:
+            ep.frames.load(sorted({i for c in starts for i in self.frame_indices(len(ep), int(c))}))
+        except ShardFormatError as err:
+            if self.on_error == "raise":
+                raise
+            self.skips(err)
+            return False
+        return True
+
     def make_clip(self, ep: Episode, c: int, di: int) -> dict[str, Any]:
         """Cut the clip at conditioning index ``c`` of a (strided) episode."""
         t, hl, cl = len(ep), self.history_len, self.chunk_len
@@ -261,10 +310,8 @@ class ClipIterable(IterableDataset):
             K.SUCCESS: float(ep.success),
             K.CLIP_SUCCESS: self._clip_success(ep, int(fut_idx[-1])),
         }
-        need = [c] + (fut_idx.tolist() if self.with_future else [])
         hist_idx = np.arange(c - hl, c)
-        need += np.maximum(hist_idx, 0).tolist()
-        video = to_float_video(ep.frames[need], self.image_size)
+        video = to_float_video(ep.frames[self.frame_indices(t, c)], self.image_size)
         out[K.COND_FRAME] = video[0]
         if self.with_future:
             out[K.FUTURE] = video[1 : 1 + cl]

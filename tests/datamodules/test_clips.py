@@ -5,8 +5,9 @@ import torch
 from lightning_prophrl import constants as K
 from lightning_prophrl.datamodules.clips import ClipIterable, DatasetSpec, stride_episode
 from lightning_prophrl.datamodules.robot import PolicyDataModule, RobotClipDataModule
-from lightning_prophrl.datamodules.shards import iter_episodes, load_stats
+from lightning_prophrl.datamodules.shards import ShardFormatError, iter_episodes, list_shards, load_stats
 from tests.conftest import coded_episode, write_coded_dataset
+from tests.datamodules.mp4_data import damage_pictures, replace_member, write_mp4_shards
 
 
 def _frame_index(video):
@@ -117,3 +118,44 @@ def test_two_dataloader_workers_read_disjoint_shards_and_fill_the_epoch(tmp_path
     # worker w reads shards w::2 (episodes 0,1,4,5 or 2,3,6,7): both workers delivered, from their own shards
     index = {int(k.rsplit("_", 1)[-1]) for k in keys}
     assert index & {0, 1, 4, 5} and index & {2, 3, 6, 7}
+
+
+@pytest.mark.parametrize(("stride", "eval_mode"), [(1, False), (2, False), (1, True)])
+def test_windows_decoded_lazily_equal_clips_cut_from_whole_decoded_episodes(tmp_path, stride, eval_mode):
+    path = write_mp4_shards(tmp_path / "v", [37, 60, 23, 41], gop=10)
+    ds = ClipIterable([DatasetSpec(path, stride=stride)], history_len=3, chunk_len=6, image_size=32,
+                      samples_per_epoch=40, windows_per_episode=3, shuffle_buffer=4, eval_mode=eval_mode)  # fmt: skip
+    whole = {ep.key: stride_episode(ep, stride) for ep in iter_episodes(path)}  # every frame decoded first
+    clips = list(ds)
+    assert len(clips) == (12 if eval_mode else 40)
+    for clip in clips:
+        ref = ds.make_clip(whole[clip[K.EPISODE_KEY]], clip[K.FRAME_INDEX], 0)
+        for key in (K.COND_FRAME, K.FUTURE, K.HISTORY, K.HISTORY_MASK, K.ACTIONS):
+            assert torch.equal(clip[key], ref[key]), (clip[K.EPISODE_KEY], clip[K.FRAME_INDEX], key)
+
+
+def test_load_windows_decodes_the_frames_of_the_windows_and_no_other(tmp_path):
+    path = write_mp4_shards(tmp_path / "v", [60], gop=10)
+    ds = ClipIterable([DatasetSpec(path)], history_len=2, chunk_len=4, image_size=None)
+    ep = stride_episode(next(iter_episodes(path, lazy_frames=True)), 2)  # 30 strided frames = source 0, 2, ..., 58
+    assert ds.load_windows(ep, np.array([5, 20]))
+    strided = {i for c in (5, 20) for i in ds.frame_indices(len(ep), c)}
+    source = ep.frames.base
+    assert set(source._cache) == {2 * i for i in strided}
+    assert source.pictures_decoded < 60
+    before = source.pictures_decoded
+    ds.make_clip(ep, 20, 0)  # served from the frames already decoded
+    assert source.pictures_decoded == before
+
+
+def test_a_video_that_fails_to_decode_raises_or_is_skipped_and_counted(tmp_path):
+    path = write_mp4_shards(tmp_path / "v", [30, 31], gop=10)
+    shard = list_shards(path)[0]
+    bad = next(iter_episodes(path, lazy_frames=True))
+    replace_member(shard, f"{bad.key}.frames.mp4", damage_pictures(bad.frames._data))
+    kw = dict(history_len=2, chunk_len=4, image_size=None, samples_per_epoch=12, shuffle_buffer=2)
+    with pytest.raises(ShardFormatError, match=rf"shard-000000\.tar: sample '{bad.key}': undecodable video"):
+        list(ClipIterable([DatasetSpec(path)], **kw))
+    ds = ClipIterable([DatasetSpec(path)], on_error="skip", **kw)
+    clips = list(ds)
+    assert len(clips) == 12 and {c[K.EPISODE_KEY] for c in clips} == {"v_001"} and ds.skips.count == 1

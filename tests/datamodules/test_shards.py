@@ -8,9 +8,11 @@ import pytest
 
 from lightning_prophrl.datamodules.shards import (
     Episode,
+    Mp4Frames,
     ShardFormatError,
     ShardWriter,
     SkipCounter,
+    encode_mp4,
     iter_episodes,
     list_shards,
     load_stats,
@@ -132,3 +134,27 @@ def test_truncated_tar_raises_naming_the_shard_and_skip_mode_counts(tmp_path):
     kept = list(iter_episodes(path, on_error="skip", skip_counter=counter))
     assert {e.key for e in kept} >= {f"t_{i:05d}" for i in range(3)} and len(kept) < 6
     assert counter.count >= 1
+
+
+def test_lazy_reader_checks_the_video_without_decoding_it(tmp_path):
+    good, bad = coded_episode("x", 0, 10), coded_episode("x", 1, 10)
+    shard = tmp_path / "shard-000000.tar"
+    eleven = encode_mp4(np.zeros((11, 16, 16, 3), np.uint8))
+    _raw_tar(shard, [(good.key, _files(good, **{"frames.npy": None, "frames.mp4": encode_mp4(good.frames)})),
+                     (bad.key, _files(bad, **{"frames.npy": None, "frames.mp4": eleven}))])  # fmt: skip
+    with pytest.raises(ShardFormatError, match=r"sample 'x_00001': frame/action length mismatch: 11 frames"):
+        list(iter_episodes([str(shard)], lazy_frames=True))
+    (first,) = iter_episodes([str(shard)], on_error="skip", lazy_frames=True)
+    assert isinstance(first.frames, Mp4Frames) and first.frames.pictures_decoded == 0
+    _raw_tar(shard, [(bad.key, _files(bad, **{"frames.npy": None, "frames.mp4": b"not a video"}))])
+    with pytest.raises(ShardFormatError, match="undecodable video"):
+        list(iter_episodes([str(shard)], lazy_frames=True))
+
+
+def test_every_name_of_the_format_is_still_importable_from_shards():
+    from lightning_prophrl.datamodules import shards
+
+    names = {"INDEX_FILE", "REQUIRED_META", "SHARD_EE_POSES", "SHARD_TARGET_POSES", "Episode", "OnError",
+             "ShardFormatError", "ShardWriter", "SkipCounter", "decode_episode", "decode_mp4", "encode_mp4",
+             "iter_episodes", "list_shards", "load_stats", "read_index", "validate_arrays"}  # fmt: skip
+    assert names <= set(shards.__all__) and all(hasattr(shards, n) for n in shards.__all__)
