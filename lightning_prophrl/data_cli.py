@@ -20,6 +20,7 @@ import difflib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from lightning_prophrl.cli_errors import DEBUG_HELP, ArgumentParser, user_command
 
@@ -164,8 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
             "dataset under data/demo_N holding the actions (default: actions), or 'ee_poses' to derive them from the "
             "end-effector poses (with --action-convention ee_abs_quat)")  # fmt: skip
         c.add_argument("--action-key", default=None, help=key_help)
+        c.add_argument("--urdf", default=None, metavar="PATH",
+                       help="a joint-space robot's URDF (with --action-convention joint and --ee-link; see below)")  # fmt: skip
+        c.add_argument("--ee-link", nargs="+", default=None, metavar="NAME",
+                       help="the end-effector link of each arm in the URDF (two for a bimanual robot)")  # fmt: skip
+        c.add_argument("--gripper-range", nargs=2, type=float, default=(0.0, 1.0), metavar=("CLOSED", "OPEN"),
+                       help="gripper joint positions of fully closed and fully open (default 0 1)")  # fmt: skip
         c.add_argument("--joint-mapping", default=None, metavar="MODULE:FUNCTION",
-                       help="forward kinematics of a joint-space robot (with --action-convention joint; see below)")  # fmt: skip
+                       help="your own forward kinematics instead of --urdf (with --action-convention joint)")  # fmt: skip
         c.add_argument("--image-key", default=None, help="camera to convert (default: the layout's / first video)")
         c.add_argument("--frame-format", choices=["mp4", "npy"], default="mp4", help="frames in the shards")
         c.add_argument("--max-episodes", type=_at_least(1), default=None, help="convert at most this many episodes")
@@ -208,6 +215,26 @@ def _corpus_finished(out: Path) -> bool:
     return any(out.rglob("done.json"))
 
 
+def _joint_mapping(args: argparse.Namespace) -> Any:
+    """The forward kinematics ``convert`` was given (``--urdf`` + ``--ee-link``, or ``--joint-mapping``), or None."""
+    if args.joint_mapping and args.urdf:
+        raise ValueError("pass either --urdf with --ee-link or --joint-mapping, not both")
+    if bool(args.urdf) != bool(args.ee_link):
+        raise ValueError("--urdf and --ee-link go together: the URDF and the end-effector link of each arm in it")
+    if args.action_convention == "joint" and not (args.urdf or args.joint_mapping):
+        raise ValueError("--action-convention joint needs the robot's forward kinematics: --urdf PATH --ee-link NAME "
+                         "(or --joint-mapping MODULE:FUNCTION)")  # fmt: skip
+    if args.urdf:
+        from lightning_prophrl.datamodules.converters.kinematics import URDFJointMapping
+
+        return URDFJointMapping(args.urdf, args.ee_link, args.gripper_range)
+    if args.joint_mapping:
+        from lightning_prophrl.datamodules.converters import load_joint_mapping
+
+        return load_joint_mapping(args.joint_mapping)
+    return None
+
+
 @user_command("prophrl-data")
 def main(argv: list[str] | None = None) -> None:
     """Parse ``argv`` and run one ``prophrl-data`` command; prints its JSON summary."""
@@ -246,10 +273,7 @@ def main(argv: list[str] | None = None) -> None:
             kwargs["image_key"] = args.image_key
         if args.action_key:
             kwargs["action_key"] = args.action_key
-        if args.joint_mapping:
-            from lightning_prophrl.datamodules.converters import load_joint_mapping
-
-            kwargs["joint_mapping"] = load_joint_mapping(args.joint_mapping)
+        kwargs["joint_mapping"] = _joint_mapping(args)
         if not args.append:
             _require_new_output(args.out, append_flag=True)
         if args.source == "lerobot":  # the converters put --out back as it was when they fail

@@ -451,3 +451,91 @@ def test_lerobot_joint_space_robot_converts_through_its_forward_kinematics(tmp_p
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: --joint-mapping") and spec in err[0]
         assert not (tmp_path / "bad").exists()
+
+
+ARM_URDF = """<?xml version="1.0"?>
+<robot name="arm6">
+  <link name="base"/><link name="l1"/><link name="l2"/><link name="l3"/><link name="l4"/><link name="l5"/>
+  <link name="l6"/><link name="tool"/>
+{joints}
+  <joint name="tool_joint" type="fixed"><parent link="l6"/><child link="tool"/><origin xyz="0.05 0 0" rpy="0 0 0"/></joint>
+</robot>
+"""
+# (origin xyz, rotation axis) of the six revolute joints: base -> l1 -> ... -> l6
+ARM_JOINTS = [((0, 0, 0.1), (0, 0, 1)), ((0, 0, 0.05), (0, 1, 0)), ((0.2, 0, 0), (0, 1, 0)),
+              ((0.15, 0, 0), (1, 0, 0)), ((0.05, 0, 0), (0, 1, 0)), ((0.04, 0, 0), (1, 0, 0))]  # fmt: skip
+
+
+def write_arm_urdf(path):
+    links = ["base", "l1", "l2", "l3", "l4", "l5", "l6"]
+    joints = "\n".join(
+        f'  <joint name="j{i + 1}" type="revolute"><parent link="{links[i]}"/><child link="{links[i + 1]}"/>'
+        f'<origin xyz="{" ".join(map(str, xyz))}" rpy="0 0 0"/><axis xyz="{" ".join(map(str, axis))}"/>'
+        f'<limit lower="-6" upper="6" effort="1" velocity="1"/></joint>'
+        for i, (xyz, axis) in enumerate(ARM_JOINTS)
+    )
+    path.write_text(ARM_URDF.format(joints=joints))
+    return path
+
+
+def arm_fk(q):
+    """The same arm's tool pose by hand (homogeneous transforms, Rodrigues' rotations): ``(4, 4)``."""
+    pose = np.eye(4)
+    for angle, (xyz, axis) in zip(q, ARM_JOINTS, strict=True):
+        k = np.array(axis, float)
+        skew = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+        step = np.eye(4)
+        step[:3, :3] = np.eye(3) + np.sin(angle) * skew + (1 - np.cos(angle)) * skew @ skew
+        shift = np.eye(4)
+        shift[:3, 3] = xyz
+        pose = pose @ shift @ step
+    tool = np.eye(4)
+    tool[0, 3] = 0.05
+    return pose @ tool
+
+
+def quat_to_matrix(q):
+    w, x, y, z = q
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])  # fmt: skip
+
+
+def test_lerobot_joint_space_robot_converts_through_its_urdf(tmp_path, capsys):
+    """``--urdf PATH --ee-link NAME``: each step's joint positions go through the URDF's forward kinematics (checked
+    against the same chain by hand), and the poses are mapped like end-effector data."""
+    pytest.importorskip("pytorch_kinematics")
+    from lightning_prophrl.data_cli import main
+    from lightning_prophrl.datamodules.converters.kinematics import URDFJointMapping
+
+    urdf = write_arm_urdf(tmp_path / "arm.urdf")
+    truth = make_v21(tmp_path / "src")  # (T, 7) actions: 6 joint positions + gripper
+    mapping = URDFJointMapping(urdf, "tool")
+    assert mapping.width == 7 and mapping.joint_names == [[f"j{i}" for i in range(1, 7)]]
+    for _, act, _ in truth:
+        poses = mapping.end_effector_poses(act)
+        for q, pose in zip(act.astype(np.float64), poses, strict=True):
+            want = arm_fk(q[:6])
+            np.testing.assert_allclose(pose[:3], want[:3, 3], atol=1e-9)
+            np.testing.assert_allclose(quat_to_matrix(pose[3:7]), want[:3, :3], atol=1e-9)
+            assert pose[7] == np.clip(q[6], 0, 1)
+
+    main(["convert", "lerobot", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--action-convention", "joint",
+          "--urdf", str(urdf), "--ee-link", "tool", "--frame-format", "npy"])  # fmt: skip
+    for ep, (_, act, _) in zip(iter_episodes(tmp_path / "out"), truth, strict=True):
+        want, mask = to_unified(mapping.end_effector_poses(act), "ee_abs_quat")
+        np.testing.assert_allclose(ep.actions, want, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(ep.action_mask, mask)
+    capsys.readouterr()
+
+    bad = [(["--urdf", str(urdf)], "--urdf and --ee-link go together"),
+           (["--urdf", str(urdf), "--ee-link", "hand"], "--ee-link 'hand' is not a link"),
+           (["--urdf", str(tmp_path / "none.urdf"), "--ee-link", "tool"], "--urdf"),
+           ([], "--action-convention joint needs the robot's forward kinematics: --urdf PATH --ee-link NAME")]  # fmt: skip
+    for flags, message in bad:
+        with pytest.raises(SystemExit):
+            main(["convert", "lerobot", str(tmp_path / "src"), "--out", str(tmp_path / "bad"), "--action-convention",
+                  "joint", *flags])  # fmt: skip
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+        assert not (tmp_path / "bad").exists()

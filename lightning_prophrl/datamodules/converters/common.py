@@ -52,12 +52,13 @@ CONVENTIONS: dict[str, str] = {
     "ee_abs_quat": "(T, n_arms*8) absolute end-effector xyz + quaternion wxyz + gripper opening [0, 1] per arm",
     "ee_abs_euler": "(T, n_arms*7) absolute end-effector xyz + Euler xyz + gripper opening [0, 1] per arm",
     "ee_delta_euler": "(T, 7) or (T, 14) tool-frame deltas dpos xyz + deuler xyz + gripper opening per arm",
-    "joint": "joint positions, mapped by your forward kinematics (--joint-mapping MODULE:FUNCTION, see below)",
+    "joint": "joint positions, through forward kinematics (--urdf PATH --ee-link NAME, or --joint-mapping; below)",
 }
 JOINT_MAPPING_HELP = (
-    "joint-space robots (SO-100, Koch, ALOHA, ...): --action-convention joint --joint-mapping MODULE:FUNCTION, where "
-    "FUNCTION((T, D) joint actions) returns (unified (T, 14) actions, mask (14,) bool): the robot's forward kinematics "
-    "(MODULE is imported from the installed packages or the current directory)"
+    "joint-space robots (SO-100, Koch, ALOHA, ...): --action-convention joint --urdf PATH --ee-link NAME [NAME]\n"
+    "  (forward kinematics of the URDF: per arm, its chain's joint positions then the gripper's; --gripper-range\n"
+    "  CLOSED OPEN maps the gripper to [0, 1]), or --joint-mapping MODULE:FUNCTION with your own kinematics:\n"
+    "  FUNCTION((T, D) joint actions) -> (unified (T, 14) actions, mask (14,) bool)"
 )
 # A forward-kinematics mapping: ``(T, D)`` joint-space actions -> ``(unified (T, 14), mask (14,) bool)``.
 JointMapping = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
