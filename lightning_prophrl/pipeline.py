@@ -58,6 +58,7 @@ from lightning_prophrl.demo.config import (
     run_name,
     with_world_model,
 )
+from lightning_prophrl.demo.flags import add_dataclass_flags, config_file_values
 from lightning_prophrl.demo.imagined import (
     branch_classifier,
     branch_prompts,
@@ -202,86 +203,39 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
 
 @user_command("prophrl demo")
 def main(argv: list[str] | None = None) -> None:
+    """``prophrl demo``: every :class:`DemoConfig` field is a flag (``--target-task``, ``--wm-noise-level``, ...);
+    ``--config FILE`` reads settings from YAML (field names as keys; flags win); ``--print_config`` prints the resolved
+    settings as YAML (a valid ``--config`` file) and exits."""
     ap = ArgumentParser(prog="prophrl demo", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny settings that prove the plumbing (minutes)")
     ap.add_argument("--table10", action="store_true",
                     help="the whole comparison: 3 seeds, FA-GRPO +/- FlowScale in the simulator and inside Prophet")  # fmt: skip
+    ap.add_argument("--config", default=None, metavar="FILE", help="YAML of settings (field names as keys)")
+    ap.add_argument("--print_config", action="store_true", help="print the resolved settings as YAML and exit")
     ap.add_argument("--debug", action="store_true", help=DEBUG_HELP)  # taken out of argv by run_user_command
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--target-task", default=None, help="held-out Meta-World target task (default window-open-v3)")
-    ap.add_argument("--pretrain-tasks", nargs="+", default=None, help="Prophet's pretraining tasks")
-    ap.add_argument("--sft-demos", type=int, default=None, help="expert demos the weak SFT policy is cloned from")
-    ap.add_argument("--seeds", type=int, nargs="+", default=None)
-    ap.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=None)
-    ap.add_argument("--rl-updates", type=int, default=None)
-    ap.add_argument("--sft-steps", type=int, default=None)
-    ap.add_argument("--eval-seeds", type=int, default=None)
-    ap.add_argument("--eval-every", type=int, default=None)
-    ap.add_argument("--paired-states", type=int, default=None,
-                    help="final policies paired with SFT on this many held-out states (default 200; 0: off)")  # fmt: skip
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default 2: both cores of a laptop)")
-    ap.add_argument("--parallel", action=argparse.BooleanOptionalAction, default=None,
-                    help="train the SFT policies in a second process while the world model is adapted (default on)")  # fmt: skip
-    ap.add_argument("--reward-report", action=argparse.BooleanOptionalAction, default=None,
-                    help="also run the reward-model report when no RL reward needs its classifier")  # fmt: skip
-    ap.add_argument(
-        "--wm-reward",
-        choices=["bridged", "success_head"],
-        default=None,
-        help="imagined success inside Prophet: the bridged classifier (default) or the success head",
+    choices = {"variants": {"choices": sorted(VARIANTS), "metavar": "VARIANT"}, "wm_base": {"choices": ["shipped", "pretrain"]},
+               "wm_reward": {"choices": ["bridged", "success_head"]},
+               "wm_reward_signal": {"choices": ["success", "graded"]},
+               "wm_refresh_reward_data": {"choices": ["twins", "branches"]},
+               "wm_draws_reduce": {"choices": ["mean", "min"]}}  # fmt: skip
+    names = add_dataclass_flags(
+        ap, DemoConfig, {k: v for k, v in choices.items() if k in DemoConfig.__dataclass_fields__}
     )
-    ap.add_argument("--wm-base", choices=["shipped", "pretrain"], default=None,
-                    help="world model without --wm-model-dir: adapt the shipped Prophet (default) or pretrain one")  # fmt: skip
-    ap.add_argument("--wm-adapt-steps", type=int, default=None, help="LoRA steps adapting Prophet to the target")
-    ap.add_argument("--wm-model-dir", default=None, help="saved Prophet for the wm_* variants")
-    ap.add_argument(
-        "--wm-stats-dir", default=None, help="dataset directory whose stats.json normalized Prophet's actions"
-    )
-    ap.add_argument(
-        "--wm-target-data",
-        default=None,
-        help="the target shards Prophet was adapted on (mixed into the *_refresh variants' refresh)",
-    )
-    ap.add_argument("--wm-refresh-episodes", type=int, default=None, help="real SFT-policy rollouts per refresh")
-    ap.add_argument("--wm-refresh-steps", type=int, default=None, help="LoRA steps of the refresh")
-    ap.add_argument("--wm-refresh-noise-level", type=float, default=None, help="SDE noise of the refresh rollouts")
-    ap.add_argument("--wm-refresh-reward-steps", type=int, default=None, help="classifier steps of the refresh")
-    ap.add_argument("--wm-refresh-branch-starts", type=int, default=None,
-                    help="rollout states branched for real in the refresh (within-start contrast; 0: off)")  # fmt: skip
-    ap.add_argument("--wm-refresh-branch-group", type=int, default=None, help="real branches per refresh start")
-    ap.add_argument(
-        "--wm-reward-signal",
-        choices=["success", "graded"],
-        default=None,
-        help="RL reward inside Prophet: 0/1 imagined success (default) or the graded scorer probability",
-    )
-    ap.add_argument(
-        "--wm-refresh-reward-data",
-        choices=["twins", "branches"],
-        default=None,
-        help="imagined training data of the refreshed classifier: whole-episode twins or branch replays",
-    )
-    ap.add_argument("--wm-branch-segments", type=int, default=None, help="policy chunks per imagined branch")
-    ap.add_argument("--wm-noise-level", type=float, default=None, help="SDE noise of the RL rollouts inside Prophet")
-    ap.add_argument("--wm-group-size", type=int, default=None, help="rollouts per start inside Prophet (G)")
-    ap.add_argument("--wm-draws", type=int, default=None,
-                    help="world-model noise draws per imagined rollout (dual-noise verification; 1: off)")  # fmt: skip
-    ap.add_argument("--wm-draws-reduce", choices=["mean", "min"], default=None,
-                    help="the reward from the draws: their mean, or their minimum (every draw must succeed)")  # fmt: skip
-    ap.add_argument("--wm-onpolicy-starts-every", type=int, default=None,
-                    help="branch variants: every N updates the current policy's real rollouts become the branch starts "
-                    "(0: off)")  # fmt: skip
-    ap.add_argument("--wm-onpolicy-starts-episodes", type=int, default=None,
-                    help="real rollouts per on-policy start refresh (counted as real interactions)")  # fmt: skip
     args = ap.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k not in ("quick", "table10", "debug") and v is not None}
     if args.quick and args.table10:
         ap.error("--quick and --table10 are exclusive")
+    overrides = config_file_values(args.config, DemoConfig) if args.config else {}
+    overrides.update({k: getattr(args, k) for k in names if getattr(args, k) is not None})
     try:
         preset = DemoConfig.quick if args.quick else DemoConfig.table10 if args.table10 else DemoConfig
         cfg = preset(**overrides)
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         ap.error(str(e))
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(asdict(cfg), sort_keys=False), end="")
+        return
     run(cfg)
 
 

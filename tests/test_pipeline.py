@@ -365,3 +365,40 @@ def test_refresh_rollouts_are_cached_and_remade_for_other_action_statistics(tmp_
     assert (out / "done.json").stat().st_mtime_ns == done  # cached
     refresh_rollouts(cfg, ckpt, 0, tmp_path / "refresh", own)  # other statistics: made again with them
     assert (out / "stats.json").read_text() == (Path(own) / "stats.json").read_text()
+
+
+def test_every_setting_is_a_flag_and_a_printed_config_reruns_as_it_was(tmp_path, capsys):
+    """``prophrl demo``: one flag per ``DemoConfig`` field; ``--print_config`` prints the resolved settings, which
+    ``--config`` reads back to the same settings (flags still win); an unknown key names the file and the key."""
+    import dataclasses
+
+    import yaml
+
+    from lightning_prophrl.pipeline import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = capsys.readouterr().out
+    for f in dataclasses.fields(DemoConfig):
+        flag = f"--{f.name.replace('_', '-')}"
+        assert flag in help_text, flag
+
+    main(["--quick", "--out", str(tmp_path / "q"), "--seeds", "3", "4", "--wm-noise-level", "1.5", "--no-parallel",
+          "--print_config"])  # fmt: skip
+    printed = capsys.readouterr().out
+    values = yaml.safe_load(printed)
+    want = DemoConfig.quick(out=str(tmp_path / "q"), seeds=[3, 4], wm_noise_level=1.5, parallel=False)
+    assert values == dataclasses.asdict(want)
+    config = tmp_path / "demo.yaml"
+    config.write_text(printed)
+    main(["--config", str(config), "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out) == values
+    main(["--config", str(config), "--rl-updates", "7", "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out)["rl_updates"] == 7
+
+    config.write_text("rl_update: 3\n")
+    with pytest.raises(SystemExit):
+        main(["--config", str(config)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(config) in err[0] and "'rl_update'" in err[0]
+    assert not (tmp_path / "q").exists()  # nothing ran
