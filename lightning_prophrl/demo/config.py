@@ -65,7 +65,7 @@ class DemoConfig:
     eval_seeds: int = 60
     eval_every: int = 20
     # after RL, every final policy and its seed's SFT policy on this many held-out states (the first ``eval_seeds`` of
-    # them are the evaluation's), paired state by state (``demo.evaluate``): 60 states resolve ~6 pp, 200 ~3 pp
+    # them are the evaluation's), paired state by state (``demo.evaluate``; more states resolve smaller gains, docs/results.md)
     paired_states: int = 200
     # torch threads of the demo's process; with ``parallel`` the SFT policies (and their paired evaluation) are trained
     # in a second process while the world model is adapted, each process with half the threads
@@ -90,7 +90,7 @@ class DemoConfig:
     wm_refresh_steps: int = 200
     wm_refresh_weight: float = 0.5
     # SDE noise level of the refresh rollouts (None: the policy's 0.7); more noise shows Prophet more varied actions
-    # (and outcomes) from the policy's states, which is what action-level fidelity is learned from (round v9)
+    # (and outcomes) from the policy's states, which is what action-level fidelity is learned from
     wm_refresh_noise_level: float | None = None
     # within-start contrast in the refresh: ``wm_refresh_branch_starts`` recorded states of the refresh rollouts (the
     # branch starts RL uses, drawn at random with the seed) are each branched ``wm_refresh_branch_group`` times for real
@@ -105,7 +105,7 @@ class DemoConfig:
     wm_refresh_reward_steps: int = 2000
     # what the refreshed classifier learns the imagined domain from: "twins" (whole-episode open-loop replays from the
     # first frame, with the reward stage's data) or "branches" (branch replays from the rollouts' real states,
-    # labelled with the recorded frames, with the rollouts' real frames; held-out kappa 0.80 vs 0.42, round v8)
+    # labelled with the recorded frames, with the rollouts' real frames; docs/results.md compares them)
     wm_refresh_reward_data: str = "branches"
     # the branch-replay classifier's imagined branches start every this many chunks of the refresh rollouts
     wm_refresh_reward_branch_every: int = 4
@@ -116,7 +116,7 @@ class DemoConfig:
     wm_branch_every: int = 1
     # exploration inside Prophet: the SDE noise level of the RL rollouts (None: the policy's 0.7) and the group size
     # (None: ``group_size``); more noise or larger groups give more branches of one start different outcomes, which
-    # is all a group-normalized advantage learns from (``studies.branches`` measures it before RL, round v9)
+    # is all a group-normalized advantage learns from (``studies.branches`` measures it before RL)
     wm_noise_level: float | None = 2.0
     wm_group_size: int | None = None
     # dual-noise verification: every imagined RL rollout imagined ``wm_draws`` times under independent world-model
@@ -131,12 +131,12 @@ class DemoConfig:
     wm_onpolicy_starts_every: int = 0
     wm_onpolicy_starts_episodes: int = 30
     # imagined success: the domain-bridged classifier of the reward stage (3 frames > 0.9, the reward study's rule) or
-    # Prophet's success head (2 segments > 0.5); measured on imagined twins: kappa 0.75 vs -0.08 (docs/results.md)
+    # Prophet's success head (2 segments > 0.5); docs/results.md compares them on imagined twins
     wm_reward: str = "bridged"
     # the RL reward inside Prophet: "success" (0/1 imagined success) or "graded" (the scorer's best probability held
-    # for k segments, ``envs.world_model.graded_reward``: imagined frames compress the probabilities, round v8)
+    # for k segments, ``envs.world_model.graded_reward``: imagined frames compress the probabilities)
     wm_reward_signal: str = "graded"
-    # graded scores below this count as 0 (noise among failures; 0.3 was the best 0/1 threshold on branch replays)
+    # graded scores below this count as 0 (noise among failures)
     wm_graded_floor: float = 0.2
     # the world model the demo builds when no wm_model_dir is given (one Prophet, seed 0, shared by all RL seeds):
     # "shipped" LoRA-adapts the shipped pretrained Prophet (``adapt_shipped``; 64 px, the target held out of its
