@@ -4,6 +4,8 @@ Imagined success can run away from real success during RL inside a world model (
 artifacts). Every ``every_n_updates`` RL updates this callback runs the current policy (ODE, matched noise) from the
 same held-out check states in the real simulator and in the world model, logs both, counts the real interactions it
 used, and stops training when imagined success exceeds real success by ``max_gap`` at ``patience`` consecutive checks.
+With ``keep_best`` the policy ends training with the weights of its best real check: RL inside a world model can
+climb and then fade while imagined success stays high, and the real checks see it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ class ImaginationGuardCallback(RealStepsHistory):
             branches (``PromptDataModule(branch_every=...)``) still checks whole episodes against the simulator.
         log_videos: check episodes logged to TensorBoard at every check, real (left) and imagined (right) side by
             side (``guard/real_vs_imagined``; 0: none).
+        keep_best: keep a copy of the policy's weights at the check with the highest real success so far (the earlier
+            one on ties, the check before the first update included) and load it into the policy when training ends;
+            ``best_update`` says which. The copy is in the callback's checkpoint state, so a resumed run keeps it.
     """
 
     def __init__(
@@ -52,9 +57,14 @@ class ImaginationGuardCallback(RealStepsHistory):
         history_path: str | None = None,
         max_segments: int | None = None,
         log_videos: int = 2,
+        keep_best: bool = False,
     ):
         super().__init__(history_path)
         self.log_videos = log_videos
+        self.keep_best = keep_best
+        self.best_success: float | None = None
+        self.best_update: int | None = None
+        self._best_weights: dict[str, torch.Tensor] | None = None
         self.last_video: torch.Tensor | None = None
         self.max_segments = max_segments
         self.task = task
@@ -100,6 +110,9 @@ class ImaginationGuardCallback(RealStepsHistory):
         for key in ("real_success", "imagined_success", "kappa"):
             pl_module.log(f"guard/{key}", float(res[key]), batch_size=1)
         pl_module.log("guard/real_steps_total", float(self.real_steps_total), batch_size=1)
+        if self.keep_best and (self.best_success is None or res["real_success"] > self.best_success):
+            self.best_success, self.best_update = float(res["real_success"]), int(row["update"])
+            self._best_weights = {k: v.detach().cpu().clone() for k, v in pl_module.policy.state_dict().items()}
         recent = self.history[-self.patience :]
         if len(recent) == self.patience and all(
             r["imagined_success"] - r["real_success"] >= self.max_gap for r in recent
@@ -118,3 +131,22 @@ class ImaginationGuardCallback(RealStepsHistory):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every_n_updates > 0 and getattr(pl_module, "updates", 0) % self.every_n_updates == 0:
             self.check(trainer, pl_module)
+
+    @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.keep_best and self._best_weights is not None:
+            pl_module.policy.load_state_dict(self._best_weights)
+            rank_zero_info(f"ImaginationGuard: the policy keeps the weights of update {self.best_update} "
+                           f"(real success {self.best_success:.3f} at the checks)")  # fmt: skip
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.update(best_success=self.best_success, best_update=self.best_update, best_weights=self._best_weights)
+        return state
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.best_success, self.best_update = state_dict.get("best_success"), state_dict.get("best_update")
+        self._best_weights = state_dict.get("best_weights")

@@ -83,6 +83,9 @@ class DemoConfig:
     # the guard's period in RL updates (it also checks before the first)
     wm_check_seeds: int = 20
     wm_check_every: int = 20
+    # the policy after RL inside Prophet is the one of the guard's best real check (ties: the earlier), not the last:
+    # the checks' real interactions are counted either way
+    wm_guard_keep_best: bool = False
     # world-model refresh (``*_refresh`` variants): real SDE rollouts of the SFT policy (seeds 6000 + 10000 * seed ..)
     # mixed with weight ``wm_refresh_weight`` into the target data Prophet was adapted on (``wm_target_data``; the
     # demo's own when it trains the world model) for ``wm_refresh_steps`` LoRA steps, before the gate and RL
@@ -299,5 +302,6 @@ def run_name(cfg: DemoConfig, variant: str) -> str:
     name += "" if cfg.wm_noise_level is None else f"-noise{cfg.wm_noise_level:g}"
     name += "" if cfg.wm_group_size is None else f"-g{cfg.wm_group_size}"
     name += "" if cfg.wm_draws == 1 else f"-draws{cfg.wm_draws}{cfg.wm_draws_reduce}"
+    name += "-keepbest" if cfg.wm_guard_keep_best else ""
     onpolicy = cfg.wm_onpolicy_starts_every and variant in BRANCHED
     return name + (f"-onpolicy{cfg.wm_onpolicy_starts_every}x{cfg.wm_onpolicy_starts_episodes}" if onpolicy else "")

@@ -333,7 +333,8 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     guard = ImaginationGuardCallback(cfg.target_task, check_seeds=list(range(4000, 4000 + cfg.wm_check_seeds)),
                                      every_n_updates=cfg.wm_check_every, image_size=cfg.image_size,
                                      camera=cfg.camera, max_steps=cfg.max_steps,
-                                     history_path=str(out / "guard.jsonl"), max_segments=cfg.max_queries)  # fmt: skip
+                                     history_path=str(out / "guard.jsonl"), max_segments=cfg.max_queries,
+                                     keep_best=cfg.wm_guard_keep_best)  # fmt: skip
     onpolicy = None
     if branch and cfg.wm_onpolicy_starts_every:  # one epoch per period; every epoch samples the newest starts
         (out / "onpolicy_starts.jsonl").unlink(missing_ok=True)
@@ -348,7 +349,9 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     trainer.save_checkpoint(out / "policy.ckpt")
     reset_env.close()
     rows = [json.loads(line) for line in history.read_text().splitlines()]
-    if not rows or rows[-1]["step"] != module.updates:  # stopped early by the guard: evaluate the final policy
+    kept = guard.best_update if cfg.wm_guard_keep_best else None
+    if not rows or rows[-1]["step"] != module.updates or (kept is not None and kept != module.updates):
+        # stopped early by the guard, or the guard's best check kept: evaluate the final policy
         sim_eval.evaluate(trainer, module)
         rows = [json.loads(line) for line in history.read_text().splitlines()]
     info = {"variant": variant, "seed": seed, "updates": module.updates, "train_env_steps": 0, "wm_reward": cfg.wm_reward,
@@ -359,7 +362,7 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
             "refresh": refresh, "gate": gate,
             "branch": {"starts": n_starts, "segments": cfg.wm_branch_segments,
                        "agreement": branch_gate} if branch else None,
-            "guard": guard.history, "imagined_episodes": module.episodes_total,
+            "guard": guard.history, "kept_update": kept, "imagined_episodes": module.episodes_total,
             "seconds": time.perf_counter() - t0, "eval": rows}  # fmt: skip
     mark_done(out, info)
     return info
