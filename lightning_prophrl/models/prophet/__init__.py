@@ -41,7 +41,8 @@ Sampling (:meth:`Prophet.generate`, :meth:`Prophet.rollout`) uses diffusers' ``F
 with ``sigmas = linspace(1, 1/N, N)`` (then shifted), so 1-2 step sampling spends its steps evenly.
 """
 
-from lightning_prophrl.models.prophet.model import DEFAULT_LORA_TARGETS, Prophet, ProphetOutput
+from lightning_prophrl.models.prophet.forward import ProphetOutput
+from lightning_prophrl.models.prophet.model import DEFAULT_LORA_TARGETS, Prophet
 from lightning_prophrl.models.prophet.sampling import ProphetGeneration, ProphetRollout
 
 __all__ = ["DEFAULT_LORA_TARGETS", "Prophet", "ProphetGeneration", "ProphetOutput", "ProphetRollout"]
