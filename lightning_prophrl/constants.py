@@ -1,4 +1,4 @@
-"""Batch keys and shared sizes used by every datamodule, model and module.
+"""Batch, shard and rollout-info keys and shared sizes used by every datamodule, environment, model and module.
 
 Never write these strings by hand elsewhere: import them from here.
 """
@@ -48,3 +48,18 @@ SEED = "seed"  # (B,) long, simulator seed of the initial state (prompts)
 PREFIX_ACTIONS = "prefix_actions"  # (T, 14) float, unified actions before a branch start (simulators replay them)
 COND_TARGET = "cond_target"  # (B, 3) float, commanded end-effector target xyz at the conditioning frame (prompts)
 VIDEO = "video"  # (B, T, 3, H, W) float in [-1, 1]
+
+# ---- Keys of a rollout's info dict (BatchedEnv.step / RolloutBatch.info) ----
+# ``collect_rollouts`` moves INFO_SUCCESS and INFO_STEPS out of the last step's info into ``RolloutBatch.success`` and
+# ``.steps`` and adds INFO_VIDEO_LENGTHS (environments with ``video_lengths()``); the other keys stay in ``.info``.
+INFO_SUCCESS = SUCCESS  # (N,) bool, success reached at some step of the episode so far (what a reward oracle reads)
+INFO_STEPS = "steps"  # (N,) long, environment steps executed since reset
+INFO_SUCCESS_NOW = "success_now"  # (N,) bool, success flag of the latest state (simulators only)
+INFO_EXECUTED = "executed"  # (N,) long, actions of the last chunk that were executed (0 for done envs)
+INFO_EE_POSE = "ee_pose"  # (N, 7) float, end-effector xyz + quaternion wxyz in the world frame (simulators only)
+INFO_SUCCESS_PROB = "success_prob"  # (N,) float, world model: success probability of the newest imagined frame
+INFO_SCORE = "success_score"  # (N,) float, world model: best success probability held for success_k segments in a row
+INFO_DRAW_SUCCESS = "draw_success"  # (D, N) bool, world model with draws=D: INFO_SUCCESS of every noise draw
+INFO_DRAW_SCORE = "draw_score"  # (D, N) float, world model with draws=D: INFO_SCORE of every noise draw
+INFO_DRAWS_AGREE = "draws_agree"  # (N,) bool, world model with draws=D: whether every draw agrees on success
+INFO_VIDEO_LENGTHS = "video_lengths"  # (N,) long, RolloutBatch.info only: real frames per rollout video

@@ -4,16 +4,8 @@ Importing this package sets ``MUJOCO_GL=egl`` (unless already set) before mujoco
 ``metaworld`` or ``mujoco`` on a headless machine. Meta-World itself is imported lazily (extra ``sim``).
 """
 
-from lightning_prophrl.envs.base import (
-    INFO_EE_POSE,
-    INFO_EXECUTED,
-    INFO_STEPS,
-    INFO_SUCCESS,
-    INFO_SUCCESS_NOW,
-    BatchedEnv,
-    Prompt,
-    as_prompt,
-)
+from lightning_prophrl.constants import INFO_EE_POSE, INFO_EXECUTED, INFO_STEPS, INFO_SUCCESS, INFO_SUCCESS_NOW
+from lightning_prophrl.envs.base import BatchedEnv, Prompt, as_prompt
 from lightning_prophrl.envs.instructions import INSTRUCTIONS, TASKS, instruction_for
 
 # The simulator and the renderer import mujoco: they load on first use, so the rest of the library (models, modules,

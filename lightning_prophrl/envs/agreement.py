@@ -15,7 +15,7 @@ import torch
 
 from lightning_prophrl import constants as K
 from lightning_prophrl.envs.base import Prompt
-from lightning_prophrl.envs.rollout import collect_rollouts
+from lightning_prophrl.envs.rollout import RolloutBatch, collect_rollouts
 from lightning_prophrl.models.reward import PersistenceRule
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def closed_loop_agreement(
            "real_steps": real.steps.tolist(), "imagined_steps": imag.steps.tolist(), "psnr_by_frame": None,
            "reward_on_real": None}  # fmt: skip
     if reward_scorer is not None and real.videos is not None:
-        lengths = real.info.get("video_lengths", torch.full((len(r),), real.videos.shape[1])) - 1
+        lengths = real.info.get(K.INFO_VIDEO_LENGTHS, torch.full((len(r),), real.videos.shape[1])) - 1
         rule = PersistenceRule(reward_threshold, reward_k)  # the world model's rule, on the real videos
         judged = rule(score_video(reward_scorer, real.videos), lengths).numpy()
         out["reward_on_real"] = reward_agreement(r, judged)
@@ -145,7 +145,7 @@ def closed_loop_agreement(
                                      for e in real_env.episodes()]  # fmt: skip
     videos = (real.videos, imag.videos)
     if all(v is not None for v in videos) and videos[0].shape[2:] == videos[1].shape[2:]:
-        lengths = [b.info.get("video_lengths", torch.full((len(r),), b.videos.shape[1])) for b in (real, imag)]
+        lengths = [b.info.get(K.INFO_VIDEO_LENGTHS, torch.full((len(r),), b.videos.shape[1])) for b in (real, imag)]
         out["psnr_by_frame"] = divergence_psnr(real.videos, lengths[0], imag.videos, lengths[1])
     if kappa < kappa_threshold:
         msg = (f"CLOSED-LOOP AGREEMENT GATE: kappa={kappa:.2f} < {kappa_threshold} between imagined and real outcomes "
@@ -308,7 +308,7 @@ def within_start_outcomes(
     max_start_step: int | None = None,
     noise_seed: int = 0,
     noise_level: float | None = None,
-    world_reward_fn: Callable[[Any], torch.Tensor] | None = None,
+    world_reward_fn: Callable[[RolloutBatch], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Does the world model see what group-relative RL needs: which of G branches *from one start* succeed?
 
@@ -365,7 +365,7 @@ def within_start_outcomes(
         real_steps += int(runs[0].steps[: keep * g].sum())  # the replayed prefix is real interaction too
         branch_steps += int((runs[0].steps - start_steps)[: keep * g].sum())
         if scorer is not None and runs[0].videos is not None:  # the reward model on the *real* branch videos
-            lengths = runs[0].info.get("video_lengths", torch.full((n * g,), runs[0].videos.shape[1])) - 1
+            lengths = runs[0].info.get(K.INFO_VIDEO_LENGTHS, torch.full((n * g,), runs[0].videos.shape[1])) - 1
             held = held_score(score_video(scorer, runs[0].videos), lengths, world_env.success_k)
             real_held.append(held.view(n, g)[:keep])
         real_r.append(runs[0].rewards.view(n, g)[:keep])

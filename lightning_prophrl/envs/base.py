@@ -14,9 +14,9 @@ learned world model that imagines the frames (a ``WorldModelEnv`` implements the
   is the caller's job) and executes it for every environment that is not done.
 * **Termination.** ``done`` ``(N,)`` bool is True once an environment stopped (success with stop-at-success, or the
   step cap). Done environments ignore further actions and keep returning their last observation.
-* **Info** (keys ``INFO_*`` below): ``SUCCESS`` ``(N,)`` bool, success reached at any step of the episode so far (the
-  outcome a reward oracle reads); ``INFO_STEPS`` ``(N,)`` long, environment steps executed since ``reset``.
-  Implementations may add keys.
+* **Info** (keys ``INFO_*`` from ``lightning_prophrl.constants``): ``INFO_SUCCESS`` ``(N,)`` bool, success reached
+  at any step of the episode so far (the outcome a reward oracle reads); ``INFO_STEPS`` ``(N,)`` long, environment
+  steps executed since ``reset``. Implementations may add keys (defined there too).
 * **Video.** ``video()`` ``(N, T, 3, H, W)`` float32 in ``[-1, 1]``: the frame after ``reset`` then one frame per
   ``step`` call that executed at least one action. Episodes that ended earlier are padded by repeating their last
   frame; ``video_lengths()`` ``(N,)`` gives the number of real frames. This is what a video reward model judges.
@@ -37,19 +37,17 @@ from lightning_prophrl.constants import (
     COND_TARGET,
     HISTORY,
     HISTORY_MASK,
+    INFO_EE_POSE,  # noqa: F401 (re-exported: the info keys were defined here before constants.py)
+    INFO_EXECUTED,  # noqa: F401
+    INFO_STEPS,  # noqa: F401
+    INFO_SUCCESS,  # noqa: F401
+    INFO_SUCCESS_NOW,  # noqa: F401
     INSTRUCTION,
     OBS_STATE,
     PREFIX_ACTIONS,
     SEED,
-    SUCCESS,
     TASK_ID,
 )
-
-INFO_SUCCESS = SUCCESS  # (N,) bool, success reached at some step of the episode so far
-INFO_STEPS = "steps"  # (N,) long, environment steps executed since reset
-INFO_SUCCESS_NOW = "success_now"  # (N,) bool, success flag of the latest state (simulators only)
-INFO_EXECUTED = "executed"  # (N,) long, actions of the last chunk that were executed (0 for done envs)
-INFO_EE_POSE = "ee_pose"  # (N, 7) float, end-effector xyz + quaternion wxyz in the world frame (simulators only)
 
 
 @dataclass

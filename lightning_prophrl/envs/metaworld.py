@@ -26,19 +26,17 @@ import numpy as np
 import torch
 
 from lightning_prophrl.actions import unified_to_metaworld
-from lightning_prophrl.constants import INSTRUCTION, OBS_IMAGE, OBS_STATE
-from lightning_prophrl.envs.base import (
+from lightning_prophrl.constants import (
     INFO_EE_POSE,
     INFO_EXECUTED,
     INFO_STEPS,
     INFO_SUCCESS,
     INFO_SUCCESS_NOW,
-    BatchedEnvBase,
-    Prompt,
-    check_prompts,
-    frames_to_image,
-    pad_videos,
+    INSTRUCTION,
+    OBS_IMAGE,
+    OBS_STATE,
 )
+from lightning_prophrl.envs.base import BatchedEnvBase, Prompt, check_prompts, frames_to_image, pad_videos
 from lightning_prophrl.envs.episodes import (  # noqa: F401 (re-exported)
     EpisodeRecord,
     ExpertEpisode,

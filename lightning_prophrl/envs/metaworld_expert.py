@@ -120,9 +120,9 @@ class ScriptedExpert:
                 planned = detour.action() if excursion > 0 or random_only else None
                 base = self.policy.get_action(obs) if planned is None else planned
                 action = np.clip(base + sigma * rng.standard_normal(4), -1.0, 1.0)
-                obs, _, _, _, info = env.step(action)
+                obs, _, _, _, step_info = env.step(action)  # Meta-World's own per-step dict, not a BatchedEnv info
                 actions.append(action)
-                success.append(bool(info["success"]))
+                success.append(bool(step_info["success"]))
                 poses.append(ee_pose(env))
                 targets.append(mocap_pose(env))
                 objects.append(np.array(env._get_pos_objects(), dtype=np.float64))

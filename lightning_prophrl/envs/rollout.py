@@ -60,7 +60,9 @@ class RolloutBatch:
         success: ``(N,)`` environment success (ground truth for simulators, imagined for world models).
         steps: ``(N,)`` environment steps taken.
         videos: ``(N, T, 3, H, W)`` float in [-1, 1] episode videos (chunk-boundary frames), or None.
-        info: extra per-rollout information from the environment.
+        info: extra per-rollout information from the environment's last step (keys ``K.INFO_*``; without
+            ``INFO_SUCCESS`` and ``INFO_STEPS``, which are ``success`` and ``steps``), plus ``INFO_VIDEO_LENGTHS``
+            ``(N,)`` when the environment has ``video_lengths()``.
     """
 
     obs: list[dict[str, Any]]
@@ -125,11 +127,11 @@ def collect_rollouts(
         obs, done, info = env.step(decoder(res.actions[:, :h]))
         alive = alive & ~torch.as_tensor(np.asarray(done), dtype=torch.bool)
     info = dict(info)
-    success = torch.as_tensor(np.asarray(info.pop("success")), dtype=torch.float32)
-    steps = torch.as_tensor(np.asarray(info.pop("steps", np.zeros(n))), dtype=torch.long)
+    success = torch.as_tensor(np.asarray(info.pop(K.INFO_SUCCESS)), dtype=torch.float32)
+    steps = torch.as_tensor(np.asarray(info.pop(K.INFO_STEPS, np.zeros(n))), dtype=torch.long)
     video = env.video() if hasattr(env, "video") else None
     if hasattr(env, "video_lengths"):
-        info["video_lengths"] = env.video_lengths()
+        info[K.INFO_VIDEO_LENGTHS] = env.video_lengths()
     batch = RolloutBatch(
         obs=all_obs,
         x_steps=torch.stack(xs),

@@ -10,7 +10,7 @@ its last frame becomes the next observation and the segment's frames enter the b
 Imagined success comes from Prophet's success head (or from ``success_scorer``, e.g. a domain-bridged frame
 classifier: :func:`classifier_scorer`) with a persistence rule (``success_threshold`` for ``success_k``
 consecutive segments), after which the imagined episode stops like stop-at-success in a
-simulator. ``info["success_score"]`` grades the outcome (the best probability held for ``success_k`` consecutive
+simulator. ``info[K.INFO_SCORE]`` grades the outcome (the best probability held for ``success_k`` consecutive
 segments; :func:`graded_reward` makes it the RL reward). Proprioception is not imagined by Prophet:
 ``state_mode="integrate"`` dead-reckons the hand position from the commanded deltas (an approximation, documented as
 such), ``"zeros"`` gives zeros (for image-only policies).
@@ -21,9 +21,9 @@ to Prophet's action-frame stream, and the integrated state uses the same rule (t
 without it only the scalar action stream is used and the state integrates ``dpos`` as if it were a world delta.
 
 With ``draws = D > 1`` every rollout is imagined D times under independent sampling noise, all D copies executing the
-policy's actions chosen on the first copy (the one the policy sees). ``info["draw_success"]`` and
-``info["draw_score"]`` ``(D, N)`` hold every copy's outcome and ``info["draws_agree"]`` ``(N,)`` whether they agree
-on success: a rollout whose outcome depends on the world model's noise is one the model is unsure about
+policy's actions chosen on the first copy (the one the policy sees). ``info[K.INFO_DRAW_SUCCESS]`` and
+``info[K.INFO_DRAW_SCORE]`` ``(D, N)`` hold every copy's outcome and ``info[K.INFO_DRAWS_AGREE]`` ``(N,)`` whether
+they agree on success: a rollout whose outcome depends on the world model's noise is one the model is unsure about
 (dual-noise verification). :func:`draws_reward` turns the copies into one reward (their mean, or their minimum:
 success only when every draw succeeds).
 
@@ -45,8 +45,15 @@ from torch import nn
 
 from lightning_prophrl import constants as K
 from lightning_prophrl.actions import ActionStats
-from lightning_prophrl.envs.base import INFO_STEPS, INFO_SUCCESS, BatchedEnvBase, Prompt, check_prompts
+from lightning_prophrl.constants import (  # noqa: F401 (re-exported: these info keys were defined here)
+    INFO_DRAW_SCORE,
+    INFO_DRAW_SUCCESS,
+    INFO_DRAWS_AGREE,
+    INFO_SCORE,
+)
+from lightning_prophrl.envs.base import BatchedEnvBase, Prompt, check_prompts
 from lightning_prophrl.envs.poses import CommandedPoses
+from lightning_prophrl.envs.rollout import RolloutBatch
 from lightning_prophrl.models.history import HistoryBuffer
 from lightning_prophrl.rl.sharding import stream_seed
 
@@ -89,19 +96,15 @@ def classifier_scorer(classifier: Any) -> ClassifierScorer:
     return ClassifierScorer(classifier)
 
 
-INFO_SCORE = "success_score"  # (N,) float, best success probability held for success_k consecutive segments
-INFO_DRAW_SUCCESS, INFO_DRAW_SCORE, INFO_DRAWS_AGREE = "draw_success", "draw_score", "draws_agree"
-
-
-def draws_reward(batch: Any, signal: Literal["success", "graded"] = "success", reduce: Literal["mean", "min"] = "mean",
-                 floor: float = 0.0) -> torch.Tensor:  # fmt: skip
+def draws_reward(batch: RolloutBatch, signal: Literal["success", "graded"] = "success",
+                 reduce: Literal["mean", "min"] = "mean", floor: float = 0.0) -> torch.Tensor:  # fmt: skip
     """FA-GRPO reward from the D noise draws of a ``WorldModelEnv(draws=D)`` rollout (dual-noise verification).
 
     Each draw's outcome is its 0/1 success (``signal="success"``) or its graded score (``"graded"``, scores below
     ``floor`` count as 0, as in :func:`graded_reward`); ``reduce="mean"`` averages them (a rollout whose outcome
     flips with the world model's noise gets partial credit), ``"min"`` keeps the worst (success only when every draw
     succeeds: unverified successes count as failures)."""
-    key = INFO_DRAW_SUCCESS if signal == "success" else INFO_DRAW_SCORE
+    key = K.INFO_DRAW_SUCCESS if signal == "success" else K.INFO_DRAW_SCORE
     if key not in batch.info:
         raise KeyError(f"draws_reward needs the world model's {key!r} in the rollout info (WorldModelEnv(draws=D))")
     if reduce not in ("mean", "min"):
@@ -112,17 +115,17 @@ def draws_reward(batch: Any, signal: Literal["success", "graded"] = "success", r
     return x.mean(0) if reduce == "mean" else x.min(0).values
 
 
-def graded_reward(batch: Any, floor: float = 0.0) -> torch.Tensor:
-    """FA-GRPO reward from a ``WorldModelEnv`` rollout: its graded outcome ``INFO_SCORE`` instead of the 0/1 success.
+def graded_reward(batch: RolloutBatch, floor: float = 0.0) -> torch.Tensor:
+    """FA-GRPO reward from a ``WorldModelEnv`` rollout: its graded outcome ``K.INFO_SCORE`` instead of the 0/1 success.
 
     Group normalization only needs the rewards to *rank* a group's rollouts; where imagined frames are blurrier than
     real ones the scorer's probabilities are compressed below its success threshold and a 0/1 reward is almost always
     0 (docs/history.md, round v8), while the probability still ranks successes above failures. Scores below ``floor``
     count as 0: among clear failures the differences are the scorer's noise, which the group's std normalization
     would blow up to unit advantages."""
-    score = batch.info.get(INFO_SCORE)
+    score = batch.info.get(K.INFO_SCORE)
     if score is None:
-        raise KeyError(f"graded_reward needs the world model's {INFO_SCORE!r} in the rollout info (a WorldModelEnv)")
+        raise KeyError(f"graded_reward needs the world model's {K.INFO_SCORE!r} in the rollout info (a WorldModelEnv)")
     score = torch.as_tensor(score, dtype=torch.float32)
     return torch.where(score >= floor, score, torch.zeros_like(score))
 
@@ -326,12 +329,12 @@ class WorldModelEnv(BatchedEnvBase):
         n = self.num_envs
         self.done[n:] |= self.done[:n].repeat(self.draws - 1)  # the policy stops acting: every draw ends
         self.video_frames.append(self.frame.to("cpu", copy=True))
-        info = {INFO_SUCCESS: self.success[:n].clone(), INFO_STEPS: self.steps[:n].clone(), "success_prob": prob[:n],
-                INFO_SCORE: self.score[:n].clone()}  # fmt: skip
+        info = {K.INFO_SUCCESS: self.success[:n].clone(), K.INFO_STEPS: self.steps[:n].clone(),
+                K.INFO_SUCCESS_PROB: prob[:n], K.INFO_SCORE: self.score[:n].clone()}  # fmt: skip
         if self.draws > 1:
             draw_success = self.success.view(self.draws, n).clone()
-            info.update({INFO_DRAW_SUCCESS: draw_success, INFO_DRAW_SCORE: self.score.view(self.draws, n).clone(),
-                         INFO_DRAWS_AGREE: (draw_success == draw_success[:1]).all(0)})  # fmt: skip
+            info.update({K.INFO_DRAW_SUCCESS: draw_success, K.INFO_DRAW_SCORE: self.score.view(self.draws, n).clone(),
+                         K.INFO_DRAWS_AGREE: (draw_success == draw_success[:1]).all(0)})  # fmt: skip
         return self._obs(), self.done[:n].clone(), info
 
     def _imagine(self, a: np.ndarray, alive: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:

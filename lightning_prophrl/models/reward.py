@@ -2,9 +2,10 @@
 
 Every video reward model implements :class:`RewardModel`: ``(videos, instructions, lengths) -> (N,)`` binary rewards.
 :class:`RolloutReward` adapts one to ``collect_rollouts(reward_fn=...)`` / ``FAGRPOModule(reward_model=...)``, which
-pass a ``RolloutBatch``. Three implementations:
+pass a ``RolloutBatch`` (``RolloutBatch -> (N,)``, the one signature every RL reward has). Three reward sources:
 
-* :class:`SimulatorOracle`: the environment's ground-truth success (already a ``RolloutBatch`` callable).
+* :class:`SimulatorOracle`: the environment's ground-truth success (already a ``RolloutBatch`` callable, not a
+  :class:`RewardModel`).
 * :class:`ClassifierReward`: a small :class:`VideoSuccessClassifier` scoring every frame, turned into an episode verdict
   by a :class:`PersistenceRule` (k consecutive frames above a threshold: "any frame above 0.5" is useless on
   imagined videos).
@@ -19,16 +20,18 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_prophrl import constants as K
+from lightning_prophrl.constants import INFO_VIDEO_LENGTHS  # noqa: F401 (re-exported: the key was defined here)
 from lightning_prophrl.models.encoders import ConvImageEncoder
 
-INFO_VIDEO_LENGTHS = "video_lengths"  # optional RolloutBatch.info key: (N,) real frames per rollout video
+if TYPE_CHECKING:
+    from lightning_prophrl.envs.rollout import RolloutBatch
 
 
 @runtime_checkable
@@ -84,17 +87,17 @@ def check_videos(videos: Any, instructions: Sequence[str] | None, lengths: Any) 
     return lengths
 
 
-def rollout_video_lengths(batch: Any) -> Tensor:
+def rollout_video_lengths(batch: RolloutBatch) -> Tensor:
     """Real frames per rollout video of a ``RolloutBatch``.
 
-    Taken from ``batch.info[INFO_VIDEO_LENGTHS]`` when the environment reported it; otherwise derived from the
+    Taken from ``batch.info[K.INFO_VIDEO_LENGTHS]`` when the environment reported it; otherwise derived from the
     ``BatchedEnv`` video contract (the reset frame plus one frame per chunk the rollout executed, i.e.
     ``1 + alive[:, n].sum()``) when that is consistent with the video length; otherwise every frame counts.
     """
     t = int(batch.videos.shape[1])
     info = batch.info or {}
-    if info.get(INFO_VIDEO_LENGTHS) is not None:
-        return torch.as_tensor(info[INFO_VIDEO_LENGTHS]).long().reshape(-1)
+    if info.get(K.INFO_VIDEO_LENGTHS) is not None:
+        return torch.as_tensor(info[K.INFO_VIDEO_LENGTHS]).long().reshape(-1)
     alive = torch.as_tensor(batch.alive)
     if alive.ndim == 2 and alive.shape[0] + 1 == t:
         return 1 + alive.long().sum(0)
@@ -117,7 +120,8 @@ class RolloutReward:
             raise TypeError(f"reward_model must be callable, got {type(reward_model).__name__}")
         self.reward_model = reward_model
 
-    def __call__(self, batch: Any) -> Tensor:
+    def __call__(self, batch: RolloutBatch) -> Tensor:
+        """``RolloutBatch`` -> ``(N,)`` float32 rewards of the wrapped model on the batch's videos."""
         if batch.videos is None:
             raise ValueError(
                 "RolloutBatch.videos is None: the environment has no video(), a video reward model needs one"
@@ -135,7 +139,8 @@ class SimulatorOracle:
     this is only an oracle for real simulators. Use it as ``collect_rollouts(reward_fn=SimulatorOracle())``.
     """
 
-    def __call__(self, batch: Any) -> Tensor:
+    def __call__(self, batch: RolloutBatch) -> Tensor:
+        """``RolloutBatch`` -> ``(N,)`` float32 rewards in ``{0, 1}``."""
         return (torch.as_tensor(batch.success).reshape(-1) > 0).float()
 
 

@@ -133,8 +133,12 @@ class FAGRPOModule(PPOEpochsMixin, L.LightningModule):
         minibatch_size: policy queries per minibatch, over all processes (UNKNOWN; 256).
         max_grad_norm: gradient clipping.
         noise_level: SDE noise level ``a`` for rollouts (default: the policy's).
-        reward_model: optional callable ``RolloutBatch -> (N,) rewards``; default the env's success. A reward model
-            that is an ``nn.Module`` is frozen (``requires_grad_(False)``): RL never trains it.
+        reward_model: optional callable ``RolloutBatch -> (N,) rewards`` (``collect_rollouts``' ``reward_fn``);
+            default the env's success. Video reward models (``models.reward.RewardModel``: ``ClassifierReward``,
+            ``VLMJudgeReward``) take ``(videos, instructions, lengths)``: wrap them in ``RolloutReward``. Other
+            rewards: ``SimulatorOracle``, ``envs.world_model.graded_reward`` / ``draws_reward`` (options bound with
+            ``functools.partial``). A reward model that is an ``nn.Module`` is frozen (``requires_grad_(False)``): RL
+            never trains it.
         optimizer: optimizer factory (None: Adam 3e-5, the stable learning rate of docs/results.md).
         step_grad_every: every this many updates, log the gradient norm contributed by each flow step (K extra
             backward passes on one minibatch; 0 disables).

@@ -24,7 +24,7 @@ def prompts_from_batch(batch: dict[str, Any]) -> list[dict[str, Any]]:
 def agreement_logs(info: dict[str, Any]) -> dict[str, torch.Tensor]:
     """``rollout/draws_agree``: the share of rollouts whose world-model noise draws agree on success (present when the
     environment imagines several draws, ``WorldModelEnv(draws=D)``)."""
-    agree = info.get("draws_agree")
+    agree = info.get(K.INFO_DRAWS_AGREE)
     return {} if agree is None else {"rollout/draws_agree": torch.as_tensor(agree, dtype=torch.float32).mean()}
 
 
