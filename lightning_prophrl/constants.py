@@ -21,6 +21,8 @@ SHARD_ACTION_MASK = "action_mask.npy"
 SHARD_STATE = "state.npy"  # optional proprioception (T, S)
 SHARD_META = "meta.json"
 STATS_FILE = "stats.json"
+SHARD_LATENTS = "latents.npz"  # per episode: per-frame latents, window starts, window latents, meta (see latent_shards)
+LATENTS_FILE = "latents.json"  # per dataset directory, beside index.json: how the latents were made (the encode run)
 
 # ---- Batch keys produced by the datamodules ----
 HISTORY = "history"  # (B, Th, 3, H, W) float in [-1, 1], past frames before the conditioning frame
@@ -48,6 +50,15 @@ SEED = "seed"  # (B,) long, simulator seed of the initial state (prompts)
 PREFIX_ACTIONS = "prefix_actions"  # (T, 14) float, unified actions before a branch start (simulators replay them)
 COND_TARGET = "cond_target"  # (B, 3) float, commanded end-effector target xyz at the conditioning frame (prompts)
 VIDEO = "video"  # (B, T, 3, H, W) float in [-1, 1]
+# pre-encoded latent batches (``RobotClipDataModule(latents=True)``, ``prophrl-data encode``) carry these in place of
+# COND_FRAME / FUTURE / HISTORY; every other key is as in a pixel batch
+LATENT_COND = "latent_cond"  # (B, C, h, w) float32, latent of the conditioning frame encoded as a one-frame clip
+LATENT_FUTURE = "latent_future"  # (B, C, T_f, h, w) float32, the future latents of the [cond, future] clip
+LATENT_HISTORY = "latent_history"  # (B, C, T_h, h, w) float32, per-frame latents of the history (HISTORY_MASK holds)
+LATENT_ACTION_FRAMES = "latent_action_frames"  # (B, C, T_f, h, w) float32, encoded action frames (zeros: no camera)
+LATENT_FINGERPRINT = "latent_fingerprint"  # list[str], the codec fingerprint each sample's latents were made with
+LATENT_AF_FINGERPRINT = "latent_action_frame_fingerprint"  # list[str], codec + action-frame style fingerprint
+LATENT_SOURCE = "latent_source"  # list[str], the dataset directory each sample was read from (for error messages)
 
 # ---- Keys of a rollout's info dict (BatchedEnv.step / RolloutBatch.info) ----
 # ``collect_rollouts`` moves INFO_SUCCESS and INFO_STEPS out of the last step's info into ``RolloutBatch.success`` and

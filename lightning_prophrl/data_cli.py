@@ -5,12 +5,14 @@ prophrl-data corpus --out DIR --workspace 24 --overview 8 --workers 2
 prophrl-data convert lerobot SRC --out DIR --action-convention ee_abs_quat
 prophrl-data convert hdf5 SRC --out DIR --action-convention ee_abs_quat --layout libero --action-key ee_poses
 prophrl-data stats DIR [--recompute]
+prophrl-data encode --model PROPHET_DIR --shards DIR --out NEW_DIR --image-size 256 [--drop-frames] [--resume]
 prophrl-data inspect DIR [--png sheet.png]
 
 Errors (a missing file or key, a bad value, an unknown flag or Meta-World task, invalid source data) are printed as
 one line naming the file, key or flag; --debug (or PROPHRL_DEBUG=1) shows the full traceback. Options are never
 abbreviated. A generation or conversion that fails leaves --out as it found it: a directory it created is removed,
-and in an existing directory (convert --append) the shards it added are deleted.
+and in an existing directory (convert --append) the shards it added are deleted. An encode that fails keeps the
+shards it finished (and removes a partial one): finish it with --resume.
 """
 
 from __future__ import annotations
@@ -46,6 +48,17 @@ def _at_least(lo: int | float, kind: type = int):
         return value
 
     return parse
+
+
+def _device(text: str) -> str:
+    """``--device``: a torch device name (``cpu``, ``cuda``, ``cuda:1`` ...)."""
+    import torch
+
+    try:
+        torch.device(text)
+    except RuntimeError as err:
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r} ({err})") from None
+    return text
 
 
 def _known_task(task: str, valid: tuple[str, ...], what: str = "Meta-World v3 task") -> str:
@@ -185,6 +198,24 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--layout", choices=["robomimic", "libero"], default="robomimic",
                            help="key names and conventions of the file (robomimic or LIBERO)")  # fmt: skip
 
+    en = sub.add_parser("encode", help="copy a dataset with pre-encoded latents, so training skips the codec "
+                                       "(RobotClipDataModule latents: true; docs/scale.md)")  # fmt: skip
+    en.add_argument("--model", required=True,
+                    help="a Prophet directory (save_pretrained), a Prophet model YAML or a diffusers Wan VAE "
+                         "directory: the codec (and, from a Prophet, the chunk length and action-frame style)")  # fmt: skip
+    en.add_argument("--shards", required=True, help="source dataset directory (shards, index.json, stats.json)")
+    en.add_argument("--out", required=True, help="new or empty output directory (never overwritten; see --resume)")
+    en.add_argument("--image-size", type=_at_least(1), required=True, help="the training datamodule's image_size")
+    en.add_argument("--chunk-len", type=_at_least(1), default=None,
+                    help="action chunk length (default: the Prophet's action_chunk_length)")  # fmt: skip
+    en.add_argument("--stride", type=_at_least(1), default=1, help="the training datamodule's stride of this dataset")
+    en.add_argument("--every", type=_at_least(1), default=1,
+                    help="store windows at every N-th conditioning frame (training draws its windows from those)")  # fmt: skip
+    en.add_argument("--drop-frames", action="store_true", help="leave the frames out of the output (latents only)")
+    en.add_argument("--batch-size", type=_at_least(1), default=8, help="clips per codec call")
+    en.add_argument("--device", type=_device, default="cpu", help="torch device of the codec (e.g. cuda)")
+    en.add_argument("--resume", action="store_true", help="finish an interrupted encode run into --out")
+
     st = sub.add_parser("stats", help="(re)compute stats.json by streaming the actions only")
     st.add_argument("dir", help="dataset directory")
     st.add_argument("--recompute", action="store_true", help="recompute even if stats.json exists")
@@ -284,6 +315,14 @@ def main(argv: list[str] | None = None) -> None:
             from lightning_prophrl.datamodules.converters import convert_hdf5
 
             summary = convert_hdf5(args.src, args.out, layout=args.layout, **kwargs)
+    elif args.command == "encode":
+        from lightning_prophrl.datamodules.latent_encode import encode_dataset
+
+        summary = encode_dataset(
+            args.shards, args.out, args.model, args.image_size, chunk_len=args.chunk_len, stride=args.stride,
+            every=args.every, drop_frames=args.drop_frames, batch_size=args.batch_size, device=args.device,
+            resume=args.resume,
+        )  # fmt: skip
     elif args.command == "stats":
         from lightning_prophrl.datamodules.inspect import dataset_stats
 

@@ -235,9 +235,9 @@ class ClipIterable(IterableDataset):
     def _eval_pass(self) -> Iterator[dict[str, Any]]:
         for di, spec in enumerate(self.datasets):
             shards, share = self.my_share(di)
-            for ep in iter_episodes(shards, self.on_error, skip_counter=self.skips, share=share, lazy_frames=True):
+            for ep in self.read_episodes(di, shards, share):
                 ep = stride_episode(ep, spec.stride)
-                starts = np.linspace(0, len(ep) - 1, self.windows_per_episode).round().astype(int)
+                starts = self.window_starts(ep, None)
                 if self.load_windows(ep, starts):
                     for c in starts:
                         yield self.make_clip(ep, int(c), di)
@@ -248,11 +248,9 @@ class ClipIterable(IterableDataset):
         while True:  # cycle over this slot's shards, reshuffled on every pass
             order = rng.permutation(len(shards))
             got_any = False
-            episodes = iter_episodes([shards[i] for i in order], self.on_error, skip_counter=self.skips, share=share,
-                                     lazy_frames=True)  # fmt: skip
-            for ep in episodes:
+            for ep in self.read_episodes(di, [shards[i] for i in order], share):
                 ep = stride_episode(ep, spec.stride)
-                starts = rng.integers(0, len(ep), size=self.windows_per_episode)
+                starts = self.window_starts(ep, rng)
                 if not self.load_windows(ep, starts):
                     continue
                 got_any = True
@@ -263,6 +261,17 @@ class ClipIterable(IterableDataset):
                 raise RuntimeError(f"dataset {self._label(di)}: slot {slot} of {nslots} (ranks x workers) "
                                    f"found no valid episode of its own in shards {shards} "
                                    f"(shard_split={self.shard_split!r}, skipped so far: {self.skips.count})")  # fmt: skip
+
+    def read_episodes(self, di: int, shards: list[str], share: SampleShare | None) -> Iterator[Episode]:
+        """This slot's episodes of dataset ``di`` in ``shards``, in order (frames held encoded until indexed)."""
+        return iter_episodes(shards, self.on_error, skip_counter=self.skips, share=share, lazy_frames=True)
+
+    def window_starts(self, ep: Episode, rng: np.random.Generator | None) -> np.ndarray:
+        """Conditioning indices of the clips drawn from a (strided) episode: ``windows_per_episode`` random ones, or
+        evenly spaced ones when ``rng`` is None (evaluation)."""
+        if rng is None:
+            return np.linspace(0, len(ep) - 1, self.windows_per_episode).round().astype(int)
+        return rng.integers(0, len(ep), size=self.windows_per_episode)
 
     # 3. one clip ----------------------------------------------------------------------------------------------------
     def frame_indices(self, t: int, c: int) -> list[int]:
@@ -310,18 +319,23 @@ class ClipIterable(IterableDataset):
             K.SUCCESS: float(ep.success),
             K.CLIP_SUCCESS: self._clip_success(ep, int(fut_idx[-1])),
         }
-        hist_idx = np.arange(c - hl, c)
-        video = to_float_video(ep.frames[self.frame_indices(t, c)], self.image_size)
-        out[K.COND_FRAME] = video[0]
-        if self.with_future:
-            out[K.FUTURE] = video[1 : 1 + cl]
+        out.update(self.clip_frames(ep, c))
         if hl > 0:
-            out[K.HISTORY] = video[len(video) - hl :]
-            out[K.HISTORY_MASK] = torch.from_numpy(hist_idx >= 0)
+            out[K.HISTORY_MASK] = torch.from_numpy(np.arange(c - hl, c) >= 0)
         if self.state_dim > 0:
             out[K.OBS_STATE] = self._state(ep, c)
         if self.with_future:
             out.update(self._geometry(ep, fut_idx))
+        return out
+
+    def clip_frames(self, ep: Episode, c: int) -> dict[str, torch.Tensor]:
+        """The pixels of the clip at ``c``: ``COND_FRAME``, ``FUTURE`` (``with_future``), ``HISTORY`` (history)."""
+        video = to_float_video(ep.frames[self.frame_indices(len(ep), c)], self.image_size)
+        out = {K.COND_FRAME: video[0]}
+        if self.with_future:
+            out[K.FUTURE] = video[1 : 1 + self.chunk_len]
+        if self.history_len > 0:
+            out[K.HISTORY] = video[len(video) - self.history_len :]
         return out
 
     @staticmethod

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from lightning_prophrl import constants as K
 from lightning_prophrl.actions import NormMode
 from lightning_prophrl.datamodules.clips import ClipIterable, DatasetSpec
+from lightning_prophrl.datamodules.latent_clips import LatentClipIterable
 from lightning_prophrl.datamodules.shards import OnError, load_stats
 from lightning_prophrl.datamodules.slots import ShardSplit, SkippedSamplesReport, check_shard_split
 
@@ -98,6 +99,10 @@ class RobotClipDataModule(_ClipDataModuleBase):
         shard_split: how rank x worker slots share each dataset (see ``lightning_prophrl.datamodules.slots``):
             ``"shards"`` (default) gives each slot whole shards, and fewer shards than ``devices x num_workers`` is an
             error; ``"samples"`` lets every slot read every shard and decode only its own samples (small datasets).
+        latents: read pre-encoded latents (datasets written by ``prophrl-data encode``, train and validation alike):
+            batches carry ``LATENT_COND`` / ``LATENT_FUTURE`` / ``LATENT_HISTORY`` (+ ``LATENT_ACTION_FRAMES``, the
+            codec fingerprints; ``lightning_prophrl.constants``) instead of the frames, no video is decoded and the
+            Prophet skips its codec (``LatentClipIterable``; docs/scale.md, "Pre-encoded latents").
 
     Attributes:
         skipped_samples: invalid samples skipped so far under ``on_error="skip"``, workers included.
@@ -121,6 +126,7 @@ class RobotClipDataModule(_ClipDataModuleBase):
         stats_from: str | None = None,
         stride: int = 1,
         shard_split: ShardSplit = "shards",
+        latents: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -132,7 +138,7 @@ class RobotClipDataModule(_ClipDataModuleBase):
 
     def _make(self, specs: list[DatasetSpec], eval_mode: bool) -> ClipIterable:
         h = self.hparams
-        return ClipIterable(
+        return (LatentClipIterable if h.latents else ClipIterable)(
             specs, h.history_len, h.chunk_len, h.image_size, True, h.samples_per_epoch, h.windows_per_episode,
             h.shuffle_buffer, h.norm_mode, 0, h.seed, h.on_error, eval_mode=eval_mode,
             stats=[load_stats(h.stats_from)] * len(specs) if h.stats_from else None, shard_split=h.shard_split,

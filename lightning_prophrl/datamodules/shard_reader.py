@@ -17,6 +17,7 @@ from lightning_prophrl.constants import (
     SHARD_ACTIONS,
     SHARD_FRAMES_MP4,
     SHARD_FRAMES_NPY,
+    SHARD_LATENTS,
     SHARD_META,
     SHARD_STATE,
     STATS_FILE,
@@ -59,7 +60,12 @@ def decode_episode(
         if required not in sample:
             raise ShardFormatError(shard, key, f"missing key {required!r}")
     if SHARD_FRAMES_NPY not in sample and SHARD_FRAMES_MP4 not in sample:
-        raise ShardFormatError(shard, key, f"missing key {SHARD_FRAMES_NPY!r} or {SHARD_FRAMES_MP4!r}")
+        if SHARD_LATENTS not in sample:
+            raise ShardFormatError(shard, key, f"missing key {SHARD_FRAMES_NPY!r} or {SHARD_FRAMES_MP4!r}")
+        if decode_frames:  # written by `prophrl-data encode --drop-frames`: latents only
+            raise ShardFormatError(shard, key, f"holds pre-encoded latents ({SHARD_LATENTS!r}) and no frames "
+                                               "(`prophrl-data encode --drop-frames`): read it with latents: true, "
+                                               "or encode the source again without --drop-frames")  # fmt: skip
     try:
         meta = json.loads(sample[SHARD_META])
         actions = _npy_load(sample[SHARD_ACTIONS])

@@ -15,6 +15,8 @@ Both are frozen by default (``trainable=False``): Prophet trains in a fixed late
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Literal
 
 import torch
@@ -39,6 +41,7 @@ class LatentCodec(nn.Module):
     latent_channels: int
     temporal_factor: int
     spatial_factor: int
+    frame_independent: bool = False  # each frame's latent depends on that frame only (no temporal mixing)
 
     def num_latent_frames(self, num_frames: int) -> int:
         """Number of latent frames for a video of ``num_frames`` frames (must be ``1 + temporal_factor * k``)."""
@@ -94,6 +97,32 @@ class LatentCodec(nn.Module):
         """Constructor kwargs that rebuild this codec's architecture without any external file."""
         raise NotImplementedError
 
+    def fingerprint(self) -> str:
+        """A 16-hex-digit hash of what this codec computes: its class, its config (``export_kwargs`` but
+        ``trainable``) and every state tensor (name, dtype, shape, bytes). Stored beside pre-encoded latents
+        (``prophrl-data encode``) and compared before they are used.
+
+        Cached until a state tensor is replaced, changes dtype or is loaded (``load_state_dict``): the cache does not
+        look at the values, so it survives a device move and FSDP's re-pointing of the weights at each forward.
+        """
+        state = {**self.state_dict(keep_vars=True), **dict(self.named_buffers())}
+        key = tuple((n, id(t), t.dtype) for n, t in sorted(state.items()))
+        cached = self.__dict__.get("_fingerprint_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        config = {k: v for k, v in self.export_kwargs().items() if k != "trainable"}
+        h = hashlib.sha256(json.dumps([type(self).__name__, config], sort_keys=True, default=str).encode())
+        for name, tensor in sorted(state.items()):
+            t = tensor.detach().cpu().contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        self.__dict__["_fingerprint_cache"] = (key, h.hexdigest()[:16])
+        return self.__dict__["_fingerprint_cache"][1]
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self.__dict__.pop("_fingerprint_cache", None)  # new values in the same tensors
+        super()._load_from_state_dict(*args, **kwargs)
+
     def _encode(self, video: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -119,6 +148,7 @@ class PixelShuffleCodec(LatentCodec):
             raise ValueError(f"`scale` must be > 0, got {scale}")
         self.factor, self.scale = factor, scale
         self.latent_channels, self.temporal_factor, self.spatial_factor = 3 * factor**2, 1, factor
+        self.frame_independent = True
 
     def _encode(self, video: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = video.shape
@@ -212,6 +242,12 @@ class WanVAECodec(LatentCodec):
     def export_kwargs(self) -> dict[str, Any]:
         vae_config = {k: v for k, v in self.vae.config.items() if not k.startswith("_")}
         return {"vae_config": vae_config, "sample_posterior": self.sample_posterior, "trainable": self.trainable}
+
+
+def action_frame_fingerprint(codec: LatentCodec, style: dict[str, Any]) -> str:
+    """Fingerprint of encoded action frames: the codec's and the drawing style's (``ActionFrameStyle`` fields)."""
+    text = json.dumps([codec.fingerprint(), style], sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def build_codec(kind: CodecKind, kwargs: dict[str, Any] | None = None) -> LatentCodec:

@@ -53,7 +53,7 @@ class ProphetTrainingBase(L.LightningModule):
         if stage != "train":
             generator = torch.Generator().manual_seed(int(self.hparams.val_seed) * 1_000_003 + batch_idx)
         loss, logs = self.model.training_loss(batch, generator=generator)
-        bs = batch[K.FUTURE].shape[0]
+        bs = batch[K.ACTIONS].shape[0]  # pixel or pre-encoded latent batches alike
         for key, value in logs.items():
             self.log(f"{stage}/{key}", value, prog_bar=key == "loss", batch_size=bs, sync_dist=stage != "train")
         return loss

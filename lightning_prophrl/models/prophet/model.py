@@ -25,6 +25,7 @@ from lightning_prophrl.models.prophet.conditioning import ProphetConditioningMix
 from lightning_prophrl.models.prophet.forward import ProphetForwardMixin, _ForwardState
 from lightning_prophrl.models.prophet.objective import ProphetObjectiveMixin
 from lightning_prophrl.models.prophet.sampling import ProphetSamplingMixin
+from lightning_prophrl.models.prophet.stored_latents import ProphetStoredLatentsMixin
 from lightning_prophrl.models.unet_backbone import (
     UNET_LORA_TARGETS,
     build_unet,
@@ -38,6 +39,7 @@ DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 class Prophet(
     ProphetForwardMixin,
     ProphetObjectiveMixin,
+    ProphetStoredLatentsMixin,
     ProphetConditioningMixin,
     ProphetSamplingMixin,
     ModelMixin,

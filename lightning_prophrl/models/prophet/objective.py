@@ -12,16 +12,7 @@ import torch.nn.functional as F
 from lightning_prophrl.constants import (
     ACTION_MASK,
     ACTIONS,
-    CAMERA_EXTR,
-    CAMERA_K,
     CLIP_SUCCESS,
-    COND_FRAME,
-    EE_POSES,
-    FUTURE,
-    GRIPPER,
-    HAS_CAMERA,
-    HISTORY,
-    HISTORY_MASK,
 )
 from lightning_prophrl.models.prophet.sampling import _rand, _randn
 from lightning_prophrl.models.unet_backbone import (
@@ -61,38 +52,25 @@ class ProphetObjectiveMixin:
             batch: Keys from :mod:`lightning_prophrl.constants`: ``COND_FRAME`` ``(B, 3, H, W)``, ``FUTURE``
                 ``(B, L, 3, H, W)``, ``ACTIONS`` ``(B, L, A)`` (required); ``ACTION_MASK``, ``HISTORY``,
                 ``HISTORY_MASK``, ``EE_POSES``, ``GRIPPER``, ``CAMERA_K``, ``CAMERA_EXTR``, ``HAS_CAMERA``,
-                ``CLIP_SUCCESS`` (optional). Frames in ``[-1, 1]``.
+                ``CLIP_SUCCESS`` (optional). Frames in ``[-1, 1]``. Pre-encoded latents
+                (batch keys in :mod:`lightning_prophrl.constants`, ``LATENT_COND`` / ``LATENT_FUTURE`` / ``LATENT_HISTORY`` /
+                ``LATENT_ACTION_FRAMES``) stand in for the frames and skip the codec (see ``clip_latents``).
             generator: RNG of ``t`` and the noise (for reproducible losses).
 
         Returns:
             ``(loss, logs)`` with logs ``loss``, ``flow_loss`` and, with ``CLIP_SUCCESS``, ``success_loss`` and
             ``success_acc`` (detached).
         """
-        # 1. Inputs
-        for key in (COND_FRAME, FUTURE, ACTIONS):
-            if key not in batch:
-                raise KeyError(f"batch is missing the required key {key!r}")
-        cond, future, actions = batch[COND_FRAME], batch[FUTURE], batch[ACTIONS]
-        if future.ndim != 5 or cond.shape != (future.shape[0], *future.shape[2:]):
-            raise ValueError(f"`{FUTURE}` {tuple(future.shape)} and `{COND_FRAME}` {tuple(cond.shape)} do not match")
-        if future.shape[1] != self.config.action_chunk_length:
-            raise ValueError(f"`{FUTURE}` must hold action_chunk_length={self.config.action_chunk_length} frames")
-        with torch.no_grad():
-            latents = self.latent_codec.encode(torch.cat([cond[:, None], future], 1).to(self.dtype))
-        cond_lat = latents[:, :, :1]
-        hist, hist_mask = self.encode_history(batch.get(HISTORY), batch.get(HISTORY_MASK))
+        # 1. Inputs: the clip's latents, encoded here or pre-encoded by `prophrl-data encode` (`clip_latents`)
+        if ACTIONS not in batch:
+            raise KeyError(f"batch is missing the required key {ACTIONS!r}")
+        actions = batch[ACTIONS]
+        cond_lat, future_lat, hist, hist_mask, size = self.clip_latents(batch)
         if self.training and self.config.cond_noise > 0:  # drift augmentation of what the model continues from
             cond_lat = self._augment(cond_lat, generator)
             hist = None if hist is None else self._augment(hist, generator)
-        z0 = self._to_target(latents[:, :, 1:], cond_lat)
-        af, has_cam = self.encode_action_frames(
-            batch.get(EE_POSES),
-            batch.get(GRIPPER),
-            batch.get(CAMERA_K),
-            batch.get(CAMERA_EXTR),
-            batch.get(HAS_CAMERA),
-            tuple(cond.shape[-2:]),
-        )
+        z0 = self._to_target(future_lat, cond_lat)
+        af, has_cam = self.clip_action_frames(batch, size)
 
         # 2. Rectified flow: z_t = (1 - t) z0 + t eps, target v = eps - z0 (z0 in the `prediction_target` space);
         #    U-Net: EDM, x = z0 + sigma eps, weighted loss on the denoised z0
