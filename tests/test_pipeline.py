@@ -133,6 +133,23 @@ def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions
     assert sorted(int(ep.meta["seed"]) for ep in iter_episodes(starts["dir"])) == [first, first + 1]
     guard_steps = sum(g["real_env_steps"] for g in br4["guard"])
     assert br4["real_interactions"] == br4["gate"]["real_env_steps"] + guard_steps + br4["refresh"]["env_steps"] + 80
+    # keeping the guard's best real check: the kept policy is policy.ckpt, the last update's is saved and paired too
+    res5 = run(replace(cfg, variants=["wm_fagrpo_branch"], wm_guard_keep_best=True))
+    kb = res5["results"]["wm_fagrpo_branch-keepbest"][0]
+    checks = {g["update"]: g["real_success"] for g in kb["guard"]}
+    assert kb["kept_update"] == max(checks, key=lambda u: (checks[u], -u))  # the best check, the earlier on ties
+    last = out / "rl" / "wm_fagrpo_branch-keepbest" / "seed0" / "policy_last.ckpt"
+    assert last.exists() == (kb["kept_update"] != kb["updates"])
+    if last.exists():
+        assert "| wm_fagrpo_branch-keepbest@last |" in res5["table"]
+        evaluated = json.loads((out / "studies" / "evaluate" / "wm_fagrpo_branch-keepbest@last_seed0_n4_from1000.json")
+                               .read_text())  # fmt: skip
+        assert evaluated["checkpoint"] == str(last)
+    if kb["kept_update"] == 0:  # the check before the first update kept: the policy is the SFT policy's weights
+        kept_w = torch.load(last.with_name("policy.ckpt"), weights_only=False)["state_dict"]
+        sft_w = torch.load(out / "sft" / "seed0" / "sft.ckpt", weights_only=False)["state_dict"]
+        shared = [k for k in sft_w if k.startswith("policy.") and k in kept_w]
+        assert shared and all(torch.equal(kept_w[k], sft_w[k]) for k in shared)
     # the within-start study reuses the run: G real and G imagined branches from the same recorded states
     from lightning_prophrl.studies.branches import WithinStartConfig, run_within_start, saved_table
 

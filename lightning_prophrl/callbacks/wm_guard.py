@@ -41,7 +41,8 @@ class ImaginationGuardCallback(RealStepsHistory):
             side (``guard/real_vs_imagined``; 0: none).
         keep_best: keep a copy of the policy's weights at the check with the highest real success so far (the earlier
             one on ties, the check before the first update included) and load it into the policy when training ends;
-            ``best_update`` says which. The copy is in the callback's checkpoint state, so a resumed run keeps it.
+            ``best_update`` says which, and ``last_weights`` holds the weights training ended with (None when they
+            are the kept ones). The copy is in the callback's checkpoint state, so a resumed run keeps it.
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class ImaginationGuardCallback(RealStepsHistory):
         self.best_success: float | None = None
         self.best_update: int | None = None
         self._best_weights: dict[str, torch.Tensor] | None = None
+        self.last_weights: dict[str, torch.Tensor] | None = None
         self.last_video: torch.Tensor | None = None
         self.max_segments = max_segments
         self.task = task
@@ -135,6 +137,8 @@ class ImaginationGuardCallback(RealStepsHistory):
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.keep_best and self._best_weights is not None:
+            if self.best_update != getattr(pl_module, "updates", trainer.global_step):
+                self.last_weights = {k: v.detach().cpu().clone() for k, v in pl_module.policy.state_dict().items()}
             pl_module.policy.load_state_dict(self._best_weights)
             rank_zero_info(f"ImaginationGuard: the policy keeps the weights of update {self.best_update} "
                            f"(real success {self.best_success:.3f} at the checks)")  # fmt: skip

@@ -24,7 +24,8 @@ import torch
 
 
 def evaluate_checkpoint(out: str | Path, run: str, seed: int, states: int, first: int = 1000) -> dict[str, Any]:
-    """Success of one saved policy (``run="sft"``: the SFT policy of ``seed``) on ``states`` held-out states."""
+    """Success of one saved policy (``run="sft"``: the SFT policy of ``seed``; ``run="NAME@last"``: the last update's
+    policy of a run that kept its guard's best check) on ``states`` held-out states."""
     from lightning_prophrl.callbacks.sim_eval import evaluate_in_simulator
     from lightning_prophrl.demo.config import DemoConfig
     from lightning_prophrl.demo.stages import build_policy
@@ -34,11 +35,12 @@ def evaluate_checkpoint(out: str | Path, run: str, seed: int, states: int, first
 
     root = Path(out)
     path = root / "studies" / "evaluate" / f"{run}_seed{seed}_n{states}_from{first}.json"
+    name, last = run.removesuffix("@last"), run.endswith("@last")
     ckpt = (
         root
-        / ("sft" if run == "sft" else f"rl/{run}")
+        / ("sft" if run == "sft" else f"rl/{name}")
         / f"seed{seed}"
-        / ("sft.ckpt" if run == "sft" else "policy.ckpt")
+        / ("sft.ckpt" if run == "sft" else "policy_last.ckpt" if last else "policy.ckpt")
     )
     if path.exists():
         cached = json.loads(path.read_text())
@@ -94,7 +96,9 @@ def paired_table(rows: dict[str, dict[int, dict[str, Any]]], sft: dict[int, dict
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/demo", help="the demo run (default runs/demo)")
-    ap.add_argument("--runs", nargs="+", required=True, help="RL run names under OUT/rl/ (e.g. sim_fagrpo)")
+    ap.add_argument("--runs", nargs="+", required=True,
+                    help="RL run names under OUT/rl/ (e.g. sim_fagrpo; NAME@last: the last update's policy of a run "
+                         "that kept its guard's best check)")  # fmt: skip
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--states", type=int, default=200, help="held-out states (default 200)")
     ap.add_argument("--first", type=int, default=1000, help="first held-out seed (default 1000, the demo's)")

@@ -347,6 +347,12 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     n_starts = len(prompts.train_prompts)  # the refresh rollouts' (on-policy starts replace them during RL)
     trainer.fit(module, datamodule=prompts)
     trainer.save_checkpoint(out / "policy.ckpt")
+    (out / "policy_last.ckpt").unlink(missing_ok=True)
+    if guard.last_weights is not None:  # the guard's best check was kept: the last update's policy is saved beside it
+        kept_weights = {k: v.clone() for k, v in module.policy.state_dict().items()}
+        module.policy.load_state_dict(guard.last_weights)
+        trainer.save_checkpoint(out / "policy_last.ckpt")
+        module.policy.load_state_dict(kept_weights)
     reset_env.close()
     rows = [json.loads(line) for line in history.read_text().splitlines()]
     kept = guard.best_update if cfg.wm_guard_keep_best else None

@@ -70,6 +70,10 @@ def test_keep_best_restores_the_weights_of_the_best_real_check_and_survives_a_ch
     assert any(not torch.equal(seen.weights[2][k], seen.weights[best][k]) for k in seen.weights[2]) or best == 2
     final = module.policy.state_dict()
     assert all(torch.equal(final[k], seen.weights[best][k]) for k in final)
+    if best == 2:
+        assert guard.last_weights is None
+    else:  # the weights training ended with are kept beside the best check's
+        assert all(torch.equal(guard.last_weights[k], seen.weights[2][k]) for k in final)
 
     restored = ImaginationGuardCallback(TASK, keep_best=True)
     restored.load_state_dict(copy.deepcopy(guard.state_dict()))
