@@ -34,9 +34,23 @@ from lightning_prophrl.datamodules.shard_schema import (
 from lightning_prophrl.datamodules.slots import SampleShare, SkipCounter
 from lightning_prophrl.datamodules.video import Mp4Frames, decode_mp4
 
+_NPY_LAYOUTS: dict[bytes, tuple[np.dtype, tuple[int, ...], str]] = {}  # npy header -> dtype, shape, memory order
+
 
 def _npy_load(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
+    """``np.load`` of ``.npy`` bytes (no pickles). Each distinct header is parsed once by NumPy; later arrays with
+    that header are copied straight out of the bytes (same values, dtype, shape and memory order)."""
+    head = 10 + int.from_bytes(data[8:10], "little") if data[6:7] == b"\x01" else 0  # format 1.0: 2-byte length
+    layout = _NPY_LAYOUTS.get(data[:head]) if data[:6] == b"\x93NUMPY" and head else None
+    if layout is not None:
+        dtype, shape, order = layout
+        count = int(np.prod(shape))
+        if len(data) >= head + count * dtype.itemsize:
+            return np.frombuffer(data, dtype, count, head).reshape(shape, order=order).copy(order="K")
+    arr = np.load(io.BytesIO(data), allow_pickle=False)
+    if head and data[:6] == b"\x93NUMPY" and not arr.dtype.hasobject and len(_NPY_LAYOUTS) < 4096:
+        _NPY_LAYOUTS[data[:head]] = (arr.dtype, arr.shape, "F" if arr.ndim > 1 and not arr.flags.c_contiguous else "C")
+    return arr
 
 
 def decode_episode(

@@ -8,15 +8,19 @@ same pixels as decoding the video from its start, and a picture nothing refers t
 bit-identical to ``decode_mp4``'s. An open GOP (pictures shown before its keyframe, which may refer to the previous
 GOP) is decoded with the GOP before it; a stream the index cannot place (packets without timestamps or marked to be
 discarded, no keyframe first) or a decoder that does not return every picture asked for falls back to decoding from
-the start.
+the start. The sample table of a plain one-track H.264 mp4 (what ``encode_mp4`` writes) is read from its boxes
+(``read_mp4_index``) and the packets are fed to a bare decoder: the same packets, timestamps and pictures as through
+FFmpeg's demuxer, without opening a container; any other mp4 is opened with the demuxer.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -81,20 +85,38 @@ class Mp4Frames(FrameSource):
         import av
 
         self._data, self._shard, self._key = data, shard, key
-        try:
-            self._container = av.open(io.BytesIO(data), format="mp4")
-            stream = self._container.streams.video[0]
-            self._packets = [p for p in self._container.demux(stream) if p.size > 0]
-        except (av.FFmpegError, IndexError, ValueError) as err:
-            raise self._error(err) from err
-        if not self._packets:
+        index = read_mp4_index(data)
+        if index is None:  # not a plain one-track avc1 mp4: ask the demuxer
+            self._open_demuxer()
+        else:  # the sample table read from the boxes: no container to open, no packets to demux
+            self._ctx = av.CodecContext.create("h264", "r")
+            self._ctx.extradata = index.extradata
+            self._shape = (len(index.pts), index.height, index.width, 3)
+            self._pts, self._dts, self._keyframe = index.pts, index.dts, index.keyframe
+            self._payloads, self._demuxed, self._discarded = [data[p : p + n] for p, n in index.spans], None, False
+        if not self._pts:
             raise self._error("no video packets")
-        self._ctx = stream.codec_context
         self._ctx.thread_count = 1  # one picture of a small video is no work to share: threads only cost CPU
-        self._shape = (len(self._packets), int(self._ctx.height), int(self._ctx.width), 3)
         self._cache: dict[int, np.ndarray] = {}
         self.pictures_decoded = 0  # pictures fed to the decoder so far (a whole-video decode feeds len(self))
         self._index_gops()
+
+    def _open_demuxer(self) -> None:
+        import av
+
+        try:
+            self._container = av.open(io.BytesIO(self._data), format="mp4")
+            stream = self._container.streams.video[0]
+            packets = [p for p in self._container.demux(stream) if p.size > 0]
+        except (av.FFmpegError, IndexError, ValueError) as err:
+            raise self._error(err) from err
+        if not packets:
+            raise self._error("no video packets")
+        self._ctx = stream.codec_context
+        self._shape = (len(packets), int(self._ctx.height), int(self._ctx.width), 3)
+        self._pts, self._keyframe = [p.pts for p in packets], [p.is_keyframe for p in packets]
+        self._payloads, self._demuxed = None, packets
+        self._discarded = any(p.is_discard for p in packets)  # e.g. trimmed by an edit list: not shown by decode_mp4
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -119,10 +141,8 @@ class Mp4Frames(FrameSource):
     # 2. the GOP index ------------------------------------------------------------------------------------------------
     def _index_gops(self) -> None:
         """Frame (display) index of each packet, the GOP of each frame, where each GOP starts, which GOPs are open."""
-        pts = [p.pts for p in self._packets]
-        keyframe = np.array([p.is_keyframe for p in self._packets], dtype=bool)
-        discarded = any(p.is_discard for p in self._packets)  # e.g. trimmed by an edit list: not shown by decode_mp4
-        self._sequential = None in pts or len(set(pts)) != len(pts) or not keyframe[0] or discarded
+        pts, keyframe = self._pts, np.array(self._keyframe, dtype=bool)
+        self._sequential = None in pts or len(set(pts)) != len(pts) or not keyframe[0] or self._discarded
         if self._sequential:  # the index cannot place the frames: decode from the start, like decode_mp4
             return
         pts_arr = np.asarray(pts, dtype=np.int64)
@@ -131,7 +151,7 @@ class Mp4Frames(FrameSource):
         self._packet_of_frame = order
         gop_of_packet = np.cumsum(keyframe) - 1
         self._gop_of_frame = gop_of_packet[order]
-        self._gop_start = np.append(np.flatnonzero(keyframe), len(self._packets))
+        self._gop_start = np.append(np.flatnonzero(keyframe), len(pts))
         starts = pts_arr[self._gop_start[:-1]]
         first = np.minimum.reduceat(pts_arr, self._gop_start[:-1])
         self._open_gop = first < starts  # a frame shown before the keyframe: it may refer to the previous GOP
@@ -177,9 +197,9 @@ class Mp4Frames(FrameSource):
         wanted_packets = {int(self._packet_of_frame[f]) for f in wanted}
         got: dict[int, object] = {}
         for pos in range(lo, hi):
-            if pos in wanted_packets or self._is_reference(self._packets[pos]):
+            if pos in wanted_packets or self._is_reference(pos):
                 self.pictures_decoded += 1
-                self._collect(self._ctx.decode(self._packets[pos]), wanted, got)
+                self._collect(self._ctx.decode(self._packet(pos)), wanted, got)
         self._collect(self._ctx.decode(None), wanted, got)  # drain the pictures held for reordering
         return got
 
@@ -189,11 +209,23 @@ class Mp4Frames(FrameSource):
             if index in wanted:
                 got[index] = frame
 
-    def _is_reference(self, packet: object) -> bool:
-        """Whether other pictures may refer to this one (H.264 ``nal_ref_idc`` of its first slice); True if unsure."""
+    def _packet(self, pos: int) -> object:
+        """Packet ``pos`` (decode order) for the decoder: the demuxer's, or one built from the sample table."""
+        import av
+
+        if self._demuxed is not None:
+            return self._demuxed[pos]
+        packet = av.Packet(self._payloads[pos])
+        packet.pts, packet.dts, packet.is_keyframe = self._pts[pos], self._dts[pos], self._keyframe[pos]
+        return packet
+
+    def _is_reference(self, pos: int) -> bool:
+        """Whether other pictures may refer to packet ``pos`` (H.264 ``nal_ref_idc`` of its first slice); True if
+        unsure."""
         if self._nal_length is None:
             return True
-        data, n, pos = bytes(packet), self._nal_length, 0
+        data = self._payloads[pos] if self._payloads is not None else bytes(self._demuxed[pos])
+        n, pos = self._nal_length, 0
         while pos + n < len(data):
             nal_type, ref_idc = data[pos + n] & 0x1F, data[pos + n] & 0x60
             if nal_type in (1, 5):  # a coded slice: all slices of a picture share nal_ref_idc
@@ -227,3 +259,142 @@ def to_rgb(frames: list) -> list[np.ndarray]:
     if not hasattr(_local, "reformatter"):
         _local.reformatter = VideoReformatter()
     return [_local.reformatter.reformat(f, format="rgb24", threads=1).to_ndarray() for f in frames]
+
+
+# 2b. the mp4 sample table, read without a demuxer --------------------------------------------------------------------
+_CONTAINERS = (b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts")
+STBL = "mdia/minf/stbl/"
+
+
+class Mp4Index(NamedTuple):
+    """What ``Mp4Frames`` needs of an mp4's one video track: picture size, ``avcC``, and per sample (decode order)
+    where its bytes lie, its presentation and decode timestamps (as the demuxer gives them) and whether it is a key."""
+
+    width: int
+    height: int
+    extradata: bytes
+    spans: list[tuple[int, int]]
+    pts: list[int]
+    dts: list[int]
+    keyframe: list[bool]
+
+
+def read_mp4_index(data: bytes) -> Mp4Index | None:
+    """The sample table of a plain mp4 with one H.264 (``avc1``) track, as FFmpeg's demuxer reads it; None for
+    anything else (fragments, several tracks, edit lists that hide pictures, inconsistent tables), which is then
+    opened with the demuxer. Reading these boxes costs far less than opening the container."""
+    try:
+        boxes = _boxes(data, 0, len(data), {})
+        if b"moov/mvex" in boxes or boxes.get(b"moov/trak/count") != 1 or b"moov/trak/mdia/minf/stbl/stsd" not in boxes:
+            return None
+        return _sample_table(data, boxes)
+    except (struct.error, IndexError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return None
+
+
+def _boxes(data: bytes, lo: int, hi: int, out: dict, prefix: bytes = b"") -> dict:
+    """``{b"moov/trak/...": (payload start, end)}`` of the container boxes and their children."""
+    while lo + 8 <= hi:
+        size, kind = struct.unpack_from(">I4s", data, lo)
+        head = 8
+        if size == 1:
+            size, head = struct.unpack_from(">Q", data, lo + 8)[0], 16
+        elif size == 0:
+            size = hi - lo
+        if size < head or lo + size > hi:
+            raise ValueError("bad box size")
+        path = prefix + kind
+        if path == b"moov/trak":
+            out[b"moov/trak/count"] = out.get(b"moov/trak/count", 0) + 1
+        if path not in out:  # the first box of a kind counts
+            out[path] = (lo + head, lo + size)
+            if kind in _CONTAINERS and (prefix or kind == b"moov"):
+                _boxes(data, lo + head, lo + size, out, path + b"/")
+        lo += size
+    return out
+
+
+def _sample_table(data: bytes, boxes: dict) -> Mp4Index | None:
+    def at(name: str) -> int | None:  # where the payload of the track's full box ``name`` starts (after its flags)
+        span = boxes.get(b"moov/trak/" + {"hdlr": "mdia/", "mdhd": "mdia/", "elst": "edts/"}.get(name, STBL).encode()
+                         + name.encode())  # fmt: skip
+        return None if span is None else span[0] + 4
+
+    size, kind = struct.unpack_from(">I4s", data, at("stsd") + 4)
+    if data[at("hdlr") + 4 : at("hdlr") + 8] != b"vide" or kind != b"avc1" or _u32(data, at("stsd")) != 1:
+        return None
+    width, height = struct.unpack_from(">HH", data, at("stsd") + 36)  # in the visual sample entry
+    extradata = _child(data, at("stsd") + 90, at("stsd") + 4 + size, b"avcC")
+    fixed, count = struct.unpack_from(">II", data, at("stsz"))
+    if count > len(data):  # more pictures than bytes: not a table to trust (nor to allocate)
+        return None
+    sizes = [fixed] * count if fixed else list(struct.unpack_from(f">{count}I", data, at("stsz") + 8))
+    wide = at("stco") is None
+    chunks = _table(data, at("co64") if wide else at("stco"), ">Q" if wide else ">I")
+    runs = _table(data, at("stsc"), ">III")  # (first chunk, samples per chunk, description)
+    spans: list[tuple[int, int]] = []
+    for r, (first, per_chunk, _) in enumerate(runs):
+        for chunk in range(first - 1, runs[r + 1][0] - 1 if r + 1 < len(runs) else len(chunks)):
+            pos = chunks[chunk][0]
+            for size in sizes[len(spans) : len(spans) + per_chunk]:
+                spans.append((pos, size))
+                pos += size
+    stts = _table(data, at("stts"), ">II")
+    ctts = [(count, 0)] if at("ctts") is None else _table(data, at("ctts"), ">Ii" if data[at("ctts") - 4] else ">II")
+    if sum(n for n, _ in stts) != count or sum(n for n, _ in ctts) != count:
+        return None
+    dts = [0]
+    for n, delta in stts:
+        dts += [dts[-1] + delta * (i + 1) for i in range(n)]
+    offsets = [o for n, o in ctts for _ in range(n)]
+    keyframe = [at("stss") is None] * count
+    for (n,) in [] if at("stss") is None else _table(data, at("stss"), ">I"):
+        keyframe[n - 1] = True
+    if extradata is None or len(spans) != count or any(p + n > len(data) for p, n in spans):
+        return None
+    pts = [d + o for d, o in zip(dts, offsets, strict=False)]
+    shift = _edit_shift(data, boxes, pts, at("elst"), at("mdhd"))
+    if shift is None:
+        return None
+    keep = [i for i in range(count) if sizes[i] > 0]
+    return Mp4Index(width, height, bytes(extradata), [spans[i] for i in keep], [pts[i] - shift for i in keep],
+                    [dts[i] - shift for i in keep], [keyframe[i] for i in keep])  # fmt: skip
+
+
+def _edit_shift(data: bytes, boxes: dict, pts: list[int], elst: int | None, mdhd: int) -> int | None:
+    """How far the edit list moves the timestamps (0 without one); None when it hides pictures or is not one plain
+    edit, which the demuxer handles."""
+    if elst is None:
+        return 0 if min(pts) >= 0 else None
+    if _u32(data, elst) != 1:
+        return None
+    duration, media_time, rate = struct.unpack_from(">QqI" if data[elst - 4] else ">IiI", data, elst + 4)
+    mvhd = boxes[b"moov/mvhd"][0]
+    scales = _u32(data, mvhd + (20 if data[mvhd] else 12)), _u32(data, mdhd + (16 if data[mdhd - 4] else 8))
+    end = media_time + duration * scales[1] // scales[0]
+    if rate != 0x10000 or media_time < 0 or min(pts) < media_time or (duration and max(pts) >= end):
+        return None
+    return media_time
+
+
+def _u32(data: bytes, at: int) -> int:
+    return struct.unpack_from(">I", data, at)[0]
+
+
+def _child(data: bytes, lo: int, hi: int, kind: bytes) -> bytes | None:
+    while lo + 8 <= hi:
+        size, name = struct.unpack_from(">I4s", data, lo)
+        if size < 8:
+            return None
+        if name == kind:
+            return data[lo + 8 : lo + size]
+        lo += size
+    return None
+
+
+def _table(data: bytes, at: int, fmt: str) -> list[tuple]:
+    """The entries of a full box's table (entry count first)."""
+    n, step = _u32(data, at), struct.calcsize(fmt)
+    if at + 4 + n * step > len(data):
+        raise ValueError("table runs past the data")
+    return [struct.unpack_from(fmt, data, at + 4 + i * step) for i in range(n)]
