@@ -51,8 +51,9 @@ def world_model_env(
         stats_dir: directory of the ``stats.json`` that normalized Prophet's training actions (default ``model_dir``).
         adapter_dir: a LoRA adapter written by ``ProphetAdaptModule(adapter_dir=...)`` for this Prophet, loaded on
             top of it (``prophet_adapt.load_adapter``).
-        reward_dir: a success classifier written by ``recipes.reward.train_classifier``, used as the success scorer
-            (``world_model.classifier_scorer``); None uses Prophet's success head.
+        reward_dir: a saved success classifier (``RewardModelModule(export_dir=...)``, i.e.
+            ``configs/reward/classifier_tiny.yaml``, or ``recipes.reward.train_classifier``; ``load_classifier``),
+            used as the success scorer (``world_model.classifier_scorer``); None uses Prophet's success head.
         success_threshold: probability counted as success (default 0.5 with the success head, 0.9 with a classifier).
         success_k: consecutive segments above the threshold for a success (default 2 with the success head, 3 with
             a classifier).

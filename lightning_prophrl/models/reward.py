@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
 from torch import Tensor, nn
 
 from lightning_prophrl import constants as K
@@ -190,12 +192,13 @@ class PersistenceRule:
         return self.completion_index(probs, lengths) >= 0
 
 
-class VideoSuccessClassifier(nn.Module):
+class VideoSuccessClassifier(ModelMixin, ConfigMixin):
     """Per-frame success classifier: a small GroupNorm CNN per frame, an optional causal temporal conv, a logit head.
 
     With ``temporal_kernel = k > 1`` the logit of frame ``t`` sees frames ``t - k + 1 .. t`` (the first frame is
     repeated before the start), so training on stacks of ``k`` frames labelled by their last frame reproduces exactly
-    what the classifier computes on a whole video.
+    what the classifier computes on a whole video. A diffusers model: ``save_pretrained`` writes its config and
+    weights, ``from_pretrained`` rebuilds it (``RewardModelModule(export_dir=...)`` exports one after training).
 
     Args:
         feature_dim: width of the per-frame features.
@@ -204,6 +207,7 @@ class VideoSuccessClassifier(nn.Module):
         temporal_kernel: frames seen by each logit (1: a pure per-frame classifier).
     """
 
+    @register_to_config
     def __init__(
         self,
         feature_dim: int = 128,
@@ -353,10 +357,13 @@ def evaluate_reward_model(
 
 
 def load_classifier(out_dir: str | Path) -> VideoSuccessClassifier:
-    """The :class:`VideoSuccessClassifier` that :func:`lightning_prophrl.recipes.reward.train_classifier` wrote to
-    ``out_dir`` (``done.json`` with its arguments, ``classifier.pt``), in eval mode."""
+    """A saved :class:`VideoSuccessClassifier`, in eval mode: a ``save_pretrained`` directory (``config.json``, as
+    ``RewardModelModule(export_dir=...)`` writes), or what :func:`lightning_prophrl.recipes.reward.train_classifier`
+    wrote (``done.json`` with its arguments, ``classifier.pt``)."""
     from lightning_prophrl.stage_cache import load_done
 
+    if (Path(out_dir) / "config.json").is_file():
+        return VideoSuccessClassifier.from_pretrained(str(out_dir)).eval()
     classifier = VideoSuccessClassifier(**load_done(out_dir)["classifier"])
     classifier.load_state_dict(torch.load(Path(out_dir) / "classifier.pt", weights_only=True))
     return classifier.eval()

@@ -34,6 +34,8 @@ class RewardModelModule(L.LightningModule):
             3 as the success head's).
         shift_pad: random-shift augmentation in pixels, the same shift for every frame of a stack (0 disables).
         threshold: probability threshold of the frame-level validation precision / recall.
+        export_dir: directory the trained classifier is written to (``save_pretrained``) at the end of ``fit``, for
+            ``world_model_env(reward_dir=...)`` / ``load_classifier``; None: no export.
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class RewardModelModule(L.LightningModule):
         pos_weight: float = 3.0,
         shift_pad: int = 4,
         threshold: float = 0.5,
+        export_dir: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["classifier", "optimizer", "lr_scheduler"])
@@ -108,6 +111,11 @@ class RewardModelModule(L.LightningModule):
                 f"RewardDataModule.frame_stack={stack} is shorter than the classifier's temporal_kernel="
                 f"{self.classifier.temporal_kernel}: training logits see fewer frames than at scoring time"
             )
+
+    @override
+    def on_train_end(self) -> None:
+        if self.hparams.export_dir is not None and self.trainer.is_global_zero:
+            self.classifier.save_pretrained(self.hparams.export_dir)
 
     def as_reward(self, rule: PersistenceRule | None = None, batch_size: int = 16) -> ClassifierReward:
         """The trained classifier as a video :class:`RewardModel` (default rule: 3 frames above 0.9)."""

@@ -289,3 +289,27 @@ def test_frame_probs_run_in_the_classifiers_dtype_and_return_float32():
     probs64 = clf.double().frame_probs(videos)  # float32 frames from an environment, a float64 classifier
     assert probs64.dtype == torch.float32 and probs64.shape == (2, 3)
     torch.testing.assert_close(probs64, probs32, rtol=0, atol=1e-5)
+
+
+def test_classifier_round_trips_save_pretrained_exactly_and_load_classifier_reads_both_formats(tmp_path):
+    """A ``save_pretrained`` directory (what ``RewardModelModule(export_dir=...)`` writes) and a
+    ``train_classifier`` stage directory (``done.json`` + ``classifier.pt``) load into the same classifier."""
+    from lightning_prophrl.models.reward import load_classifier
+    from lightning_prophrl.stage_cache import mark_done
+
+    torch.manual_seed(0)
+    kwargs = {"feature_dim": 16, "channels": [8, 8, 8, 8], "groups": 4, "temporal_kernel": 2}
+    clf = VideoSuccessClassifier(**kwargs)
+    clf.save_pretrained(tmp_path / "export")
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    torch.save(clf.state_dict(), stage / "classifier.pt")
+    mark_done(stage, {"classifier": kwargs})
+    video = torch.rand(2, 5, 3, 32, 32) * 2 - 1
+    for loaded in (VideoSuccessClassifier.from_pretrained(tmp_path / "export"), load_classifier(tmp_path / "export"),
+                   load_classifier(stage)):  # fmt: skip
+        assert loaded.temporal_kernel == 2 and not loaded.training
+        state = loaded.state_dict()
+        assert state.keys() == clf.state_dict().keys()
+        assert all(torch.equal(state[k], v) for k, v in clf.state_dict().items())
+        assert torch.equal(loaded.frame_probs(video), clf.frame_probs(video))
