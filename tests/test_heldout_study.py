@@ -11,9 +11,22 @@ import pytest
 import torch
 
 from lightning_prophrl import constants as K
+from lightning_prophrl.actions import ActionStats
 from lightning_prophrl.datamodules.shards import iter_episodes
+from lightning_prophrl.envs.instructions import instruction_for
+from lightning_prophrl.models.policy import FlowMatchingPolicy
 from lightning_prophrl.models.prophet import Prophet
-from lightning_prophrl.studies.heldout import SETS, adapt, compare_models, heldout_data, results_table, task_report
+from lightning_prophrl.stage_cache import load_done
+from lightning_prophrl.studies.heldout import (
+    POLICY_SET,
+    SETS,
+    adapt,
+    compare_models,
+    heldout_data,
+    results_table,
+    task_readout,
+    task_report,
+)
 
 UNET = dict(backbone="unet", codec="pixel", codec_kwargs={"factor": 1}, action_chunk_length=1, history_length=2,
             use_action_frames=False, success_hidden_dim=8,
@@ -64,3 +77,36 @@ def test_adaptation_keeps_the_pretrained_stats_and_reports_cover_every_set(data,
     table = compare_models({"base": (str(pretrained), 1), "lora": (model_dir, 2)}, "window-open-v3", tmp_path / "cmp",
                            data=data, num_segments=3)  # fmt: skip
     assert table.count("| eval |") == 5 and "| eval | lora, shuffled actions |" in table
+
+
+def test_policy_set_and_end_effector_path_error(data, tmp_path):
+    """A policy adds ``cf_policy`` (its own SDE rollouts, cached per policy and noise); the readout is fitted on the
+    adaptation frames and every report then carries the end-effector path error of each video."""
+    torch.manual_seed(0)
+    stats = ActionStats.load(Path(data["adapt"]) / K.STATS_FILE)
+    policy = FlowMatchingPolicy(action_dim=4, chunk_len=4, exec_horizon=2, state_dim=4,
+                                instructions=[instruction_for("window-open-v3")], cond_dim=16, width=16, depth=1,
+                                num_heads=2, num_steps=2, cnn_channels=(8, 8))  # fmt: skip
+    policy.set_action_stats(stats, [0, 1, 2, 6])
+    policy.save_pretrained(tmp_path / "policy")
+    root = Path(data["adapt"]).parent
+    kw = dict(adapt_episodes=2, eval_episodes=2, cf_episodes=1, size=16, max_steps=16)
+    sets = heldout_data("window-open-v3", root, policy=str(tmp_path / "policy"), **kw)
+    ep = next(iter(iter_episodes(sets[POLICY_SET])))
+    assert ep.meta["source"] == "policy-sde" and len(ep) == len(next(iter(iter_episodes(sets["eval"]))))
+    assert load_done(sets[POLICY_SET])["recipe"]["noise_level"] == 2.0
+    again = heldout_data("window-open-v3", root, policy=str(tmp_path / "policy"), policy_noise=0.5, **kw)
+    assert load_done(again[POLICY_SET])["recipe"]["noise_level"] == 0.5  # another noise: made again
+    readout, rmse = task_readout(sets, tmp_path / "readout", steps=10)
+    assert np.isfinite(rmse) and task_readout(sets, tmp_path / "readout", steps=10)[1] == rmse  # cached
+    model = tmp_path / "model"
+    Prophet(**UNET).save_pretrained(model)
+    stats.save(model / K.STATS_FILE)
+    report = task_report(str(model), sets, tmp_path / "report", num_segments=3, ee_readout=readout)
+    assert set(report) == {*SETS, POLICY_SET}
+    for r in report.values():
+        values = [r[f"ee_path_cm{s}"] for s in ("", "_copy_last", "_shuffled", "_no_memory")]
+        assert np.isfinite(values).all() and min(values) >= 0
+    table = results_table({"tasks": {"window-open-v3": {"zero_shot": [report]}},
+                           "ee_readout_rmse_cm": {"window-open-v3": rmse}})  # fmt: skip
+    assert "ee_path_cm" in table and f"| {POLICY_SET} | copy-last |" in table and "readout error" in table

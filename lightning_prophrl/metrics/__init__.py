@@ -3,6 +3,7 @@
 Videos are `(B, T, 3, H, W)` float tensors in [-1, 1]; uint8 `(B, T, H, W, 3)` videos are accepted too.
 """
 
+from lightning_prophrl.metrics.ee_readout import EndEffectorReadout, ee_path_error, fit_ee_readout
 from lightning_prophrl.metrics.flow import (
     FlowDirectionCosine,
     FlowEPE,
@@ -36,6 +37,7 @@ from lightning_prophrl.metrics.video import (
 __all__ = [
     "DynamicPSNR",
     "EfficientNetVideoEncoder",
+    "EndEffectorReadout",
     "FlowDirectionCosine",
     "FlowEPE",
     "FrechetDistance",
@@ -46,7 +48,9 @@ __all__ = [
     "VideoSSIM",
     "as_video",
     "dynamic_mask",
+    "ee_path_error",
     "farneback_flow",
+    "fit_ee_readout",
     "flow_direction_cosine",
     "flow_epe",
     "frame_psnr",

@@ -39,3 +39,31 @@ def policy_from_dir(
         raise FileNotFoundError(f"{weights} not found: the saved policy {policy_dir} has no weights")
     load_model(policy, str(weights), strict=True, device="cpu")
     return policy, meta
+
+
+def load_policy(path: str | Path) -> tuple[FlowMatchingPolicy, dict[str, Any]]:
+    """A trained policy from a ``save_pretrained`` directory or a ``PolicySFTModule`` checkpoint, with its action
+    metadata (``action_stats`` as a dict, ``action_dims``), in eval mode.
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        ValueError: when a checkpoint records no ``policy_config`` (name the policy directory instead).
+    """
+    from lightning_prophrl.modules.policy_sft import policy_from_config
+
+    path = Path(path)
+    if path.is_dir():
+        policy, meta = policy_from_dir(str(path))
+        return policy.eval(), meta
+    if not path.is_file():
+        raise FileNotFoundError(f"policy {path} not found: give a save_pretrained directory or a PolicySFTModule "
+                                "checkpoint (.ckpt)")  # fmt: skip
+    hp = torch.load(path, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+    if not hp.get("policy_config"):
+        raise ValueError(f"{path}: the checkpoint records no policy_config; load it from the run's exported policy "
+                         "directory (export_dir) instead")  # fmt: skip
+    policy = policy_from_config(hp["policy_config"])
+    hp = load_policy_weights(policy, str(path))
+    stats = hp["action_stats"]
+    return policy.eval(), {"action_stats": stats if isinstance(stats, dict) else stats.to_dict(),
+                           "action_dims": list(hp["action_dims"])}  # fmt: skip

@@ -1,20 +1,24 @@
 """Held-out-task recipes: the datasets of a Meta-World task kept out of Prophet's pretraining (few-shot adaptation
-episodes, evaluation episodes and two counterfactual sets on the same initial states) and the adaptation of a saved
-Prophet to it.
+episodes, evaluation episodes, two counterfactual sets on the same initial states and, given a policy, a third one of
+that policy exploring at high SDE noise), the end-effector readout fitted on the task's real frames, and the
+adaptation of a saved Prophet to it.
 """
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from lightning_prophrl.envs.task_split import HELDOUT_TASKS
 from lightning_prophrl.stage_cache import is_done, mark_done
 
 COUNTERFACTUAL_EXPERT = "push-v3"  # the counterfactual driver: another task's scripted expert
 SETS = ("eval", "cf_random", "cf_expert")
+POLICY_SET = "cf_policy"  # with a policy: its SDE rollouts at high noise, what RL will try
 ADAPT_SEED, EVAL_SEED = 500, 800
+POLICY_SEED = 7800  # cf_policy initial states (on-line range: policy rollouts take seeds >= 2000)
 
 
 def heldout_data(
@@ -29,8 +33,10 @@ def heldout_data(
     noise: float = 0.1,
     noise_max: float = 0.6,
     counterfactual: bool = True,
+    policy: str | None = None,
+    policy_noise: float = 2.0,
 ) -> dict[str, str]:
-    """The four datasets of one held-out task (see the module docstring); returns ``{set name: directory}``.
+    """The datasets of one held-out task (see the module docstring); returns ``{set name: directory}``.
 
     Args:
         task: a held-out Meta-World v3 task.
@@ -41,6 +47,11 @@ def heldout_data(
         size, camera, max_steps: rendering and step cap, as in pretraining.
         noise, noise_max: range of the per-episode action-noise std of the noisy expert (``cf_expert``: ``noise``).
         counterfactual: also the two counterfactual sets (off: ``adapt`` and ``eval`` only).
+        policy: a trained policy of the task (``save_pretrained`` directory or ``PolicySFTModule`` checkpoint): adds
+            ``cf_policy``, ``cf_episodes`` of its SDE rollouts at ``policy_noise`` from initial states
+            ``POLICY_SEED + i``, each run to ``max_steps``. The set is cached under the policy's path and noise; a
+            set made by another policy is made again.
+        policy_noise: the SDE noise level of those rollouts (the policy's own is usually 0.5-1).
     """
     from lightning_prophrl.datamodules.metaworld_gen import generate_metaworld
 
@@ -66,7 +77,53 @@ def heldout_data(
         if not is_done(path):
             shutil.rmtree(path, ignore_errors=True)  # a partial dataset of an interrupted run
             mark_done(path, generate_metaworld(out=str(path), **common, **job))
-    return {name: str(out / name) for name in jobs}
+    sets = {name: str(out / name) for name in jobs}
+    if policy is not None and counterfactual:
+        sets[POLICY_SET] = policy_set(task, policy, out / POLICY_SET, cf_episodes, policy_noise, size, camera,
+                                      max_steps)  # fmt: skip
+    return sets
+
+
+def policy_set(task: str, policy: str, out: str | Path, episodes: int, noise: float, size: int = 64,
+               camera: str = "workspace", max_steps: int = 150) -> str:  # fmt: skip
+    """``episodes`` real SDE rollouts of ``policy`` at noise level ``noise`` from initial states ``POLICY_SEED + i``
+    (cached in ``out`` with the policy's path and the noise: a set of another policy or noise is made again)."""
+    from lightning_prophrl.datamodules.metaworld_gen import generate_policy_rollouts
+    from lightning_prophrl.envs.rollout import ActionDecoder
+    from lightning_prophrl.modules.policy_loading import load_policy
+    from lightning_prophrl.stage_cache import load_done
+
+    out = Path(out)
+    recipe: dict[str, Any] = {"policy": str(Path(policy).resolve()), "noise_level": float(noise),
+                              "episodes": int(episodes)}  # fmt: skip
+    if is_done(out) and load_done(out).get("recipe") == recipe:
+        return str(out)
+    shutil.rmtree(out, ignore_errors=True)
+    net, meta = load_policy(policy)
+    decoder = ActionDecoder(meta["action_stats"], meta["action_dims"], "metaworld",
+                            meta.get("norm_mode", "quantile"))  # fmt: skip
+    summary = generate_policy_rollouts(net, decoder, task, range(POLICY_SEED, POLICY_SEED + episodes), str(out),
+                                       math.ceil(max_steps / net.exec_horizon), size=size, camera=camera,
+                                       max_steps=max_steps, noise_level=noise, progress=False)  # fmt: skip
+    mark_done(out, {**summary, "recipe": recipe})
+    return str(out)
+
+
+def task_readout(data: dict[str, str], out: str | Path, steps: int = 1500, seed: int = 0,
+                 image_size: int = 64) -> tuple[Any, float]:  # fmt: skip
+    """The end-effector readout of a held-out task: fitted on its ``adapt`` frames, its error (cm) measured on the
+    real ``eval`` frames; cached in ``out``. Returns ``(readout, rmse_cm)``."""
+    from lightning_prophrl.metrics.ee_readout import EndEffectorReadout, fit_ee_readout, readout_data, readout_error_cm
+    from lightning_prophrl.stage_cache import load_done
+
+    out = Path(out)
+    if is_done(out):
+        return EndEffectorReadout.load(out), float(load_done(out)["rmse_cm"])
+    readout = fit_ee_readout(*readout_data(data["adapt"], stride=2, image_size=image_size), steps=steps, seed=seed)
+    rmse = readout_error_cm(readout, *readout_data(data["eval"], image_size=image_size))
+    readout.save(out, {"rmse_cm": rmse, "fitted_on": data["adapt"], "checked_on": data["eval"]})
+    mark_done(out, {"rmse_cm": rmse, "steps": steps, "seed": seed})
+    return readout, rmse
 
 
 def adapt(

@@ -91,6 +91,7 @@ def world_model_report(
     success_threshold: float = 0.5,
     batch_size: int = 4,
     sheet_episodes: int = 2,
+    ee_readout: Any = None,
 ) -> dict[str, Any]:
     """Score a Prophet on held-out episodes rolled out from their first frame under their real actions.
 
@@ -111,20 +112,28 @@ def world_model_report(
         success_threshold: success probability threshold.
         batch_size: episodes per rollout call.
         sheet_episodes: episodes on the contact sheet.
+        ee_readout: an ``metrics.ee_readout.EndEffectorReadout`` fitted on the task's real frames: adds
+            ``ee_path_cm`` (and ``_copy_last``, ``_shuffled``, ``_no_memory``), the mean distance between the
+            end-effector paths read from each video and from the real one (a cached report without them is made
+            again).
 
     Returns:
         ``{metric}`` (model), ``{metric}_copy_last``, ``{metric}_shuffled``, ``{metric}_no_memory`` for the metrics of
         ``evaluate_world_model``; ``psnr_per_segment`` (and ``_no_memory``); ``memory_effect`` and
         ``action_effect`` (mean absolute pixel change of the imagined video without memory / under shuffled actions);
-        ``success`` (confusion counts, kappa, accuracy, rates); ``contact_sheet``; sizes.
+        ``success`` (confusion counts, kappa, accuracy, rates); ``contact_sheet``; sizes; ``ee_path_cm*`` with
+        ``ee_readout``.
     """
     from lightning_prophrl.callbacks.world_model import load_eval_episodes, rollout_episodes, shuffle_actions
+    from lightning_prophrl.metrics.ee_readout import ee_path_error
     from lightning_prophrl.models.prophet import Prophet
 
     if num_segments < 1 or success_last < 1:
         raise ValueError(f"`num_segments` and `success_last` must be >= 1, got {num_segments}, {success_last}")
     if out is not None and is_done(Path(out)):
-        return json.loads((Path(out) / "report.json").read_text())
+        cached = json.loads((Path(out) / "report.json").read_text())
+        if ee_readout is None or "ee_path_cm" in cached:
+            return cached
     model = Prophet.from_pretrained(model_dir).eval()
     chunk = int(model.config.action_chunk_length)
     if stats_from is None and (Path(model_dir) / K.STATS_FILE).exists():
@@ -145,6 +154,8 @@ def world_model_report(
     for suffix, video in {"": pred, "_copy_last": real[:, :1].expand_as(real), "_shuffled": shuffled,
                           "_no_memory": no_mem}.items():  # fmt: skip
         report.update({f"{k}{suffix}": v for k, v in _score(video, real, batch_size).items()})
+        if ee_readout is not None:
+            report[f"ee_path_cm{suffix}"] = ee_path_error(ee_readout, video, real, batch_size)
     report["psnr_per_segment"] = _segment_psnr(pred, real, num_segments)
     report["psnr_per_segment_no_memory"] = _segment_psnr(no_mem, real, num_segments)
     report["memory_effect"] = float((pred - no_mem).abs().mean())

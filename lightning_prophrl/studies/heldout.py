@@ -9,7 +9,8 @@ Stages (each cached with ``done.json`` in its own directory, so a rerun resumes;
    i.e. never in the pretraining corpus): ``adapt`` (<= 20 noisy-expert episodes, initial-state seeds ``500 + i``),
    ``eval`` (20 noisy-expert episodes, seeds ``800 + i``) and two counterfactual sets from the *same* initial states
    as ``eval``: ``cf_random`` (smooth random motions, back to back: ``ScriptedExpert(driver="random")``) and
-   ``cf_expert`` (another task's scripted expert acting on this task's observations, ``driver=COUNTERFACTUAL_EXPERT``).
+   ``cf_expert`` (another task's scripted expert acting on this task's observations, ``driver=COUNTERFACTUAL_EXPERT``);
+   with ``--policy TASK=PATH``, ``cf_policy``: that policy's real SDE rollouts at high noise (``--policy-noise``).
    Counterfactual actions are what an exploring policy will try and the task's data never shows. Episodes run to the
    step cap (150 steps = 38 model frames at stride 4).
 2. :func:`adapt` (per task and seed): LoRA (rank 16 on the U-Net's convolutions, noise-embedding projections and
@@ -20,6 +21,9 @@ Stages (each cached with ``done.json`` in its own directory, so a rerun resumes;
    whole episodes (38 segments of one model frame) rolled out from the first frame under the recorded actions,
    against the simulator's video; copy-last (the first frame held still) and the same model under shuffled actions
    (actions of another episode) as baselines; a contact sheet per set.
+   With an end-effector readout (``metrics.ee_readout``, fitted per task on the ``adapt`` frames and checked on the
+   real ``eval`` frames, ``task_readout``) the report adds ``ee_path_cm``: how far the arm path read from the
+   model's video lies from the path read from the simulator's (copy-last: how far the arm really moves).
 4. :func:`run_study`: stages 1-3 for the zero-shot model and the adapted models of every seed; ``results.md`` and
    ``results.json`` under ``--out``.
 """
@@ -39,9 +43,11 @@ from lightning_prophrl.recipes.heldout import (  # noqa: F401 (re-exported)
     ADAPT_SEED,
     COUNTERFACTUAL_EXPERT,
     EVAL_SEED,
+    POLICY_SET,
     SETS,
     adapt,
     heldout_data,
+    task_readout,
 )
 from lightning_prophrl.stage_cache import load_done
 
@@ -49,16 +55,23 @@ STUDY_TASKS = ("window-open-v3", "faucet-open-v3", "plate-slide-v3")
 
 
 METRICS = ("psnr", "dyn_psnr", "ssim", "flow_epe", "flow_cos")
+EE_METRIC = "ee_path_cm"
+
+
+def eval_sets(data: dict[str, str]) -> list[str]:
+    """The evaluation sets of a task's ``data`` in report order (``SETS``, then ``cf_policy`` when present)."""
+    return [name for name in (*SETS, POLICY_SET) if name in data]
 
 
 def task_report(model_dir: str, data: dict[str, str], out: str | Path, num_steps: int = 1, seed: int = 0,
-                num_segments: int = 38) -> dict[str, Any]:  # fmt: skip
-    """``world_model_report`` of ``model_dir`` on every evaluation set of ``data`` (``{set: report}``)."""
+                num_segments: int = 38, ee_readout: Any = None) -> dict[str, Any]:  # fmt: skip
+    """``world_model_report`` of ``model_dir`` on every evaluation set of ``data`` (``{set: report}``), with the
+    end-effector path error when ``ee_readout`` is given."""
     from lightning_prophrl.recipes.prophet_report import world_model_report
 
     return {name: world_model_report(model_dir, data[name], Path(out) / name, num_episodes=20,
-                                     num_segments=num_segments, num_steps=num_steps, seed=seed)
-            for name in SETS}  # fmt: skip
+                                     num_segments=num_segments, num_steps=num_steps, seed=seed, ee_readout=ee_readout)
+            for name in eval_sets(data)}  # fmt: skip
 
 
 def run_study(
@@ -70,19 +83,29 @@ def run_study(
     mode: Literal["lora", "full"] = "lora",
     num_steps: int = 1,
     name: str = "results",
+    policies: dict[str, str] | None = None,
+    policy_noise: float = 2.0,
+    ee_readout: bool = True,
 ) -> dict[str, Any]:
     """Stages 1-4 of the module docstring; writes ``<out>/<name>.json`` and ``<out>/<name>.md`` (stages are shared
-    between calls with the same ``out``: a second call with more seeds reuses the first one's adaptations)."""
+    between calls with the same ``out``: a second call with more seeds reuses the first one's adaptations).
+
+    ``policies`` maps a task to a trained policy of it (the ``cf_policy`` set at ``policy_noise``); ``ee_readout``
+    fits each task's end-effector readout and adds the path error to every report."""
     out = Path(out)
     results: dict[str, Any] = {"model": model, "mode": mode, "adapt_steps": adapt_steps, "seeds": list(seeds),
-                               "num_steps": num_steps, "tasks": {}}  # fmt: skip
+                               "num_steps": num_steps, "tasks": {}, "ee_readout_rmse_cm": {}}  # fmt: skip
     for task in tasks:
-        data = heldout_data(task, out / "data" / task)
-        rows = {"zero_shot": [task_report(model, data, out / task / "zero_shot", num_steps)]}
+        data = heldout_data(task, out / "data" / task, policy=(policies or {}).get(task), policy_noise=policy_noise)
+        readout = None
+        if ee_readout:
+            readout, results["ee_readout_rmse_cm"][task] = task_readout(data, out / task / "ee_readout")
+        rows = {"zero_shot": [task_report(model, data, out / task / "zero_shot", num_steps, ee_readout=readout)]}
         rows[mode] = []
         for seed in seeds:
             adapted = adapt(model, data["adapt"], out / task / f"{mode}_seed{seed}", adapt_steps, mode, seed)
-            rows[mode].append(task_report(adapted, data, out / task / f"{mode}_seed{seed}" / "report", num_steps))
+            rows[mode].append(task_report(adapted, data, out / task / f"{mode}_seed{seed}" / "report", num_steps,
+                                          ee_readout=readout))  # fmt: skip
             rows[mode][-1]["adapt_seconds"] = load_done(out / task / f"{mode}_seed{seed}")["seconds"]
         results["tasks"][task] = rows
     (out / f"{name}.json").write_text(json.dumps(results, indent=2))
@@ -102,7 +125,7 @@ def compare_models(models: dict[str, tuple[str, int]], task: str, out: str | Pat
     reports = {
         label: task_report(d, data, out / task / "compare" / label, steps) for label, (d, steps) in models.items()
     }
-    for name in SETS:
+    for name in eval_sets(data):
         for i, label in enumerate(models):
             report = reports[label][name]
             if i == 0:
@@ -125,16 +148,20 @@ def results_table(results: dict[str, Any]) -> str:
     seeds), the model under shuffled actions."""
     lines = []
     for task, rows in results["tasks"].items():
-        lines += [f"\n**{task}** (held out of pretraining)\n", "| set | model | " + " | ".join(METRICS) + " |",
-                  "|---|---|" + "---|" * len(METRICS)]  # fmt: skip
-        for name in SETS:
-            first = rows["zero_shot"][0][name]
+        first_reports = rows["zero_shot"][0]
+        metrics = METRICS + ((EE_METRIC,) if all(EE_METRIC in r for r in first_reports.values()) else ())
+        rmse = results.get("ee_readout_rmse_cm", {}).get(task)
+        note = f"; end-effector readout error on real frames {rmse:.2f} cm" if rmse is not None else ""
+        lines += [f"\n**{task}** (held out of pretraining{note})\n", "| set | model | " + " | ".join(metrics) + " |",
+                  "|---|---|" + "---|" * len(metrics)]  # fmt: skip
+        for name in eval_sets(first_reports):
+            first = first_reports[name]
             lines.append(
-                f"| {name} | copy-last | " + " | ".join(f"{first[f'{m}_copy_last']:.2f}" for m in METRICS) + " |"
+                f"| {name} | copy-last | " + " | ".join(f"{first[f'{m}_copy_last']:.2f}" for m in metrics) + " |"
             )
             for label, reports in rows.items():
                 for suffix, tag in (("", ""), ("_shuffled", ", shuffled actions")):
-                    cells = [_mean_std([r[name][f"{m}{suffix}"] for r in reports]) for m in METRICS]
+                    cells = [_mean_std([r[name][f"{m}{suffix}"] for r in reports]) for m in metrics]
                     lines.append(f"| {name} | {label}{tag} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -150,6 +177,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--num-steps", type=int, default=1, help="sampling steps per generated frame")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("PROPHRL_THREADS", 2)))
     ap.add_argument("--name", default="results", help="results file name under --out (NAME.md, NAME.json)")
+    ap.add_argument("--policy", action="append", default=[], metavar="TASK=PATH",
+                    help="a trained policy of TASK (save_pretrained directory or SFT checkpoint): adds the cf_policy "
+                         "set, its SDE rollouts at --policy-noise (repeat per task)")  # fmt: skip
+    ap.add_argument("--policy-noise", type=float, default=2.0, help="SDE noise level of the cf_policy rollouts")
+    ap.add_argument("--no-ee-readout", action="store_true", help="skip the end-effector readout and path error")
     ap.add_argument("--compare", default=None,
                     help="instead of the study: LABEL=DIR[:STEPS],... zero-shot on the first task of --tasks")  # fmt: skip
     args = ap.parse_args(argv)
@@ -167,9 +199,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {"table": table}
     if not args.model:
         ap.error("--model is required (the pretrained Prophet's directory) unless --compare is given")
+    policies = {}
+    for item in args.policy:
+        task, sep, path = item.partition("=")
+        if not sep or not path:
+            ap.error(f"--policy takes TASK=PATH, got {item!r}")
+        policies[task] = path
     results = run_study(args.model, args.out, [t for t in args.tasks.split(",") if t],
                         [int(s) for s in args.seeds.split(",") if s], args.adapt_steps, args.mode, args.num_steps,
-                        args.name)  # fmt: skip
+                        args.name, policies, args.policy_noise, not args.no_ee_readout)  # fmt: skip
     print((Path(args.out) / f"{args.name}.md").read_text())
     return results
 

@@ -17,6 +17,7 @@ from lightning_prophrl.envs.world_model import WorldModelEnv
 from lightning_prophrl.models.policy import FlowMatchingPolicy
 from lightning_prophrl.models.prophet import Prophet
 from lightning_prophrl.modules import FAGRPOModule, PolicySFTModule
+from lightning_prophrl.modules.policy_loading import load_policy
 
 DIMS = [0, 1, 2, 6]
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,6 +77,14 @@ def test_sft_checkpoint_loads_on_its_own_and_the_export_decodes_actions(coded_da
     full[..., DIMS] = norm.numpy()
     stats = ActionStats.from_dict(module.hparams.action_stats)
     assert np.allclose(raw.numpy(), stats.unnormalize(full), atol=1e-6)
+    # load_policy: the checkpoint and the export give the same policy and action metadata
+    from_ckpt, meta_ckpt = load_policy(tmp_path / "sft.ckpt")
+    from_dir, meta_dir = load_policy(tmp_path / "policy")
+    assert same_weights(from_ckpt, module.policy) and same_weights(from_dir, module.policy)
+    assert not from_ckpt.training and meta_ckpt["action_dims"] == meta_dir["action_dims"] == DIMS
+    assert meta_ckpt["action_stats"] == meta_dir["action_stats"] == module.hparams.action_stats
+    with pytest.raises(FileNotFoundError, match="save_pretrained directory or a PolicySFTModule"):
+        load_policy(tmp_path / "missing.ckpt")
 
 
 def test_sft_checkpoint_of_a_cli_run_loads_on_its_own(coded_dataset, tmp_path):
