@@ -23,6 +23,15 @@ import numpy as np
 import torch
 
 
+def run_checkpoint(out: str | Path, run: str, seed: int) -> Path:
+    """The checkpoint of a demo run under ``out``: ``"sft"`` (the SFT policy of ``seed``), ``"NAME"`` (the run's
+    final policy, or the guard's kept check) or ``"NAME@last"`` (the last update's, saved beside a kept check)."""
+    if run == "sft":
+        return Path(out) / "sft" / f"seed{seed}" / "sft.ckpt"
+    name = run.removesuffix("@last")
+    return Path(out) / "rl" / name / f"seed{seed}" / ("policy_last.ckpt" if run.endswith("@last") else "policy.ckpt")
+
+
 def evaluate_checkpoint(out: str | Path, run: str, seed: int, states: int, first: int = 1000) -> dict[str, Any]:
     """Success of one saved policy (``run="sft"``: the SFT policy of ``seed``; ``run="NAME@last"``: the last update's
     policy of a run that kept its guard's best check) on ``states`` held-out states."""
@@ -35,13 +44,7 @@ def evaluate_checkpoint(out: str | Path, run: str, seed: int, states: int, first
 
     root = Path(out)
     path = root / "studies" / "evaluate" / f"{run}_seed{seed}_n{states}_from{first}.json"
-    name, last = run.removesuffix("@last"), run.endswith("@last")
-    ckpt = (
-        root
-        / ("sft" if run == "sft" else f"rl/{name}")
-        / f"seed{seed}"
-        / ("sft.ckpt" if run == "sft" else "policy_last.ckpt" if last else "policy.ckpt")
-    )
+    ckpt = run_checkpoint(root, run, seed)
     if path.exists():
         cached = json.loads(path.read_text())
         # a policy retrained since (its checkpoint rewritten) is evaluated again

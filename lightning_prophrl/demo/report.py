@@ -102,7 +102,7 @@ def world_model_summary(report: dict[str, Any]) -> str:
 def paired_summary(cfg: DemoConfig, results: dict[str, list[dict[str, Any]]]) -> str:
     """The final policies of every run and their SFT policies on ``paired_states`` held-out states, paired state by
     state (cached under ``OUT/studies/evaluate``, like ``python -m lightning_prophrl.demo.evaluate``)."""
-    from lightning_prophrl.demo.evaluate import evaluate_checkpoint, paired_table
+    from lightning_prophrl.demo.evaluate import evaluate_checkpoint, paired_table, run_checkpoint
 
     n = cfg.paired_states
     sft = {s: evaluate_checkpoint(cfg.out, "sft", s, n) for s in cfg.seeds}
@@ -111,17 +111,12 @@ def paired_summary(cfg: DemoConfig, results: dict[str, list[dict[str, Any]]]) ->
         rows[name] = {r["seed"]: evaluate_checkpoint(cfg.out, name, r["seed"], n) for r in rs}
         # a run that kept its guard's best check: its last update's policy too (the kept one where they are the same)
         if any(r.get("kept_update") is not None for r in rs):
-            rows[f"{name}@last"] = {r["seed"]: evaluate_checkpoint(cfg.out, _last_run(cfg, name, r), r["seed"], n)
-                                    for r in rs}  # fmt: skip
+            last = {r["seed"]: f"{name}@last" if run_checkpoint(cfg.out, f"{name}@last", r["seed"]).exists() else name
+                    for r in rs}  # fmt: skip
+            rows[f"{name}@last"] = {s: evaluate_checkpoint(cfg.out, run, s, n) for s, run in last.items()}
     return (f"Paired on {n} held-out states (seeds 1000..{999 + n}, ODE, the same noise per state for every policy; "
             f"final policies, the guard's kept check where it kept one, NAME@last the last update's):\n\n"
             + paired_table(rows, sft))  # fmt: skip
-
-
-def _last_run(cfg: DemoConfig, name: str, result: dict[str, Any]) -> str:
-    """``NAME@last`` where the run saved its last update's policy beside the kept one, else ``NAME``."""
-    last = Path(cfg.out) / "rl" / name / f"seed{result['seed']}" / "policy_last.ckpt"
-    return f"{name}@last" if last.exists() else name
 
 
 def plot_curves(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
