@@ -138,9 +138,10 @@ def fit_ee_readout(frames: Tensor, positions: Tensor, steps: int = 1500, batch_s
                          f"{tuple(positions.shape)}")  # fmt: skip
     if len(frames) < 2 or not torch.isfinite(positions).all():
         raise ValueError("need at least 2 frames and finite positions to fit the end-effector readout")
-    torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's random state
+        torch.manual_seed(seed)
+        readout = EndEffectorReadout(**model_kwargs)
     gen = torch.Generator().manual_seed(seed)
-    readout = EndEffectorReadout(**model_kwargs)
     readout.mean.copy_(positions.mean(0))
     readout.std.copy_(positions.std(0).clamp_min(1e-3))
     opt = torch.optim.AdamW(readout.parameters(), lr=lr, weight_decay=1e-4)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lightning_prophrl.envs.task_split import HELDOUT_TASKS
-from lightning_prophrl.stage_cache import is_done, mark_done
+from lightning_prophrl.stage_cache import is_done, load_done, mark_done
 
 COUNTERFACTUAL_EXPERT = "push-v3"  # the counterfactual driver: another task's scripted expert
 SETS = ("eval", "cf_random", "cf_expert")
@@ -91,7 +91,6 @@ def policy_set(task: str, policy: str, out: str | Path, episodes: int, noise: fl
     from lightning_prophrl.datamodules.metaworld_gen import generate_policy_rollouts
     from lightning_prophrl.envs.rollout import ActionDecoder
     from lightning_prophrl.modules.policy_loading import load_policy
-    from lightning_prophrl.stage_cache import load_done
 
     out = Path(out)
     recipe: dict[str, Any] = {"policy": str(Path(policy).resolve()), "noise_level": float(noise),
@@ -114,7 +113,6 @@ def task_readout(data: dict[str, str], out: str | Path, steps: int = 1500, seed:
     """The end-effector readout of a held-out task: fitted on its ``adapt`` frames, its error (cm) measured on the
     real ``eval`` frames; cached in ``out``. Returns ``(readout, rmse_cm)``."""
     from lightning_prophrl.metrics.ee_readout import EndEffectorReadout, fit_ee_readout, readout_data, readout_error_cm
-    from lightning_prophrl.stage_cache import load_done
 
     out = Path(out)
     if is_done(out):
