@@ -97,9 +97,9 @@ __all__ = [
     "BRANCHED", "POLICY_DIMS", "REFRESHED", "VARIANTS", "DemoConfig", "StageClock", "adapt_shipped",
     "branch_classifier", "branch_prompts", "build_policy", "eval_at", "gate_summary", "main", "needs_reward_stage",
     "onpolicy_starts", "paired_summary", "plot_curves", "refresh_branches", "refresh_classifier", "refresh_name",
-    "refresh_owner", "refresh_rollouts", "results_table", "reward_summary", "run", "run_name", "stage_data",
-    "stage_refresh", "stage_reward", "stage_rl_sim", "stage_rl_wm", "stage_sft", "stage_world_model",
-    "start_sft_worker", "updates_to_reach", "wm_reward_model", "wm_success_scoring", "with_world_model",
+    "refresh_owner", "refresh_rollouts", "results_table", "reward_summary", "run", "run_name", "run_seed",
+    "run_seed_workers", "stage_data", "stage_refresh", "stage_reward", "stage_rl_sim", "stage_rl_wm", "stage_sft",
+    "stage_world_model", "start_sft_worker", "updates_to_reach", "wm_reward_model", "wm_success_scoring", "with_world_model",
     "world_model_summary",
 ]  # fmt: skip
 
@@ -135,6 +135,71 @@ def start_sft_worker(cfg: DemoConfig, data: dict[str, str]) -> Any:
     return child
 
 
+def run_seed(cfg: DemoConfig, data: dict[str, str], seed: int, clock: StageClock) -> dict[str, dict[str, Any]]:
+    """One seed: its SFT policy, then every RL variant from it (each stage cached); returns run name -> result."""
+    with clock("sft"):
+        ckpt = stage_sft(cfg, data, seed)
+    out = {}
+    for variant in cfg.variants:
+        stage = stage_rl_sim if VARIANTS[variant][2] == "sim" else stage_rl_wm
+        with clock(f"rl {run_name(cfg, variant)}"):
+            out[run_name(cfg, variant)] = stage(cfg, ckpt, seed, variant)
+    return out
+
+
+def _seed_worker(cfg_dict: dict[str, Any], data: dict[str, str], seeds: list[int], threads: int, timing: str) -> None:
+    """``run_seed`` for each of ``seeds`` in a process of its own (``seed_workers``); its stage times go to ``timing``
+    (JSON)."""
+    torch.set_num_threads(threads)
+    cfg, clock = DemoConfig(**cfg_dict), StageClock()
+    for seed in seeds:
+        run_seed(cfg, data, seed, clock)
+    Path(timing).write_text(json.dumps(clock.seconds))
+
+
+def run_seed_workers(cfg: DemoConfig, data: dict[str, str]) -> dict[str, float]:
+    """Run the seeds of ``cfg`` in ``seed_workers`` 'spawn' processes at once (seeds dealt round-robin, each process
+    with ``threads // seed_workers`` threads, at least one), filling the stage caches that the demo then reads.
+
+    Each stage seeds itself, so a seed's results do not depend on which process ran it or on the seeds before it
+    (at the same thread count, the same numbers as running the seeds one after another).
+
+    Returns:
+        every stage's seconds, summed over the processes.
+
+    Raises:
+        RuntimeError: a process failed (its traceback is above); a rerun with the same ``out`` resumes.
+    """
+    import multiprocessing as mp
+
+    n = min(cfg.seed_workers, len(cfg.seeds))
+    timing = Path(cfg.out) / "seed_workers"
+    timing.mkdir(parents=True, exist_ok=True)
+    ctx, procs, paths = mp.get_context("spawn"), [], [timing / f"worker{i}.json" for i in range(n)]
+    try:
+        for i, path in enumerate(paths):
+            path.unlink(missing_ok=True)
+            args = (asdict(cfg), data, list(cfg.seeds[i::n]), max(1, cfg.threads // n), str(path))
+            procs.append(ctx.Process(target=_seed_worker, args=args, name=f"prophrl-demo-seeds{i}"))
+            procs[-1].start()
+        for proc in procs:
+            proc.join()
+    finally:  # interrupted: stop the other processes too (their finished stages stay cached)
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    failed = [f"{p.name} (seeds {cfg.seeds[i::n]}, exit code {p.exitcode})" for i, p in enumerate(procs) if p.exitcode]
+    if failed:
+        raise RuntimeError(f"seed process(es) failed: {', '.join(failed)} (tracebacks above); rerun the demo with the "
+                           f"same --out to resume, or pass --seed-workers 1")  # fmt: skip
+    seconds: dict[str, float] = {}
+    for path in paths:
+        for stage, s in json.loads(path.read_text()).items():
+            seconds[stage] = seconds.get(stage, 0.0) + s
+    return seconds
+
+
 def run(cfg: DemoConfig) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -166,14 +231,16 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     if child is not None and child.exitcode != 0:
         raise RuntimeError(f"the SFT process failed (exit code {child.exitcode}; its traceback is above); rerun the "
                            f"demo with the same --out to resume, or pass --no-parallel")  # fmt: skip
+    if cfg.seed_workers > 1 and len(cfg.seeds) > 1:
+        n = min(cfg.seed_workers, len(cfg.seeds))
+        with clock(f"seeds in {n} processes (wall)"):
+            worker_seconds = run_seed_workers(cfg, data)
+        for stage, seconds in worker_seconds.items():  # their stages' own times, summed over the processes
+            clock.seconds[f"{stage} (in the seed processes)"] = seconds
     results: dict[str, list[dict[str, Any]]] = {run_name(cfg, v): [] for v in cfg.variants}
-    for seed in cfg.seeds:
-        with clock("sft"):
-            ckpt = stage_sft(cfg, data, seed)
-        for variant in cfg.variants:
-            stage = stage_rl_sim if VARIANTS[variant][2] == "sim" else stage_rl_wm
-            with clock(f"rl {run_name(cfg, variant)}"):
-                results[run_name(cfg, variant)].append(stage(cfg, ckpt, seed, variant))
+    for seed in cfg.seeds:  # with seed processes, every stage here is cached
+        for name, info in run_seed(cfg, data, seed, clock).items():
+            results[name].append(info)
     table = results_table(cfg, results)
     if cfg.paired_states:
         with clock("paired evaluation"):

@@ -419,3 +419,34 @@ def test_every_setting_is_a_flag_and_a_printed_config_reruns_as_it_was(tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(config) in err[0] and "'rl_update'" in err[0]
     assert not (tmp_path / "q").exists()  # nothing ran
+
+
+@pytest.mark.slow
+def test_seed_processes_give_the_numbers_of_seeds_run_one_after_another(tmp_path):
+    """``seed_workers``: the seeds run in processes of their own, and every result (SFT, RL, evaluations) equals a
+    sequential run at the same thread count; the table is read from their caches."""
+
+    def strip_seconds(x):
+        if isinstance(x, dict):
+            return {k: strip_seconds(v) for k, v in x.items() if k != "seconds"}
+        return [strip_seconds(v) for v in x] if isinstance(x, list) else x
+
+    kw = dict(variants=["sim_fagrpo"], seeds=[0, 1])
+    one = run(DemoConfig.quick(out=str(tmp_path / "one"), threads=1, **kw))
+    two = run(DemoConfig.quick(out=str(tmp_path / "two"), threads=2, seed_workers=2, **kw))
+    assert strip_seconds(two["results"]) == strip_seconds(one["results"])
+    assert [r["seed"] for r in two["results"]["sim_fagrpo"]] == [0, 1]
+    assert two["table"] == one["table"]
+    timing = (tmp_path / "two" / "results.md").read_text()
+    assert "seeds in 2 processes (wall)" in timing and "rl sim_fagrpo (in the seed processes)" in timing
+    assert sorted(p.name for p in (tmp_path / "two" / "seed_workers").iterdir()) == ["worker0.json", "worker1.json"]
+
+
+def test_a_failed_seed_process_is_named_and_raises(tmp_path):
+    from lightning_prophrl.pipeline import run_seed_workers
+
+    cfg = DemoConfig.quick(out=str(tmp_path), seeds=[0, 1], seed_workers=2, threads=2)
+    with pytest.raises(RuntimeError, match=r"prophrl-demo-seeds0 \(seeds \[0\], exit code 1\).*--seed-workers 1"):
+        run_seed_workers(cfg, {"sft": str(tmp_path / "no_such_data")})
+    with pytest.raises(ValueError, match="--seed-workers"):
+        DemoConfig.quick(seed_workers=0)

@@ -71,6 +71,9 @@ class DemoConfig:
     # in a second process while the world model is adapted, each process with half the threads
     threads: int = 2
     parallel: bool = True
+    # independent seeds (each one's SFT policy and RL variants) in this many processes at once, seeds dealt round-robin,
+    # each process with ``threads // seed_workers`` torch threads (at least 1); 1: one seed after another in this process
+    seed_workers: int = 1
     # the reward-model stage's report (real-only vs bridged classifiers vs the success head on held-out real episodes
     # and their imagined twins; minutes) also when no variant's reward needs its classifier
     reward_report: bool = False
@@ -211,6 +214,8 @@ class DemoConfig:
         if self.wm_onpolicy_starts_every and self.wm_refresh_episodes + onpolicy > 2000:
             raise ValueError(f"--wm-refresh-episodes plus the on-policy starts' episodes ({self.wm_refresh_episodes} + "
                              f"{onpolicy}) must stay <= 2000 (their seed range)")  # fmt: skip
+        if self.seed_workers < 1:
+            raise ValueError(f"--seed-workers (`seed_workers`) must be >= 1, got {self.seed_workers}")
         if self.paired_states and self.paired_states < self.eval_seeds:
             raise ValueError(f"`paired_states` ({self.paired_states}) must be 0 or >= --eval-seeds ({self.eval_seeds})")
         if self.wm_refresh_reward_branch_every < 1:
