@@ -21,6 +21,8 @@ from lightning_prophrl.studies.heldout import (
     POLICY_SET,
     SETS,
     adapt,
+    closed_loop_check,
+    closed_loop_table,
     compare_models,
     heldout_data,
     results_table,
@@ -110,3 +112,36 @@ def test_policy_set_and_end_effector_path_error(data, tmp_path):
     table = results_table({"tasks": {"window-open-v3": {"zero_shot": [report]}},
                            "ee_readout_rmse_cm": {"window-open-v3": rmse}})  # fmt: skip
     assert "ee_path_cm" in table and f"| {POLICY_SET} | copy-last |" in table and "readout error" in table
+
+
+def test_closed_loop_check_judges_imagined_episodes_with_the_success_head(data, tmp_path):
+    """The policy's whole episodes in the simulator and inside the model from the same starts; the imagined outcome is
+    the model's success head: forced to 'success' every imagined episode succeeds, and the confusion follows."""
+    torch.manual_seed(0)
+    stats = ActionStats.load(Path(data["adapt"]) / K.STATS_FILE)
+    policy = FlowMatchingPolicy(action_dim=4, chunk_len=4, exec_horizon=2, state_dim=4,
+                                instructions=[instruction_for("window-open-v3")], cond_dim=16, width=16, depth=1,
+                                num_heads=2, num_steps=2, cnn_channels=(8, 8))  # fmt: skip
+    policy.set_action_stats(stats, [0, 1, 2, 6])
+    policy.save_pretrained(tmp_path / "policy")
+    model = Prophet(**UNET)
+    with torch.no_grad():
+        model.success_mlp[-1].bias.fill_(30.0)  # the head says 'success' whatever it sees
+    model.save_pretrained(tmp_path / "model")
+    stats.save(tmp_path / "model" / K.STATS_FILE)
+    kw = dict(episodes=3, size=16, max_steps=16)
+    res = closed_loop_check(str(tmp_path / "model"), "window-open-v3", str(tmp_path / "policy"), tmp_path / "cl", **kw)
+    conf, n = res["confusion"], 3
+    assert res["episodes"] == n and sum(conf.values()) == n and res["imagined_success"] == 1.0
+    assert conf["both"] == round(res["real_success"] * n) and conf["imagined_only"] == n - conf["both"]
+    assert res["real_env_steps"] == n * 16  # whole real episodes (run past any success)
+    assert len(res["psnr_by_frame"]) > 1 and np.isfinite(res["psnr_by_frame"][0])
+    done = tmp_path / "cl" / "done.json"
+    mtime = done.stat().st_mtime_ns
+    assert closed_loop_check(str(tmp_path / "model"), "window-open-v3", str(tmp_path / "policy"), tmp_path / "cl",
+                             **kw) == load_done(tmp_path / "cl") and done.stat().st_mtime_ns == mtime  # fmt: skip
+    table = closed_loop_table({"zero_shot": [res], "lora": [res, res]})
+    assert f"| zero_shot | {conf['both']} / 3 | 3 / 3 | {conf['both']} / 3 |" in table and "| lora (seed 1) |" in table
+    Prophet(**{**UNET, "success_head": False}).save_pretrained(tmp_path / "headless")
+    with pytest.raises(ValueError, match="no success head"):
+        closed_loop_check(str(tmp_path / "headless"), "window-open-v3", str(tmp_path / "policy"), tmp_path / "x", **kw)

@@ -19,6 +19,7 @@ SETS = ("eval", "cf_random", "cf_expert")
 POLICY_SET = "cf_policy"  # with a policy: its SDE rollouts at high noise, what RL will try
 ADAPT_SEED, EVAL_SEED = 500, 800
 POLICY_SEED = 7800  # cf_policy initial states (on-line range: policy rollouts take seeds >= 2000)
+CLOSED_LOOP_SEED = 7900  # closed-loop check initial states (after the cf_policy ones)
 
 
 def heldout_data(
@@ -106,6 +107,57 @@ def policy_set(task: str, policy: str, out: str | Path, episodes: int, noise: fl
                                        max_steps=max_steps, noise_level=noise, progress=False)  # fmt: skip
     mark_done(out, {**summary, "recipe": recipe})
     return str(out)
+
+
+def closed_loop_check(model_dir: str, task: str, policy: str, out: str | Path, episodes: int = 30,
+                      num_steps: int = 1, size: int = 64, camera: str = "workspace",
+                      max_steps: int = 150) -> dict[str, Any]:  # fmt: skip
+    """Whole episodes of ``policy`` (ODE, the same initial sampler noise) from the same ``episodes`` initial states
+    (``CLOSED_LOOP_SEED + i``) in the simulator and inside the model, the imagined success judged by the model's own
+    success head (probability 0.5 for 2 frames); ``envs.agreement.closed_loop_agreement``'s outcome (kappa, confusion,
+    both success rates, per-frame PSNR of where the imagined episode leaves the real one). Cached in ``out``.
+
+    Raises:
+        ValueError: when the model has no success head.
+    """
+    from lightning_prophrl.datamodules.shards import load_stats
+    from lightning_prophrl.envs.agreement import closed_loop_agreement
+    from lightning_prophrl.envs.metaworld import MetaWorldEnv
+    from lightning_prophrl.envs.poses import CommandedPoses
+    from lightning_prophrl.envs.rollout import ActionDecoder
+    from lightning_prophrl.envs.world_model import WorldModelEnv
+    from lightning_prophrl.models.prophet import Prophet
+    from lightning_prophrl.modules.policy_loading import load_policy
+
+    out = Path(out)
+    recipe = {"model": str(Path(model_dir).resolve()), "policy": str(Path(policy).resolve()), "episodes": episodes,
+              "num_steps": num_steps}  # fmt: skip
+    if is_done(out) and load_done(out).get("recipe") == recipe:
+        return load_done(out)
+    prophet = Prophet.from_pretrained(model_dir)
+    if not prophet.config.success_head:
+        raise ValueError(f"{model_dir}: the model has no success head (config `success_head: false`); the closed-loop "
+                         f"check judges imagined episodes with it")  # fmt: skip
+    net, meta = load_policy(policy)
+    norm = meta.get("norm_mode", "quantile")
+    decoders = [
+        ActionDecoder(meta["action_stats"], meta["action_dims"], target, norm) for target in ("metaworld", "unified")
+    ]
+    queries = math.ceil(max_steps / net.exec_horizon)
+    poses = CommandedPoses.metaworld(task, size, camera) if prophet.config.use_action_frames else None
+    real = MetaWorldEnv(task, num_prompts=episodes, group_size=1, image_size=size, max_steps=max_steps, camera=camera,
+                        stop_at_success=False)  # fmt: skip
+    world = WorldModelEnv(prophet, load_stats(model_dir), num_prompts=episodes, group_size=1, max_segments=queries,
+                          num_steps=num_steps, poses=poses, success_threshold=0.5, success_k=2)  # fmt: skip
+    try:
+        prompts = [{"task": task, "seed": CLOSED_LOOP_SEED + i} for i in range(episodes)]
+        res = closed_loop_agreement(net, real, world, prompts, *decoders, queries, kappa_threshold=-1.0)
+    finally:
+        real.close()
+    keep = ("kappa", "confusion", "real_success", "imagined_success", "episodes", "real_env_steps", "psnr_by_frame")
+    summary = {k: res[k] for k in keep} | {"recipe": recipe}
+    mark_done(out, summary)
+    return summary
 
 
 def task_readout(data: dict[str, str], out: str | Path, steps: int = 1500, seed: int = 0,

@@ -24,6 +24,9 @@ Stages (each cached with ``done.json`` in its own directory, so a rerun resumes;
    With an end-effector readout (``metrics.ee_readout``, fitted per task on the ``adapt`` frames and checked on the
    real ``eval`` frames, ``task_readout``) the report adds ``ee_path_cm``: how far the arm path read from the
    model's video lies from the path read from the simulator's (copy-last: how far the arm really moves).
+   With ``--policy``, ``closed_loop_check``: that policy's whole episodes (ODE) from the same initial states in the
+   simulator and inside the model, the imagined success judged by the model's success head; real vs imagined
+   successes and Cohen's kappa (``--closed-loop N`` episodes, 0 to skip).
 4. :func:`run_study`: stages 1-3 for the zero-shot model and the adapted models of every seed; ``results.md`` and
    ``results.json`` under ``--out``.
 """
@@ -46,6 +49,7 @@ from lightning_prophrl.recipes.heldout import (  # noqa: F401 (re-exported)
     POLICY_SET,
     SETS,
     adapt,
+    closed_loop_check,
     heldout_data,
     task_readout,
 )
@@ -86,28 +90,42 @@ def run_study(
     policies: dict[str, str] | None = None,
     policy_noise: float = 2.0,
     ee_readout: bool = True,
+    closed_loop: int = 30,
 ) -> dict[str, Any]:
     """Stages 1-4 of the module docstring; writes ``<out>/<name>.json`` and ``<out>/<name>.md`` (stages are shared
     between calls with the same ``out``: a second call with more seeds reuses the first one's adaptations).
 
     ``policies`` maps a task to a trained policy of it (the ``cf_policy`` set at ``policy_noise``); ``ee_readout``
-    fits each task's end-effector readout and adds the path error to every report."""
+    fits each task's end-effector readout and adds the path error to every report; with a task's policy, every model
+    also runs ``closed_loop`` whole episodes of it against the simulator (``closed_loop_check``; 0: skip)."""
     out = Path(out)
     results: dict[str, Any] = {"model": model, "mode": mode, "adapt_steps": adapt_steps, "seeds": list(seeds),
-                               "num_steps": num_steps, "tasks": {}, "ee_readout_rmse_cm": {}}  # fmt: skip
+                               "num_steps": num_steps, "tasks": {}, "ee_readout_rmse_cm": {},
+                               "closed_loop": {}}  # fmt: skip
     for task in tasks:
         data = heldout_data(task, out / "data" / task, policy=(policies or {}).get(task), policy_noise=policy_noise)
         readout = None
         if ee_readout:
             readout, results["ee_readout_rmse_cm"][task] = task_readout(data, out / task / "ee_readout")
-        rows = {"zero_shot": [task_report(model, data, out / task / "zero_shot", num_steps, ee_readout=readout)]}
-        rows[mode] = []
+        policy = (policies or {}).get(task)
+        models = {"zero_shot": [(model, out / task / "zero_shot")]}
+        models[mode] = []
         for seed in seeds:
-            adapted = adapt(model, data["adapt"], out / task / f"{mode}_seed{seed}", adapt_steps, mode, seed)
-            rows[mode].append(task_report(adapted, data, out / task / f"{mode}_seed{seed}" / "report", num_steps,
-                                          ee_readout=readout))  # fmt: skip
-            rows[mode][-1]["adapt_seconds"] = load_done(out / task / f"{mode}_seed{seed}")["seconds"]
+            stage = out / task / f"{mode}_seed{seed}"
+            models[mode].append((adapt(model, data["adapt"], stage, adapt_steps, mode, seed), stage / "report"))
+        rows: dict[str, list[dict[str, Any]]] = {label: [] for label in models}
+        loops: dict[str, list[dict[str, Any]]] = {label: [] for label in models}
+        for label, runs in models.items():
+            for model_dir, report_dir in runs:
+                rows[label].append(task_report(model_dir, data, report_dir, num_steps, ee_readout=readout))
+                if label != "zero_shot":
+                    rows[label][-1]["adapt_seconds"] = load_done(report_dir.parent)["seconds"]
+                if policy and closed_loop:
+                    loops[label].append(closed_loop_check(model_dir, task, policy, report_dir / "closed_loop",
+                                                          closed_loop, num_steps))  # fmt: skip
         results["tasks"][task] = rows
+        if policy and closed_loop:
+            results["closed_loop"][task] = loops
     (out / f"{name}.json").write_text(json.dumps(results, indent=2))
     (out / f"{name}.md").write_text(results_table(results))
     return results
@@ -143,6 +161,24 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{np.mean(values):.2f}" + (f" ± {np.std(values):.2f}" if len(values) > 1 else "")
 
 
+def closed_loop_table(loops: dict[str, list[dict[str, Any]]]) -> str:
+    """Markdown of ``closed_loop_check`` outcomes per model (one row per adaptation seed): real and imagined successes,
+    the episodes on which they agree, and Cohen's kappa."""
+    first = next(iter(loops.values()))[0]
+    lines = [f"Closed loop: the policy (ODE) from {first['episodes']} initial states in the simulator and inside the "
+             "model, imagined success judged by the model's success head", "",
+             "| model | real successes | imagined successes | agree | imagined only | real only | kappa |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for label, checks in loops.items():
+        for i, c in enumerate(checks):
+            n, conf = c["episodes"], c["confusion"]
+            name = label if len(checks) == 1 else f"{label} (seed {i})"
+            lines.append(f"| {name} | {round(c['real_success'] * n)} / {n} | {round(c['imagined_success'] * n)} / {n} "
+                         f"| {conf['both'] + conf['neither']} / {n} | {conf['imagined_only']} | {conf['real_only']} "
+                         f"| {c['kappa']:.2f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def results_table(results: dict[str, Any]) -> str:
     """Markdown: per task and evaluation set, copy-last, the zero-shot and the adapted model (mean ± std over
     seeds), the model under shuffled actions."""
@@ -163,6 +199,9 @@ def results_table(results: dict[str, Any]) -> str:
                 for suffix, tag in (("", ""), ("_shuffled", ", shuffled actions")):
                     cells = [_mean_std([r[name][f"{m}{suffix}"] for r in reports]) for m in metrics]
                     lines.append(f"| {name} | {label}{tag} | " + " | ".join(cells) + " |")
+        loops = results.get("closed_loop", {}).get(task)
+        if loops:
+            lines += ["", closed_loop_table(loops)]
     return "\n".join(lines) + "\n"
 
 
@@ -182,6 +221,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "set, its SDE rollouts at --policy-noise (repeat per task)")  # fmt: skip
     ap.add_argument("--policy-noise", type=float, default=2.0, help="SDE noise level of the cf_policy rollouts")
     ap.add_argument("--no-ee-readout", action="store_true", help="skip the end-effector readout and path error")
+    ap.add_argument("--closed-loop", type=int, default=30, metavar="N",
+                    help="with --policy: N whole episodes of it in the simulator and inside each model (0: skip)")  # fmt: skip
     ap.add_argument("--compare", default=None,
                     help="instead of the study: LABEL=DIR[:STEPS],... zero-shot on the first task of --tasks")  # fmt: skip
     args = ap.parse_args(argv)
@@ -207,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         policies[task] = path
     results = run_study(args.model, args.out, [t for t in args.tasks.split(",") if t],
                         [int(s) for s in args.seeds.split(",") if s], args.adapt_steps, args.mode, args.num_steps,
-                        args.name, policies, args.policy_noise, not args.no_ee_readout)  # fmt: skip
+                        args.name, policies, args.policy_noise, not args.no_ee_readout, args.closed_loop)  # fmt: skip
     print((Path(args.out) / f"{args.name}.md").read_text())
     return results
 
