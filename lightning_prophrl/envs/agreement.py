@@ -111,8 +111,10 @@ def closed_loop_agreement(
 
     Returns:
         ``{"kappa", "confusion", "real_success", "imagined_success", "real_env_steps", "episodes", "real_steps",
-        "imagined_steps", "psnr_by_frame", "reward_on_real"}``: per-episode outcomes are in ``confusion``;
-        ``reward_on_real`` is :func:`reward_agreement` (None without ``reward_scorer``); ``*_steps`` are per-episode
+        "imagined_steps", "psnr_by_frame", "reward_on_real", "imagined_score", "score_auc"}``: per-episode outcomes
+        are in ``confusion``; ``imagined_score`` is the world model's graded outcome of each imagined episode
+        (``K.INFO_SCORE``; None for an environment without one) and ``score_auc`` how well it ranks the real
+        successes above the real failures (:func:`rank_auc`; None without both); ``reward_on_real`` is :func:`reward_agreement` (None without ``reward_scorer``); ``*_steps`` are per-episode
         environment steps (``real_success_steps``: the step of each real first success, None for failures);
         ``psnr_by_frame`` is
         :func:`divergence_psnr` of the two closed-loop videos (where the imagined episode leaves the real one), or
@@ -134,7 +136,10 @@ def closed_loop_agreement(
     out = {"kappa": kappa, "confusion": confusion(r, i), "real_success": float(r.mean()),
            "imagined_success": float(i.mean()), "real_env_steps": int(real.steps.sum()), "episodes": len(r),
            "real_steps": real.steps.tolist(), "imagined_steps": imag.steps.tolist(), "psnr_by_frame": None,
-           "reward_on_real": None}  # fmt: skip
+           "reward_on_real": None, "imagined_score": None, "score_auc": None}  # fmt: skip
+    if K.INFO_SCORE in imag.info:  # the world model's graded outcome: does it rank real successes above failures?
+        score = imag.info[K.INFO_SCORE].float().numpy()
+        out["imagined_score"], out["score_auc"] = score.tolist(), rank_auc(score, r)
     if reward_scorer is not None and real.videos is not None:
         lengths = real.info.get(K.INFO_VIDEO_LENGTHS, torch.full((len(r),), real.videos.shape[1])) - 1
         rule = PersistenceRule(reward_threshold, reward_k)  # the world model's rule, on the real videos

@@ -115,7 +115,8 @@ def closed_loop_check(model_dir: str, task: str, policy: str, out: str | Path, e
     """Whole episodes of ``policy`` (ODE, the same initial sampler noise) from the same ``episodes`` initial states
     (``CLOSED_LOOP_SEED + i``) in the simulator and inside the model, the imagined success judged by the model's own
     success head (probability 0.5 for 2 frames); ``envs.agreement.closed_loop_agreement``'s outcome (kappa, confusion,
-    both success rates, per-frame PSNR of where the imagined episode leaves the real one). Cached in ``out``.
+    both success rates, the head's graded score per imagined episode and its AUC against the real outcomes, per-frame
+    PSNR of where the imagined episode leaves the real one). Cached in ``out``.
 
     Raises:
         ValueError: when the model has no success head.
@@ -151,10 +152,12 @@ def closed_loop_check(model_dir: str, task: str, policy: str, out: str | Path, e
                           num_steps=num_steps, poses=poses, success_threshold=0.5, success_k=2)  # fmt: skip
     try:
         prompts = [{"task": task, "seed": CLOSED_LOOP_SEED + i} for i in range(episodes)]
+        # a measurement, not a gate: no low-kappa warning
         res = closed_loop_agreement(net, real, world, prompts, *decoders, queries, kappa_threshold=-1.0)
     finally:
         real.close()
-    keep = ("kappa", "confusion", "real_success", "imagined_success", "episodes", "real_env_steps", "psnr_by_frame")
+    keep = ("kappa", "confusion", "real_success", "imagined_success", "episodes", "real_env_steps", "psnr_by_frame",
+            "imagined_score", "score_auc")  # fmt: skip
     summary = {k: res[k] for k in keep} | {"recipe": recipe}
     mark_done(out, summary)
     return summary

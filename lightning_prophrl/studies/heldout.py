@@ -161,21 +161,26 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{np.mean(values):.2f}" + (f" ± {np.std(values):.2f}" if len(values) > 1 else "")
 
 
+def _auc(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def closed_loop_table(loops: dict[str, list[dict[str, Any]]]) -> str:
     """Markdown of ``closed_loop_check`` outcomes per model (one row per adaptation seed): real and imagined successes,
-    the episodes on which they agree, and Cohen's kappa."""
+    the episodes on which they agree, Cohen's kappa, and the AUC of the head's graded score against the real outcomes
+    ("-" when the real episodes all succeed or all fail)."""
     first = next(iter(loops.values()))[0]
     lines = [f"Closed loop: the policy (ODE) from {first['episodes']} initial states in the simulator and inside the "
              "model, imagined success judged by the model's success head", "",
-             "| model | real successes | imagined successes | agree | imagined only | real only | kappa |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| model | real successes | imagined successes | agree | imagined only | real only | kappa | score AUC |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for label, checks in loops.items():
         for i, c in enumerate(checks):
             n, conf = c["episodes"], c["confusion"]
             name = label if len(checks) == 1 else f"{label} (seed {i})"
             lines.append(f"| {name} | {round(c['real_success'] * n)} / {n} | {round(c['imagined_success'] * n)} / {n} "
                          f"| {conf['both'] + conf['neither']} / {n} | {conf['imagined_only']} | {conf['real_only']} "
-                         f"| {c['kappa']:.2f} |")  # fmt: skip
+                         f"| {c['kappa']:.2f} | {_auc(c.get('score_auc'))} |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -115,6 +115,8 @@ def test_closed_loop_agreement_gate_runs_both_worlds_and_warns(prophet):
     first_real = real.video()[:, 0]
     real.close()
     assert out["episodes"] == 2 and sum(out["confusion"].values()) == 2 and out["real_env_steps"] == 16
+    assert len(out["imagined_score"]) == 2 and all(0.0 <= v <= 1.0 for v in out["imagined_score"])
+    assert out["score_auc"] is None  # no real success to rank
     # a reward model that calls everything a success, judging the 8-step real episodes (2 scored frames each)
     assert out["real_success"] == 0.0 and out["real_success_steps"] == [None, None]
     assert out["reward_on_real"]["predicted_rate"] == 1.0 and out["reward_on_real"]["precision"] == 0.0
