@@ -242,8 +242,8 @@ class DemoConfig:
     @classmethod
     def table10(cls, **kw: Any) -> DemoConfig:
         """The whole comparison in the form of the paper's Table 10: 3 seeds, FA-GRPO with and without FlowScale, in
-        the simulator and inside Prophet (``--table10``; ``kw`` override)."""
-        base = dict(out="runs/table10", seeds=[0, 1, 2],
+        the simulator and inside Prophet, the seeds in 3 processes at once (``--table10``; ``kw`` override)."""
+        base = dict(out="runs/table10", seeds=[0, 1, 2], seed_workers=3,
                     variants=["sim_fagrpo", "sim_fagrpo_flowscale", "wm_fagrpo_branch", "wm_fagrpo_branch_flowscale"])  # fmt: skip
         base.update(kw)
         return cls(**base)
