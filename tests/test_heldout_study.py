@@ -44,6 +44,17 @@ def data(tmp_path_factory):
                         max_steps=16)  # fmt: skip
 
 
+def save_tiny_policy(data: dict[str, str], out: Path) -> ActionStats:
+    """A small window-open policy on the adaptation set's action statistics, saved to ``out``; returns the stats."""
+    stats = ActionStats.load(Path(data["adapt"]) / K.STATS_FILE)
+    policy = FlowMatchingPolicy(action_dim=4, chunk_len=4, exec_horizon=2, state_dim=4,
+                                instructions=[instruction_for("window-open-v3")], cond_dim=16, width=16, depth=1,
+                                num_heads=2, num_steps=2, cnn_channels=(8, 8))  # fmt: skip
+    policy.set_action_stats(stats, [0, 1, 2, 6])
+    policy.save_pretrained(out)
+    return stats
+
+
 def test_only_heldout_tasks_are_accepted(tmp_path):
     with pytest.raises(ValueError, match="not a held-out task"):
         heldout_data("reach-v3", tmp_path)
@@ -85,12 +96,7 @@ def test_policy_set_and_end_effector_path_error(data, tmp_path):
     """A policy adds ``cf_policy`` (its own SDE rollouts, cached per policy and noise); the readout is fitted on the
     adaptation frames and every report then carries the end-effector path error of each video."""
     torch.manual_seed(0)
-    stats = ActionStats.load(Path(data["adapt"]) / K.STATS_FILE)
-    policy = FlowMatchingPolicy(action_dim=4, chunk_len=4, exec_horizon=2, state_dim=4,
-                                instructions=[instruction_for("window-open-v3")], cond_dim=16, width=16, depth=1,
-                                num_heads=2, num_steps=2, cnn_channels=(8, 8))  # fmt: skip
-    policy.set_action_stats(stats, [0, 1, 2, 6])
-    policy.save_pretrained(tmp_path / "policy")
+    stats = save_tiny_policy(data, tmp_path / "policy")
     root = Path(data["adapt"]).parent
     kw = dict(adapt_episodes=2, eval_episodes=2, cf_episodes=1, size=16, max_steps=16)
     sets = heldout_data("window-open-v3", root, policy=str(tmp_path / "policy"), **kw)
@@ -118,12 +124,7 @@ def test_closed_loop_check_judges_imagined_episodes_with_the_success_head(data, 
     """The policy's whole episodes in the simulator and inside the model from the same starts; the imagined outcome is
     the model's success head: forced to 'success' every imagined episode succeeds, and the confusion follows."""
     torch.manual_seed(0)
-    stats = ActionStats.load(Path(data["adapt"]) / K.STATS_FILE)
-    policy = FlowMatchingPolicy(action_dim=4, chunk_len=4, exec_horizon=2, state_dim=4,
-                                instructions=[instruction_for("window-open-v3")], cond_dim=16, width=16, depth=1,
-                                num_heads=2, num_steps=2, cnn_channels=(8, 8))  # fmt: skip
-    policy.set_action_stats(stats, [0, 1, 2, 6])
-    policy.save_pretrained(tmp_path / "policy")
+    stats = save_tiny_policy(data, tmp_path / "policy")
     model = Prophet(**UNET)
     with torch.no_grad():
         model.success_mlp[-1].bias.fill_(30.0)  # the head says 'success' whatever it sees
