@@ -145,6 +145,13 @@ def test_closed_loop_check_judges_imagined_episodes_with_the_success_head(data, 
                              **kw) == load_done(tmp_path / "cl") and done.stat().st_mtime_ns == mtime  # fmt: skip
     table = closed_loop_table({"zero_shot": [res], "lora": [res, res]})
     assert f"| zero_shot | {conf['both']} / 3 | 3 / 3 | {conf['both']} / 3 |" in table and "| lora (seed 1) |" in table
+    all_real = {
+        **res,
+        "confusion": {"both": 3, "real_only": 0, "imagined_only": 0, "neither": 0},
+        "kappa": 1.0,
+        "score_auc": None,
+    }
+    assert closed_loop_table({"lora": [all_real]}).endswith("| 0 | 0 | - | - |")  # nothing to agree on
     Prophet(**{**UNET, "success_head": False}).save_pretrained(tmp_path / "headless")
     with pytest.raises(ValueError, match="no success head"):
         closed_loop_check(str(tmp_path / "headless"), "window-open-v3", str(tmp_path / "policy"), tmp_path / "x", **kw)

@@ -165,10 +165,17 @@ def _auc(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _kappa(check: dict[str, Any]) -> str:
+    """Kappa, or "-" when every real episode succeeded (or every one failed): nothing to agree on."""
+    conf = check["confusion"]
+    real = conf["both"] + conf["real_only"]
+    return "-" if real in (0, check["episodes"]) else f"{check['kappa']:.2f}"
+
+
 def closed_loop_table(loops: dict[str, list[dict[str, Any]]]) -> str:
     """Markdown of ``closed_loop_check`` outcomes per model (one row per adaptation seed): real and imagined successes,
-    the episodes on which they agree, Cohen's kappa, and the AUC of the head's graded score against the real outcomes
-    ("-" when the real episodes all succeed or all fail)."""
+    the episodes on which they agree, Cohen's kappa and the AUC of the head's graded score against the real outcomes
+    (both "-" when the real episodes all succeed or all fail)."""
     first = next(iter(loops.values()))[0]
     lines = [f"Closed loop: the policy (ODE) from {first['episodes']} initial states in the simulator and inside the "
              "model, imagined success judged by the model's success head", "",
@@ -180,7 +187,7 @@ def closed_loop_table(loops: dict[str, list[dict[str, Any]]]) -> str:
             name = label if len(checks) == 1 else f"{label} (seed {i})"
             lines.append(f"| {name} | {round(c['real_success'] * n)} / {n} | {round(c['imagined_success'] * n)} / {n} "
                          f"| {conf['both'] + conf['neither']} / {n} | {conf['imagined_only']} | {conf['real_only']} "
-                         f"| {c['kappa']:.2f} | {_auc(c.get('score_auc'))} |")  # fmt: skip
+                         f"| {_kappa(c)} | {_auc(c.get('score_auc'))} |")  # fmt: skip
     return "\n".join(lines)
 
 
