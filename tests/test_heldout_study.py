@@ -138,6 +138,7 @@ def test_closed_loop_check_judges_imagined_episodes_with_the_success_head(data, 
     assert res["real_env_steps"] == n * 16  # whole real episodes (run past any success)
     assert len(res["imagined_score"]) == n and min(res["imagined_score"]) > 0.99  # the head's graded score
     assert res["score_auc"] in (None, 0.5)  # equal scores rank no real success above a failure
+    assert sum(step is not None for step in res["real_success_steps"]) == conf["both"]  # per real episode
     assert len(res["psnr_by_frame"]) > 1 and np.isfinite(res["psnr_by_frame"][0])
     done = tmp_path / "cl" / "done.json"
     mtime = done.stat().st_mtime_ns

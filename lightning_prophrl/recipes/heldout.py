@@ -115,8 +115,9 @@ def closed_loop_check(model_dir: str, task: str, policy: str, out: str | Path, e
     """Whole episodes of ``policy`` (ODE, the same initial sampler noise) from the same ``episodes`` initial states
     (``CLOSED_LOOP_SEED + i``) in the simulator and inside the model, the imagined success judged by the model's own
     success head (probability 0.5 for 2 frames); ``envs.agreement.closed_loop_agreement``'s outcome (kappa, confusion,
-    both success rates, the head's graded score per imagined episode and its AUC against the real outcomes, per-frame
-    PSNR of where the imagined episode leaves the real one). Cached in ``out``.
+    both success rates, the head's graded score per imagined episode and its AUC against the real outcomes, the step of
+    each real first success (None for a failure), per-frame PSNR of where the imagined episode leaves the real one).
+    Cached in ``out``.
 
     Raises:
         ValueError: when the model has no success head.
@@ -158,7 +159,7 @@ def closed_loop_check(model_dir: str, task: str, policy: str, out: str | Path, e
         real.close()
     keep = ("kappa", "confusion", "real_success", "imagined_success", "episodes", "real_env_steps", "psnr_by_frame",
             "imagined_score", "score_auc")  # fmt: skip
-    summary = {k: res[k] for k in keep} | {"recipe": recipe}
+    summary = {k: res[k] for k in keep} | {"recipe": recipe, "real_success_steps": res.get("real_success_steps")}
     mark_done(out, summary)
     return summary
 
