@@ -156,3 +156,31 @@ def test_closed_loop_check_judges_imagined_episodes_with_the_success_head(data, 
     Prophet(**{**UNET, "success_head": False}).save_pretrained(tmp_path / "headless")
     with pytest.raises(ValueError, match="no success head"):
         closed_loop_check(str(tmp_path / "headless"), "window-open-v3", str(tmp_path / "policy"), tmp_path / "x", **kw)
+
+
+def test_adaptation_mixture_holds_expert_and_policy_episodes_and_adapts(tmp_path):
+    """``studies.adapt_mix``: the 20 adaptation episodes are noisy-expert ones and the policy's own SDE rollouts (from
+    initial states apart from the evaluation ones); LoRA on the mixture moves the weights; stages are cached."""
+    from lightning_prophrl.studies.adapt_mix import MIX_POLICY_SEED, run_mix
+
+    torch.manual_seed(0)
+    root = tmp_path / "out"
+    data = heldout_data("window-open-v3", root / "data" / "window-open-v3", size=16, max_steps=16,
+                        adapt_episodes=2, eval_episodes=2, cf_episodes=1)  # fmt: skip
+    save_tiny_policy(data, tmp_path / "policy")
+    pretrained = tmp_path / "pretrained"
+    Prophet(**UNET).save_pretrained(pretrained)
+    (pretrained / K.STATS_FILE).write_text((Path(data["adapt"]) / K.STATS_FILE).read_text())
+    kw = dict(policy_episodes=3, size=16, max_steps=16, adapt_steps=2, closed_loop=2, report=False, batch_size=2)
+    res = run_mix(str(pretrained), "window-open-v3", str(tmp_path / "policy"), root, **kw)
+    expert, own = (list(iter_episodes(d)) for d in res["mixture"])
+    assert len(expert) == 17 and len(own) == 3 and Path(res["mixture"][1]).name == "adapt3_policy"
+    assert {ep.meta["source"] for ep in own} == {"policy-sde"}
+    assert sorted(ep.meta["seed"] for ep in own) == [MIX_POLICY_SEED, MIX_POLICY_SEED + 1, MIX_POLICY_SEED + 2]
+    model_dir = root / "window-open-v3" / "lora_mix3_1_seed0" / "model"
+    base, tuned = Prophet.from_pretrained(pretrained), Prophet.from_pretrained(model_dir)
+    assert any(not torch.equal(p, base.state_dict()[n]) for n, p in tuned.state_dict().items())
+    assert res["seeds"][0]["closed_loop"]["episodes"] == 2
+    mtime = (model_dir.parent / "done.json").stat().st_mtime_ns
+    assert run_mix(str(pretrained), "window-open-v3", str(tmp_path / "policy"), root, **kw) == res
+    assert (model_dir.parent / "done.json").stat().st_mtime_ns == mtime
