@@ -127,7 +127,7 @@ class BranchStarts:
     (``meta["success_steps"]``; a state after success has nothing left to learn) and at least ``margin`` actions before
     its end, so that a branch of ``margin`` actions stays within the real step budget. ``PREFIX_ACTIONS`` (the
     recorded actions ``0 .. t - 1``) let a simulator replay its way to the same state (``MetaWorldEnv.reset``), so the
-    same start can be branched for real as well as in imagination (``envs.agreement.within_start_outcomes``).
+    same start can be branched for real as well as in imagination (``envs.branches.within_start_outcomes``).
     """
 
     def __init__(self, every: int, margin: int, history_len: int, history_stride: int, image_size: int):

@@ -252,7 +252,8 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     from lightning_prophrl.callbacks import ImaginationGuardCallback, SimEvalCallback
     from lightning_prophrl.datamodules.prompts import PromptDataModule
     from lightning_prophrl.datamodules.shards import load_stats
-    from lightning_prophrl.envs.agreement import branch_agreement, closed_loop_agreement
+    from lightning_prophrl.envs.agreement import closed_loop_agreement
+    from lightning_prophrl.envs.branches import branch_agreement
     from lightning_prophrl.envs.metaworld import MetaWorldEnv
     from lightning_prophrl.envs.poses import CommandedPoses
     from lightning_prophrl.envs.rollout import ActionDecoder

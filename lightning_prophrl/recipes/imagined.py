@@ -146,7 +146,7 @@ def imagine_branch_dataset(
 
     From every ``every``-th frame of each episode of ``source_dir`` before its first success (``BranchStarts``, with
     the recorded memory and commanded target), Prophet replays the recorded actions for ``segments`` segments of
-    ``actions_per_segment`` actions (``envs.agreement.replay_branches``). Each branch becomes one episode of
+    ``actions_per_segment`` actions (``envs.branches.replay_branches``). Each branch becomes one episode of
     ``segments + 1`` imagined frames whose ``success_steps`` are the simulator's flags of the recorded frames they
     stand for. These are the frames RL on branches shows its reward model, from real states; the bridged classifier's
     imagined twins are whole-episode open-loop replays from the first frame (docs/history.md, round v8).
@@ -167,7 +167,7 @@ def _imagine_branches(tmp: Path, model_dir, source_dir, task, segments, actions_
                       num_steps, seed, batch_size) -> dict[str, Any]:  # fmt: skip
     from lightning_prophrl.datamodules.prompts import PromptDataModule
     from lightning_prophrl.datamodules.shards import load_stats
-    from lightning_prophrl.envs.agreement import replay_branches
+    from lightning_prophrl.envs.branches import replay_branches
     from lightning_prophrl.envs.poses import CommandedPoses
     from lightning_prophrl.envs.world_model import WorldModelEnv
     from lightning_prophrl.metrics import video_to_uint8

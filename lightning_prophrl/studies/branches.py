@@ -1,5 +1,5 @@
 """Within-start study: from one real state, do G branches of the policy have different outcomes, in reality and in
-Prophet, and does Prophet order them the way reality does? (``envs.agreement.within_start_outcomes``.)
+Prophet, and does Prophet order them the way reality does? (``envs.branches.within_start_outcomes``.)
 
 Group-relative RL (GRPO, FA-GRPO) learns only from groups whose rewards differ, so a world model for it must get
 *which branches of one start* succeed, not just which starts succeed. This study branches the demo's SFT policy
@@ -78,7 +78,7 @@ def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
     from lightning_prophrl.demo.config import DemoConfig
     from lightning_prophrl.demo.imagined import _with_branch_classifier, branch_prompts
     from lightning_prophrl.demo.stages import build_policy, wm_success_scoring
-    from lightning_prophrl.envs.agreement import within_start_outcomes
+    from lightning_prophrl.envs.branches import within_start_outcomes
     from lightning_prophrl.envs.metaworld import MetaWorldEnv
     from lightning_prophrl.envs.poses import CommandedPoses
     from lightning_prophrl.envs.rollout import ActionDecoder

@@ -215,7 +215,7 @@ def test_branch_prompts_seed_the_memory_and_the_commanded_target(prophet):
 
 def test_branch_agreement_replays_recorded_actions_and_reads_the_real_window(prophet, tmp_path):
     from lightning_prophrl.datamodules.prompts import PromptDataModule
-    from lightning_prophrl.envs.agreement import branch_agreement
+    from lightning_prophrl.envs.branches import branch_agreement
     from tests.conftest import write_coded_dataset
 
     path = write_coded_dataset(tmp_path / "coded", "coded", episodes=4, length=30, size=32)
@@ -262,7 +262,7 @@ def test_graded_outcome_is_the_best_probability_held_for_k_segments(prophet):
     # windows of 2: rollout 0 min(0.2,.8)=.2, min(.8,.7)=.7, min(.7,.1)=.1 -> .7; rollout 1 .1, .1, .3 -> .3
     torch.testing.assert_close(info[INFO_SCORE], torch.tensor([0.7, 0.3]))
     # the same rule on any video's per-frame probabilities (how the within-start study scores real branches)
-    from lightning_prophrl.envs.agreement import held_score
+    from lightning_prophrl.envs.branches import held_score
 
     per_frame = torch.tensor([[0.2, 0.8, 0.7, 0.1], [0.9, 0.1, 0.95, 0.3]])
     torch.testing.assert_close(held_score(per_frame, torch.tensor([4, 4]), 2), info[INFO_SCORE])
@@ -278,7 +278,7 @@ def test_graded_outcome_is_the_best_probability_held_for_k_segments(prophet):
 
 
 def test_pair_auc_counts_how_imagined_rewards_order_branches_whose_real_outcomes_differ():
-    from lightning_prophrl.envs.agreement import _pair_auc
+    from lightning_prophrl.envs.branches import _pair_auc
 
     real = np.array([1.0, 0.0, 0.0, 1.0])
     assert _pair_auc(real, real) == (4.0, 4)  # 2 successes x 2 failures, all ordered the same way
@@ -288,7 +288,7 @@ def test_pair_auc_counts_how_imagined_rewards_order_branches_whose_real_outcomes
 
 
 def test_held_score_is_the_best_probability_held_for_k_frames_within_each_length():
-    from lightning_prophrl.envs.agreement import held_score
+    from lightning_prophrl.envs.branches import held_score
 
     probs = torch.tensor([[0.1, 0.9, 0.8, 0.95, 0.2], [0.9, 0.9, 0.9, 0.1, 0.1], [0.5, 0.99, 0.99, 0.99, 0.99]])
     # k = 2: windows [min of 2]; row 3 is only 2 frames long, so its 0.99 plateau is not reached
@@ -304,7 +304,7 @@ def test_prefix_actions_replay_the_recorded_state_and_within_start_branches_both
     from lightning_prophrl.datamodules.metaworld_gen import generate_policy_rollouts
     from lightning_prophrl.datamodules.prompts import PromptDataModule
     from lightning_prophrl.datamodules.shards import load_stats
-    from lightning_prophrl.envs.agreement import within_start_outcomes
+    from lightning_prophrl.envs.branches import within_start_outcomes
     from lightning_prophrl.envs.metaworld import MetaWorldEnv
     from lightning_prophrl.envs.rollout import ActionDecoder
     from lightning_prophrl.models.policy import FlowMatchingPolicy
