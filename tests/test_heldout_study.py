@@ -16,6 +16,7 @@ from lightning_prophrl.datamodules.shards import iter_episodes
 from lightning_prophrl.envs.instructions import instruction_for
 from lightning_prophrl.models.policy import FlowMatchingPolicy
 from lightning_prophrl.models.prophet import Prophet
+from lightning_prophrl.recipes.heldout import CALIBRATION_SEED, calibrated
 from lightning_prophrl.stage_cache import load_done
 from lightning_prophrl.studies.heldout import (
     POLICY_SET,
@@ -152,7 +153,15 @@ def test_closed_loop_check_judges_imagined_episodes_with_the_success_head(data, 
         "kappa": 1.0,
         "score_auc": None,
     }
-    assert closed_loop_table({"lora": [all_real]}).endswith("| 0 | 0 | - | - |")  # nothing to agree on
+    assert closed_loop_table({"lora": [all_real]}).endswith("| 0 | 0 | - | - | - | - | - |")  # nothing to agree on
+    # calibration episodes from other starts: every real one fails here, so no threshold can be fitted
+    cal = closed_loop_check(str(tmp_path / "model"), "window-open-v3", str(tmp_path / "policy"), tmp_path / "cal",
+                            **kw, calibration=2)  # fmt: skip
+    assert cal["calibration"]["episodes"] == 2 and load_done(tmp_path / "cal" / "calibration")["episodes"] == 2
+    assert load_done(tmp_path / "cal" / "calibration")["recipe"]["first_seed"] == CALIBRATION_SEED
+    assert cal["confusion"] == conf  # the evaluation episodes are the uncalibrated check's
+    if cal["calibration"]["real_success"] in (0.0, 1.0):
+        assert cal["calibration"]["fit"] is None and cal["fitted"] is None
     Prophet(**{**UNET, "success_head": False}).save_pretrained(tmp_path / "headless")
     with pytest.raises(ValueError, match="no success head"):
         closed_loop_check(str(tmp_path / "headless"), "window-open-v3", str(tmp_path / "policy"), tmp_path / "x", **kw)
@@ -171,7 +180,16 @@ def test_adaptation_mixture_holds_expert_and_policy_episodes_and_adapts(tmp_path
     pretrained = tmp_path / "pretrained"
     Prophet(**UNET).save_pretrained(pretrained)
     (pretrained / K.STATS_FILE).write_text((Path(data["adapt"]) / K.STATS_FILE).read_text())
-    kw = dict(policy_episodes=3, size=16, max_steps=16, adapt_steps=2, closed_loop=2, report=False, batch_size=2)
+    kw = dict(
+        policy_episodes=3,
+        size=16,
+        max_steps=16,
+        adapt_steps=2,
+        closed_loop=2,
+        report=False,
+        batch_size=2,
+        calibration=0,
+    )
     res = run_mix(str(pretrained), "window-open-v3", str(tmp_path / "policy"), root, **kw)
     expert, own = (list(iter_episodes(d)) for d in res["mixture"])
     assert len(expert) == 17 and len(own) == 3 and Path(res["mixture"][1]).name == "adapt3_policy"
@@ -184,3 +202,35 @@ def test_adaptation_mixture_holds_expert_and_policy_episodes_and_adapts(tmp_path
     mtime = (model_dir.parent / "done.json").stat().st_mtime_ns
     assert run_mix(str(pretrained), "window-open-v3", str(tmp_path / "policy"), root, **kw) == res
     assert (model_dir.parent / "done.json").stat().st_mtime_ns == mtime
+
+
+def test_the_threshold_fitted_on_calibration_episodes_is_applied_to_the_evaluation_scores():
+    """The head over-calls success (every score above 0.5) but ranks: the cut fitted on the calibration check
+    (between its real failures' and successes' scores) recovers the evaluation episodes' outcomes."""
+    calib = {
+        "episodes": 4,
+        "real_success": 0.5,
+        "imagined_success": 1.0,
+        "kappa": 0.0,
+        "score_auc": 1.0,
+        "imagined_score": [0.6, 0.7, 0.9, 0.95],
+        "real_success_steps": [None, None, 40, 12],
+    }
+    check = {"episodes": 3, "imagined_score": [0.65, 0.92, 0.85], "real_success_steps": [None, 30, None]}
+    out = calibrated(calib, check)
+    assert out["calibration"]["fit"]["threshold"] == pytest.approx(0.8) and out["calibration"]["kappa"] == 0.0
+    fitted = out["fitted"]
+    assert fitted["threshold"] == pytest.approx(0.8) and fitted["imagined_success"] == pytest.approx(2 / 3)
+    assert fitted["confusion"] == {"both": 1, "real_only": 0, "imagined_only": 1, "neither": 1}
+    assert fitted["kappa"] == pytest.approx(0.4)  # p_o 2/3, p_e 5/9
+    row = {
+        **check,
+        "confusion": fitted["confusion"],
+        "real_success": 1 / 3,
+        "imagined_success": 1.0,
+        "kappa": 0.0,
+        "score_auc": 0.5,
+        **out,
+    }
+    assert closed_loop_table({"lora": [row]}).endswith("| 0.800 | 2 / 3 | 0.40 |")
+    assert calibrated({**calib, "real_success_steps": [None] * 4}, check)["fitted"] is None  # one class: no fit

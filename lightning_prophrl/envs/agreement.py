@@ -57,6 +57,28 @@ def reward_agreement(real: np.ndarray, judged: np.ndarray) -> dict[str, Any]:
             "kappa": cohen_kappa(real, judged), "predicted_rate": float(np.mean(judged)), "confusion": c}  # fmt: skip
 
 
+def fit_threshold(score: np.ndarray, label: np.ndarray) -> dict[str, Any] | None:
+    """The success threshold that best turns a graded score into the real outcomes: ``score > threshold`` counted as
+    success, the threshold chosen among the midpoints between consecutive distinct scores (and one below the lowest,
+    one above the highest) to maximize Cohen's kappa against ``label``; ties go to the candidate with the widest gap
+    around it. Fit it on calibration episodes and apply it to others.
+
+    Returns:
+        ``{"threshold", "kappa", "episodes"}`` (kappa on the fitting episodes themselves), or None when ``label`` has
+        one class only (no threshold can tell anything apart).
+    """
+    s, y = np.asarray(score, dtype=float), np.asarray(label, dtype=bool)
+    if s.shape != y.shape or s.ndim != 1:
+        raise ValueError(f"score {s.shape} and label {y.shape} must be two 1-D arrays of the same length")
+    if y.all() or not y.any():
+        return None
+    u = np.unique(s)
+    edges = np.concatenate([[u[0] - 1.0], u, [u[-1] + 1.0]])
+    cands, gaps = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    best = max(range(len(cands)), key=lambda j: (round(cohen_kappa(y, s > cands[j]), 12), gaps[j]))
+    return {"threshold": float(cands[best]), "kappa": cohen_kappa(y, s > cands[best]), "episodes": len(y)}
+
+
 @torch.no_grad()
 def divergence_psnr(
     real: torch.Tensor, real_len: torch.Tensor, imagined: torch.Tensor, imagined_len: torch.Tensor

@@ -11,6 +11,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from lightning_prophrl.envs.task_split import HELDOUT_TASKS
 from lightning_prophrl.stage_cache import is_done, load_done, mark_done
 
@@ -20,6 +22,7 @@ POLICY_SET = "cf_policy"  # with a policy: its SDE rollouts at high noise, what 
 ADAPT_SEED, EVAL_SEED = 500, 800
 POLICY_SEED = 7800  # cf_policy initial states (on-line range: policy rollouts take seeds >= 2000)
 CLOSED_LOOP_SEED = 7900  # closed-loop check initial states (after the cf_policy ones)
+CALIBRATION_SEED = 8200  # the closed-loop check's calibration episodes (its success threshold is fitted on them)
 
 
 def heldout_data(
@@ -110,14 +113,21 @@ def policy_set(task: str, policy: str, out: str | Path, episodes: int, noise: fl
 
 
 def closed_loop_check(model_dir: str, task: str, policy: str, out: str | Path, episodes: int = 30,
-                      num_steps: int = 1, size: int = 64, camera: str = "workspace",
-                      max_steps: int = 150) -> dict[str, Any]:  # fmt: skip
+                      num_steps: int = 1, size: int = 64, camera: str = "workspace", max_steps: int = 150,
+                      calibration: int = 0, first_seed: int = CLOSED_LOOP_SEED) -> dict[str, Any]:  # fmt: skip
     """Whole episodes of ``policy`` (ODE, the same initial sampler noise) from the same ``episodes`` initial states
-    (``CLOSED_LOOP_SEED + i``) in the simulator and inside the model, the imagined success judged by the model's own
+    (``first_seed + i``) in the simulator and inside the model, the imagined success judged by the model's own
     success head (probability 0.5 for 2 frames); ``envs.agreement.closed_loop_agreement``'s outcome (kappa, confusion,
     both success rates, the head's graded score per imagined episode and its AUC against the real outcomes, the step of
     each real first success (None for a failure), per-frame PSNR of where the imagined episode leaves the real one).
     Cached in ``out``.
+
+    With ``calibration > 0``, the same check first runs on ``calibration`` other initial states (``CALIBRATION_SEED +
+    i``, cached in ``out/calibration``); the success threshold that agrees best with their real outcomes
+    (``envs.agreement.fit_threshold`` on the graded scores) is then applied to this check's graded scores:
+    ``"calibration"`` (that check's rates, kappa, AUC and the fit; the fit is None when its real episodes all
+    succeed or all fail) and ``"fitted"`` (``threshold``, ``kappa``, ``imagined_success`` and ``confusion`` at the
+    fitted threshold, or None without a fit). The evaluation episodes never choose the threshold.
 
     Raises:
         ValueError: when the model has no success head.
@@ -133,9 +143,13 @@ def closed_loop_check(model_dir: str, task: str, policy: str, out: str | Path, e
 
     out = Path(out)
     recipe = {"model": str(Path(model_dir).resolve()), "policy": str(Path(policy).resolve()), "episodes": episodes,
-              "num_steps": num_steps}  # fmt: skip
+              "num_steps": num_steps, "first_seed": first_seed, "calibration": calibration}  # fmt: skip
     if is_done(out) and load_done(out).get("recipe") == recipe:
         return load_done(out)
+    calib = None
+    if calibration:
+        calib = closed_loop_check(model_dir, task, policy, out / "calibration", calibration, num_steps, size, camera,
+                                  max_steps, first_seed=CALIBRATION_SEED)  # fmt: skip
     prophet = Prophet.from_pretrained(model_dir)
     if not prophet.config.success_head:
         raise ValueError(f"{model_dir}: the model has no success head (config `success_head: false`); the closed-loop "
@@ -160,8 +174,29 @@ def closed_loop_check(model_dir: str, task: str, policy: str, out: str | Path, e
     keep = ("kappa", "confusion", "real_success", "imagined_success", "episodes", "real_env_steps", "psnr_by_frame",
             "imagined_score", "score_auc")  # fmt: skip
     summary = {k: res[k] for k in keep} | {"recipe": recipe, "real_success_steps": res.get("real_success_steps")}
+    if calib is not None:
+        summary |= calibrated(calib, summary)
     mark_done(out, summary)
     return summary
+
+
+def calibrated(calib: dict[str, Any], check: dict[str, Any]) -> dict[str, Any]:
+    """The success threshold fitted on one closed-loop check (``calib``: its graded scores against its real outcomes,
+    ``envs.agreement.fit_threshold``) applied to another (``check``); returns ``{"calibration", "fitted"}`` as
+    :func:`closed_loop_check` documents."""
+    from lightning_prophrl.envs.agreement import cohen_kappa, confusion, fit_threshold
+
+    def real_of(c: dict[str, Any]) -> np.ndarray:
+        return np.array([step is not None for step in c["real_success_steps"]])
+
+    fit = fit_threshold(np.asarray(calib["imagined_score"]), real_of(calib))
+    keep = ("episodes", "real_success", "imagined_success", "kappa", "score_auc")
+    out: dict[str, Any] = {"calibration": {k: calib[k] for k in keep} | {"fit": fit}, "fitted": None}
+    if fit is not None:
+        real, imagined = real_of(check), np.asarray(check["imagined_score"]) > fit["threshold"]
+        out["fitted"] = {"threshold": fit["threshold"], "kappa": cohen_kappa(real, imagined),
+                         "imagined_success": float(imagined.mean()), "confusion": confusion(real, imagined)}  # fmt: skip
+    return out
 
 
 def task_readout(data: dict[str, str], out: str | Path, steps: int = 1500, seed: int = 0,

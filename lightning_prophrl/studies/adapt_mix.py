@@ -10,7 +10,8 @@ noise range) and ``K`` real SDE rollouts of the policy (``--policy-episodes``, a
 ``MIX_POLICY_SEED + i``, apart from the study's ``cf_policy`` and closed-loop states), sampled half and half. Per seed:
 LoRA adaptation of the shipped model on the mixture (the held-out study's recipe otherwise), then
 :func:`~lightning_prophrl.recipes.heldout.closed_loop_check` of the same policy (the closed-loop table of the held-out
-study) and, unless ``--no-report``, the open-loop report on ``eval`` and ``cf_policy``. Stages are cached under
+study, its success threshold fitted on ``--calibration`` episodes from other initial states) and, unless
+``--no-report``, the open-loop report on ``eval`` and ``cf_policy``. Stages are cached under
 ``--out`` beside the held-out study's (``data/<task>/adapt<N>_expert``, ``adapt<K>_policy``;
 ``<task>/lora_mix_seed<s>``; a mixture of other counts or noise is a new stage directory).
 """
@@ -64,7 +65,7 @@ def mix_data(task: str, policy: str, data_dir: str | Path, policy_episodes: int 
 def run_mix(model: str, task: str, policy: str, out: str | Path, seeds: Sequence[int] = (0,),
             policy_episodes: int = 10, policy_noise: float = 1.0, adapt_steps: int = 400, closed_loop: int = 30,
             report: bool = True, size: int = 64, max_steps: int = 150, batch_size: int = 16,
-            num_segments: int = 38) -> dict[str, Any]:  # fmt: skip
+            num_segments: int = 38, calibration: int = 30) -> dict[str, Any]:  # fmt: skip
     """The study of the module docstring; returns ``{"mixture", "seeds": {seed: {"closed_loop", "report"}}}``."""
     from lightning_prophrl.recipes.prophet_report import world_model_report
 
@@ -78,7 +79,8 @@ def run_mix(model: str, task: str, policy: str, out: str | Path, seeds: Sequence
         stage = out / task / f"{name}_seed{seed}"
         model_dir = adapt(model, mixture, stage, adapt_steps, "lora", seed, batch_size=batch_size)  # type: ignore[arg-type]
         row: dict[str, Any] = {"closed_loop": closed_loop_check(model_dir, task, policy, stage / "report" / "closed_loop",
-                                                                closed_loop, size=size, max_steps=max_steps)}  # fmt: skip
+                                                                closed_loop, size=size, max_steps=max_steps,
+                                                                calibration=calibration)}  # fmt: skip
         if report:
             row["report"] = {s: world_model_report(model_dir, data[s], stage / "report" / s, num_episodes=20,
                                                    num_segments=num_segments, num_steps=1, seed=0)
@@ -97,6 +99,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--policy-episodes", type=int, default=10, help="K of the 20 adaptation episodes")
     ap.add_argument("--policy-noise", type=float, default=1.0, help="SDE noise level of the policy's episodes")
     ap.add_argument("--closed-loop", type=int, default=30, metavar="N")
+    ap.add_argument(
+        "--calibration",
+        type=int,
+        default=30,
+        metavar="N",
+        help="fit the closed loop's success threshold on N episodes from other states (0: no fit)",
+    )
     ap.add_argument("--no-report", action="store_true", help="skip the open-loop report")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("PROPHRL_THREADS", 2)))
     args = ap.parse_args(argv)
@@ -104,11 +113,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     res = run_mix(args.model, args.task, args.policy, args.out, [int(s) for s in args.seeds.split(",") if s],
-                  args.policy_episodes, args.policy_noise, closed_loop=args.closed_loop, report=not args.no_report)  # fmt: skip
+                  args.policy_episodes, args.policy_noise, closed_loop=args.closed_loop, report=not args.no_report,
+                  calibration=args.calibration)  # fmt: skip
     for seed, row in res["seeds"].items():
         cl = row["closed_loop"]
         print(f"seed {seed}: real {cl['real_success']:.2f}, imagined {cl['imagined_success']:.2f}, "
-              f"kappa {cl['kappa']:.2f}, score AUC {cl['score_auc']}")  # fmt: skip
+              f"kappa {cl['kappa']:.2f}, score AUC {cl['score_auc']}; fitted: {cl.get('fitted')}")  # fmt: skip
     (Path(args.out) / f"adapt_mix_{args.task}.json").write_text(json.dumps(res, indent=2, default=str))
     return res
 

@@ -91,13 +91,15 @@ def run_study(
     policy_noise: float = 2.0,
     ee_readout: bool = True,
     closed_loop: int = 30,
+    calibration: int = 30,
 ) -> dict[str, Any]:
     """Stages 1-4 of the module docstring; writes ``<out>/<name>.json`` and ``<out>/<name>.md`` (stages are shared
     between calls with the same ``out``: a second call with more seeds reuses the first one's adaptations).
 
     ``policies`` maps a task to a trained policy of it (the ``cf_policy`` set at ``policy_noise``); ``ee_readout``
     fits each task's end-effector readout and adds the path error to every report; with a task's policy, every model
-    also runs ``closed_loop`` whole episodes of it against the simulator (``closed_loop_check``; 0: skip)."""
+    also runs ``closed_loop`` whole episodes of it against the simulator (``closed_loop_check``; 0: skip), with its
+    success threshold fitted on ``calibration`` episodes from other initial states (0: no fit)."""
     out = Path(out)
     results: dict[str, Any] = {"model": model, "mode": mode, "adapt_steps": adapt_steps, "seeds": list(seeds),
                                "num_steps": num_steps, "tasks": {}, "ee_readout_rmse_cm": {},
@@ -122,7 +124,7 @@ def run_study(
                     rows[label][-1]["adapt_seconds"] = load_done(report_dir.parent)["seconds"]
                 if policy and closed_loop:
                     loops[label].append(closed_loop_check(model_dir, task, policy, report_dir / "closed_loop",
-                                                          closed_loop, num_steps))  # fmt: skip
+                                                          closed_loop, num_steps, calibration=calibration))  # fmt: skip
         results["tasks"][task] = rows
         if policy and closed_loop:
             results["closed_loop"][task] = loops
@@ -172,22 +174,35 @@ def _kappa(check: dict[str, Any]) -> str:
     return "-" if real in (0, check["episodes"]) else f"{check['kappa']:.2f}"
 
 
+def _fitted(check: dict[str, Any]) -> str:
+    """The fitted-threshold cells of a closed-loop row: threshold, imagined successes and kappa at it."""
+    fit, n = check.get("fitted"), check["episodes"]
+    if not fit:
+        return "- | - | -"
+    real = fit["confusion"]["both"] + fit["confusion"]["real_only"]
+    kappa = "-" if real in (0, n) else f"{fit['kappa']:.2f}"
+    return f"{fit['threshold']:.3f} | {round(fit['imagined_success'] * n)} / {n} | {kappa}"
+
+
 def closed_loop_table(loops: dict[str, list[dict[str, Any]]]) -> str:
     """Markdown of ``closed_loop_check`` outcomes per model (one row per adaptation seed): real and imagined successes,
     the episodes on which they agree, Cohen's kappa and the AUC of the head's graded score against the real outcomes
-    (both "-" when the real episodes all succeed or all fail)."""
+    (both "-" when the real episodes all succeed or all fail); with a calibrated check, the threshold fitted on the
+    calibration episodes and the imagined successes and kappa at it ("-" without a fit)."""
     first = next(iter(loops.values()))[0]
     lines = [f"Closed loop: the policy (ODE) from {first['episodes']} initial states in the simulator and inside the "
-             "model, imagined success judged by the model's success head", "",
-             "| model | real successes | imagined successes | agree | imagined only | real only | kappa | score AUC |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "model, imagined success judged by the model's success head (probability 0.5, and the threshold fitted "
+             "on calibration episodes from other initial states)", "",
+             "| model | real successes | imagined successes | agree | imagined only | real only | kappa | score AUC "
+             "| fitted threshold | imagined at it | kappa at it |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for label, checks in loops.items():
         for i, c in enumerate(checks):
             n, conf = c["episodes"], c["confusion"]
             name = label if len(checks) == 1 else f"{label} (seed {i})"
             lines.append(f"| {name} | {round(c['real_success'] * n)} / {n} | {round(c['imagined_success'] * n)} / {n} "
                          f"| {conf['both'] + conf['neither']} / {n} | {conf['imagined_only']} | {conf['real_only']} "
-                         f"| {_kappa(c)} | {_auc(c.get('score_auc'))} |")  # fmt: skip
+                         f"| {_kappa(c)} | {_auc(c.get('score_auc'))} | {_fitted(c)} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -233,8 +248,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "set, its SDE rollouts at --policy-noise (repeat per task)")  # fmt: skip
     ap.add_argument("--policy-noise", type=float, default=2.0, help="SDE noise level of the cf_policy rollouts")
     ap.add_argument("--no-ee-readout", action="store_true", help="skip the end-effector readout and path error")
-    ap.add_argument("--closed-loop", type=int, default=30, metavar="N",
-                    help="with --policy: N whole episodes of it in the simulator and inside each model (0: skip)")  # fmt: skip
+    ap.add_argument(
+        "--closed-loop",
+        type=int,
+        default=30,
+        metavar="N",
+        help="with --policy: N whole episodes of it in the simulator and inside each model (0: skip)",
+    )
+    ap.add_argument("--calibration", type=int, default=30, metavar="N",
+                    help="with --closed-loop: fit the success threshold on N episodes from other states (0: no fit)")  # fmt: skip
     ap.add_argument("--compare", default=None,
                     help="instead of the study: LABEL=DIR[:STEPS],... zero-shot on the first task of --tasks")  # fmt: skip
     args = ap.parse_args(argv)
@@ -260,7 +282,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         policies[task] = path
     results = run_study(args.model, args.out, [t for t in args.tasks.split(",") if t],
                         [int(s) for s in args.seeds.split(",") if s], args.adapt_steps, args.mode, args.num_steps,
-                        args.name, policies, args.policy_noise, not args.no_ee_readout, args.closed_loop)  # fmt: skip
+                        args.name, policies, args.policy_noise, not args.no_ee_readout, args.closed_loop,
+                        args.calibration)  # fmt: skip
     print((Path(args.out) / f"{args.name}.md").read_text())
     return results
 

@@ -79,3 +79,25 @@ def test_rank_auc_counts_pairs_and_ties():
     assert rank_auc([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0]) == 1.0
     assert rank_auc([0.1, 0.5, 0.5, 0.9], [1, 1, 0, 0]) == pytest.approx((0 + 0 + 0.5 + 0) / 4)
     assert rank_auc([0.3, 0.4], [1, 1]) is None
+
+
+def test_fit_threshold_maximizes_kappa_and_takes_the_widest_gap_among_ties():
+    from lightning_prophrl.envs.agreement import fit_threshold
+
+    score = np.array([0.10, 0.20, 0.60, 0.62, 0.90, 0.95])
+    label = np.array([0, 0, 0, 1, 1, 1])
+    fit = fit_threshold(score, label)
+    assert fit["threshold"] == pytest.approx(0.61)  # the only cut that separates the classes: kappa 1
+    assert fit["kappa"] == 1.0 and fit["episodes"] == 6
+    # inseparable: a failure (0.6) above a success (0.5); the best cuts, 0.35 and 0.7, both reach kappa 2/3, and 0.35
+    # sits in the wider gap (0.2 .. 0.5 against 0.6 .. 0.8)
+    mixed = np.array([0.1, 0.2, 0.6, 0.5, 0.8, 0.95])
+    fit = fit_threshold(mixed, label)
+    assert fit["threshold"] == pytest.approx(0.35)
+    assert fit["kappa"] == pytest.approx(2 / 3) == cohen_kappa(label, mixed > 0.7)
+    # a head that over-calls success (every score above 0.5) still ranks: the fitted cut recovers kappa 1
+    fit = fit_threshold(np.array([0.7, 0.8, 0.97, 0.99]), np.array([0, 0, 1, 1]))
+    assert fit["threshold"] == pytest.approx(0.885) and fit["kappa"] == 1.0
+    assert fit_threshold(score, np.ones(6)) is None  # one class: nothing to fit
+    with pytest.raises(ValueError, match="same length"):
+        fit_threshold(score, label[:3])
