@@ -157,7 +157,11 @@ def test_closed_loop_check_judges_imagined_episodes_with_the_success_head(data, 
     # calibration episodes from other starts: every real one fails here, so no threshold can be fitted
     cal = closed_loop_check(str(tmp_path / "model"), "window-open-v3", str(tmp_path / "policy"), tmp_path / "cal",
                             **kw, calibration=2)  # fmt: skip
-    assert cal["calibration"]["episodes"] == 2 and load_done(tmp_path / "cal" / "calibration")["episodes"] == 2
+    assert (
+        cal["calibration"]["episodes"] == 2
+        and cal["calibration"]["real_env_steps"] == 2 * 16
+        and load_done(tmp_path / "cal" / "calibration")["episodes"] == 2
+    )
     assert load_done(tmp_path / "cal" / "calibration")["recipe"]["first_seed"] == CALIBRATION_SEED
     assert cal["confusion"] == conf  # the evaluation episodes are the uncalibrated check's
     if cal["calibration"]["real_success"] in (0.0, 1.0):
@@ -209,6 +213,7 @@ def test_the_threshold_fitted_on_calibration_episodes_is_applied_to_the_evaluati
     (between its real failures' and successes' scores) recovers the evaluation episodes' outcomes."""
     calib = {
         "episodes": 4,
+        "real_env_steps": 600,
         "real_success": 0.5,
         "imagined_success": 1.0,
         "kappa": 0.0,

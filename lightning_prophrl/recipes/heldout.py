@@ -190,7 +190,7 @@ def calibrated(calib: dict[str, Any], check: dict[str, Any]) -> dict[str, Any]:
         return np.array([step is not None for step in c["real_success_steps"]])
 
     fit = fit_threshold(np.asarray(calib["imagined_score"]), real_of(calib))
-    keep = ("episodes", "real_success", "imagined_success", "kappa", "score_auc")
+    keep = ("episodes", "real_success", "imagined_success", "kappa", "score_auc", "real_env_steps")
     out: dict[str, Any] = {"calibration": {k: calib[k] for k in keep} | {"fit": fit}, "fitted": None}
     if fit is not None:
         real, imagined = real_of(check), np.asarray(check["imagined_score"]) > fit["threshold"]
