@@ -154,17 +154,15 @@ def test_closed_loop_check_judges_imagined_episodes_with_the_success_head(data, 
         "score_auc": None,
     }
     assert closed_loop_table({"lora": [all_real]}).endswith("| 0 | 0 | - | - | - | - | - |")  # nothing to agree on
-    # calibration episodes from other starts: every real one fails here, so no threshold can be fitted
+    # calibration episodes, as many, from other starts (seeds CALIBRATION_SEED..): other frames, other divergence
     cal = closed_loop_check(str(tmp_path / "model"), "window-open-v3", str(tmp_path / "policy"), tmp_path / "cal",
-                            **kw, calibration=2)  # fmt: skip
-    assert (
-        cal["calibration"]["episodes"] == 2
-        and cal["calibration"]["real_env_steps"] == 2 * 16
-        and load_done(tmp_path / "cal" / "calibration")["episodes"] == 2
-    )
-    assert load_done(tmp_path / "cal" / "calibration")["recipe"]["first_seed"] == CALIBRATION_SEED
-    assert cal["confusion"] == conf  # the evaluation episodes are the uncalibrated check's
-    if cal["calibration"]["real_success"] in (0.0, 1.0):
+                            **kw, calibration=n)  # fmt: skip
+    calib_done = load_done(tmp_path / "cal" / "calibration")
+    assert cal["calibration"]["episodes"] == n and cal["calibration"]["real_env_steps"] == n * 16
+    assert calib_done["recipe"]["first_seed"] == CALIBRATION_SEED
+    assert calib_done["psnr_by_frame"] != res["psnr_by_frame"]
+    assert cal["confusion"] == conf and cal["psnr_by_frame"] == res["psnr_by_frame"]  # the evaluation episodes
+    if cal["calibration"]["real_success"] in (0.0, 1.0):  # one real outcome only: no threshold can be fitted
         assert cal["calibration"]["fit"] is None and cal["fitted"] is None
     Prophet(**{**UNET, "success_head": False}).save_pretrained(tmp_path / "headless")
     with pytest.raises(ValueError, match="no success head"):

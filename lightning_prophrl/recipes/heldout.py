@@ -166,7 +166,7 @@ def closed_loop_check(model_dir: str, task: str, policy: str, out: str | Path, e
     world = WorldModelEnv(prophet, load_stats(model_dir), num_prompts=episodes, group_size=1, max_segments=queries,
                           num_steps=num_steps, poses=poses, success_threshold=0.5, success_k=2)  # fmt: skip
     try:
-        prompts = [{"task": task, "seed": CLOSED_LOOP_SEED + i} for i in range(episodes)]
+        prompts = [{"task": task, "seed": first_seed + i} for i in range(episodes)]
         # a measurement, not a gate: no low-kappa warning
         res = closed_loop_agreement(net, real, world, prompts, *decoders, queries, kappa_threshold=-1.0)
     finally:
