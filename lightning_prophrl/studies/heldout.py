@@ -179,9 +179,7 @@ def _fitted(check: dict[str, Any]) -> str:
     fit, n = check.get("fitted"), check["episodes"]
     if not fit:
         return "- | - | -"
-    real = fit["confusion"]["both"] + fit["confusion"]["real_only"]
-    kappa = "-" if real in (0, n) else f"{fit['kappa']:.2f}"
-    return f"{fit['threshold']:.3f} | {round(fit['imagined_success'] * n)} / {n} | {kappa}"
+    return f"{fit['threshold']:.3f} | {round(fit['imagined_success'] * n)} / {n} | {_kappa({**fit, 'episodes': n})}"
 
 
 def closed_loop_table(loops: dict[str, list[dict[str, Any]]]) -> str:
