@@ -69,6 +69,7 @@ INFO_SUCCESS_NOW = "success_now"  # (N,) bool, success flag of the latest state 
 INFO_EXECUTED = "executed"  # (N,) long, actions of the last chunk that were executed (0 for done envs)
 INFO_EE_POSE = "ee_pose"  # (N, 7) float, end-effector xyz + quaternion wxyz in the world frame (simulators only)
 INFO_SUCCESS_PROB = "success_prob"  # (N,) float, world model: success probability of the newest imagined frame
+INFO_VALUE = "end_value"  # (N,) float, world model with a value scorer: value of the last frame of cut episodes, or NaN
 INFO_SCORE = "success_score"  # (N,) float, world model: best success probability held for success_k segments in a row
 INFO_DRAW_SUCCESS = "draw_success"  # (D, N) bool, world model with draws=D: INFO_SUCCESS of every noise draw
 INFO_DRAW_SCORE = "draw_score"  # (D, N) float, world model with draws=D: INFO_SCORE of every noise draw

@@ -37,6 +37,7 @@ from lightning_prophrl.datamodules.slots import (
 
 FRAME_SUCCESS = "frame_success"  # (B,) float in {0, 1}, the success flag of the labelled (last) frame of the stack
 Split = Literal["train", "val"]
+Label = Literal["success", "outcome"]
 
 
 def is_val_episode(key: str, val_fraction: float) -> bool:
@@ -45,14 +46,28 @@ def is_val_episode(key: str, val_fraction: float) -> bool:
     return h / 2.0**64 < val_fraction
 
 
-def frame_labels(ep: Episode) -> np.ndarray:
-    """``(T,)`` bool per-frame success flags of an episode.
+def frame_labels(ep: Episode, label: Label = "success") -> np.ndarray:
+    """``(T,)`` bool per-frame labels of an episode.
 
-    Episodes without ``meta["success_steps"]`` are accepted only when they failed (every frame is then negative).
+    ``label="success"``: the simulator's per-frame success flags. Episodes without ``meta["success_steps"]`` are
+    accepted only when they failed (every frame is then negative).
+
+    ``label="outcome"``: every frame carries the episode's eventual success, so a classifier trained on them estimates
+    the probability that the policy which recorded the episode succeeds from that frame on (a Monte Carlo value; the
+    value head that scores the end of a short imagined branch). Branch replays (``meta["branch_of"]``) carry their
+    source episode's outcome in ``meta["episode_success"]``: their own ``success`` covers the branch window only.
 
     Raises:
-        ValueError: a successful episode without flags, or flags whose length differs from the frame count.
+        ValueError: an unknown ``label``; a successful episode without flags, or flags whose length differs from the
+            frame count; a branch replay without ``episode_success``.
     """
+    if label == "outcome":
+        if "branch_of" in ep.meta and "episode_success" not in ep.meta:
+            raise ValueError(f"episode {ep.key!r} is a branch replay without meta['episode_success'] (made by an older "
+                             "imagine_branch_dataset): delete its directory and build it again")  # fmt: skip
+        return np.full(len(ep), bool(ep.meta.get("episode_success", ep.success)))
+    if label != "success":
+        raise ValueError(f"label must be 'success' or 'outcome', got {label!r}")
     steps = ep.meta.get("success_steps")
     if steps is None:
         if ep.success:
@@ -86,6 +101,8 @@ class SuccessFrameIterable(IterableDataset):
         seed: the stream is a deterministic function of (seed, epoch, rank, worker).
         on_error: ``raise`` or ``skip`` invalid samples.
         shard_split: how rank x worker slots share each dataset: ``"shards"`` or ``"samples"`` (see ``slots``).
+        label: what a frame is labelled with (:func:`frame_labels`): its ``"success"`` flag or the episode's
+            ``"outcome"``.
 
     Attributes:
         skips: ``SkipCounter`` of the skipped samples; ``skips.count`` in the building process includes its workers.
@@ -108,9 +125,12 @@ class SuccessFrameIterable(IterableDataset):
         seed: int = 0,
         on_error: OnError = "raise",
         shard_split: ShardSplit = "shards",
+        label: Label = "success",
     ):
         super().__init__()
         check_shard_split(shard_split)
+        if label not in ("success", "outcome"):
+            raise ValueError(f"label must be 'success' or 'outcome', got {label!r}")
         if not paths:
             raise ValueError("datasets must name at least one shard directory")
         weights = [1.0] * len(paths) if weights is None else list(weights)
@@ -131,7 +151,7 @@ class SuccessFrameIterable(IterableDataset):
         self.samples_per_epoch, self.frames_per_episode = samples_per_epoch, frames_per_episode
         self.shuffle_buffer, self.positive_fraction = shuffle_buffer, positive_fraction
         self.val_frames_per_episode, self.seed, self.on_error = val_frames_per_episode, seed, on_error
-        self.shard_split = shard_split
+        self.shard_split, self.label = shard_split, label
         self.skips = SkipCounter(shared=True)
         self.epoch = 0
 
@@ -158,7 +178,7 @@ class SuccessFrameIterable(IterableDataset):
         if self.split == "val":
             for di in range(len(self.paths)):
                 for ep in self._episodes(di):
-                    t, flags = len(ep), frame_labels(ep)
+                    t, flags = len(ep), frame_labels(ep, self.label)
                     n = t if self.val_frames_per_episode is None else min(t, self.val_frames_per_episode)
                     for c in np.unique(np.linspace(0, t - 1, n).round().astype(int)):
                         yield self.make_sample(ep, flags, int(c), di)
@@ -177,7 +197,7 @@ class SuccessFrameIterable(IterableDataset):
             got_any = False
             for ep in self._episodes(di, rng):
                 got_any = True
-                flags = frame_labels(ep)
+                flags = frame_labels(ep, self.label)
                 for c in self._draw_frames(flags, rng):
                     yield self.make_sample(ep, flags, int(c), di)
             if not got_any:
@@ -236,6 +256,8 @@ class RewardDataModule(SkippedSamplesReport, L.LightningDataModule):
         shard_split: how rank x worker slots share each dataset (see ``lightning_prophrl.datamodules.slots``):
             ``"shards"`` (default) gives each slot whole shards, and fewer shards than ``devices x num_workers`` is an
             error; ``"samples"`` lets every slot read every shard and decode only its own samples (small datasets).
+        label: ``"success"`` (default: the per-frame success flags) or ``"outcome"`` (the episode's eventual success:
+            a value head; see :func:`frame_labels`).
 
     Attributes:
         skipped_samples: invalid samples skipped so far under ``on_error="skip"``, workers included.
@@ -259,6 +281,7 @@ class RewardDataModule(SkippedSamplesReport, L.LightningDataModule):
         seed: int = 0,
         on_error: OnError = "raise",
         shard_split: ShardSplit = "shards",
+        label: Label = "success",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -273,7 +296,7 @@ class RewardDataModule(SkippedSamplesReport, L.LightningDataModule):
         return SuccessFrameIterable(
             list(h.datasets), h.weights, split, h.val_fraction, h.frame_stack, h.stack_stride, h.image_size,
             h.samples_per_epoch, h.frames_per_episode, h.shuffle_buffer, h.positive_fraction,
-            h.val_frames_per_episode, h.seed, h.on_error, h.shard_split,
+            h.val_frames_per_episode, h.seed, h.on_error, h.shard_split, h.label,
         )  # fmt: skip
 
     def setup(self, stage: str | None = None) -> None:

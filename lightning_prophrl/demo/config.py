@@ -120,6 +120,12 @@ class DemoConfig:
     # memory; the reward is imagined success within the branch (the world model's drift grows with the horizon)
     wm_branch_segments: int = 10
     wm_branch_every: int = 1
+    # value head at the branch end (branch variants, graded reward): a classifier of the refresh rollouts' eventual
+    # success, trained ``wm_value_steps`` on their real frames and imagined branch replays
+    # (``demo.scorers.value_head``); a branch cut without a success is graded by its last frame's value, so that short
+    # branches still rank their endings (False: success within the branch only)
+    wm_value: bool = False
+    wm_value_steps: int = 2000
     # exploration inside Prophet: the SDE noise level of the RL rollouts (None: the policy's 0.7) and the group size
     # (None: ``group_size``); more noise or larger groups give more branches of one start different outcomes, which
     # is all a group-normalized advantage learns from (``studies.branches`` measures it before RL)
@@ -222,6 +228,9 @@ class DemoConfig:
             raise ValueError(
                 f"`wm_refresh_reward_branch_every` must be >= 1, got {self.wm_refresh_reward_branch_every}"
             )
+        if self.wm_value and (self.wm_reward_signal != "graded" or self.wm_value_steps < 1):
+            raise ValueError(f"--wm-value needs --wm-reward-signal graded (got {self.wm_reward_signal!r}) and "
+                             f"--wm-value-steps >= 1 (got {self.wm_value_steps})")  # fmt: skip
         if self.wm_branch_segments < 1 or self.wm_branch_every < 1:
             raise ValueError(f"--wm-branch-segments (`wm_branch_segments`) and `wm_branch_every` must be >= 1, got "
                              f"{self.wm_branch_segments} and {self.wm_branch_every}")  # fmt: skip
@@ -304,6 +313,8 @@ def run_name(cfg: DemoConfig, variant: str) -> str:
     name += "-graded" if cfg.wm_reward_signal == "graded" else ""
     name += "-brclf" if cfg.wm_refresh_reward_data == "branches" and variant in REFRESHED else ""
     name += f"-{refresh_name(cfg)}" if variant in REFRESHED and refresh_name(cfg) != "refresh" else ""
+    if variant in BRANCHED:  # the branch horizon and the value head (defaults unnamed)
+        name += ("" if cfg.wm_branch_segments == 10 else f"-seg{cfg.wm_branch_segments}") + ("-value" * cfg.wm_value)
     name += "" if cfg.wm_noise_level is None else f"-noise{cfg.wm_noise_level:g}"
     name += "" if cfg.wm_group_size is None else f"-g{cfg.wm_group_size}"
     name += "" if cfg.wm_draws == 1 else f"-draws{cfg.wm_draws}{cfg.wm_draws_reduce}"

@@ -27,6 +27,7 @@ from lightning_prophrl.demo.config import (
     refresh_owner,
     run_name,
 )
+from lightning_prophrl.demo.scorers import branch_classifier, refresh_classifier, value_head
 from lightning_prophrl.demo.stages import _trainer, build_policy, wm_success_scoring
 from lightning_prophrl.stage_cache import is_done, mark_done
 
@@ -187,50 +188,6 @@ def _with_branch_classifier(cfg: DemoConfig, info: dict[str, Any], out: Path) ->
     return {**info, "classifier_dir": branch_classifier(cfg, info["model_dir"], out / "rollouts", out)}
 
 
-def branch_classifier(cfg: DemoConfig, model_dir: str, rollouts: Path, out: Path) -> str:
-    """The bridged classifier retrained (``wm_refresh_reward_steps``) on the refresh ``rollouts``' real frames and on
-    their imagined branch replays by the refreshed Prophet ``model_dir`` (a start every
-    ``wm_refresh_reward_branch_every`` chunks, ``wm_branch_segments`` chunks long, labelled with the recorded frames'
-    success; ``recipes.imagined.imagine_branch_dataset``), equal weights."""
-    from lightning_prophrl.models.prophet import Prophet
-    from lightning_prophrl.recipes.imagined import imagine_branch_dataset
-    from lightning_prophrl.recipes.reward import stride_dataset, train_classifier
-
-    stride = cfg.chunk_len // cfg.wm_chunk_len
-    stride_dataset(
-        rollouts, out / "rollouts_strided", stride, int(Prophet.load_config(model_dir)["action_chunk_length"])
-    )
-    imagine_branch_dataset(model_dir, rollouts, out / "rollouts_branches", cfg.target_task, cfg.wm_branch_segments,
-                           cfg.chunk_len, cfg.wm_refresh_reward_branch_every * cfg.chunk_len, cfg.image_size,
-                           cfg.camera, cfg.wm_num_steps)  # fmt: skip
-    datasets = [str(out / "rollouts_strided"), str(out / "rollouts_branches")]
-    train_classifier(datasets, out / "classifier_branches", [1.0, 1.0], cfg.wm_refresh_reward_steps, 0,
-                     min(64, 16 * cfg.reward_train_episodes), cfg.image_size, Path(cfg.out) / "tb")  # fmt: skip
-    return str(out / "classifier_branches")
-
-
-def refresh_classifier(cfg: DemoConfig, model_dir: str, rollouts: Path, out: Path) -> str:
-    """The bridged classifier retrained (``wm_refresh_reward_steps``, the reward stage's batch) on the reward stage's
-    real and imagined training episodes plus the refresh ``rollouts`` and their imagined twins by the refreshed
-    Prophet ``model_dir``, equal weights."""
-    from lightning_prophrl.models.prophet import Prophet
-    from lightning_prophrl.recipes.imagined import imagine_dataset
-    from lightning_prophrl.recipes.reward import stride_dataset, train_classifier
-
-    stride = cfg.chunk_len // cfg.wm_chunk_len
-    chunk = int(Prophet.load_config(model_dir)["action_chunk_length"])
-    reward_data = Path(cfg.out) / "reward" / "data"
-    old = [reward_data / "real_train_strided", reward_data / "imagined_train"]
-    if not all(is_done(d) for d in old):
-        raise FileNotFoundError(f"the classifier refresh needs the reward stage's training data {old} (run the demo)")
-    stride_dataset(rollouts, out / "rollouts_strided", stride, chunk)
-    imagine_dataset(model_dir, rollouts, out / "rollouts_imagined", stride, cfg.wm_num_steps, stats_from=model_dir)
-    datasets = [*map(str, old), str(out / "rollouts_strided"), str(out / "rollouts_imagined")]
-    train_classifier(datasets, out / "classifier", [1.0] * 4, cfg.wm_refresh_reward_steps, 0,
-                     min(64, 16 * cfg.reward_train_episodes), cfg.image_size, Path(cfg.out) / "tb")  # fmt: skip
-    return str(out / "classifier")
-
-
 def wm_reward_model(cfg: DemoConfig) -> Any:
     """The FA-GRPO reward inside Prophet: 0/1 imagined success (None: the env's), the graded score, or either one
     reduced over the noise draws (``wm_draws > 1``)."""
@@ -285,10 +242,18 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
         else None
     )
     scoring = wm_success_scoring(cfg, (refresh or {}).get("classifier_dir"))
+    value, value_dir = None, None
+    if branch and cfg.wm_value:  # short branches graded by the value of their last frame
+        from lightning_prophrl.envs.world_model import classifier_scorer
+        from lightning_prophrl.models.reward import load_classifier
+
+        value_dir = value_head(cfg, refresh["model_dir"], refresh_dir / "rollouts", refresh_dir)
+        value = classifier_scorer(load_classifier(value_dir))
     group = cfg.wm_group_size or cfg.group_size
     env = WorldModelEnv(prophet, wm_stats, num_prompts=cfg.num_prompts, group_size=group,
                         max_segments=cfg.wm_branch_segments if branch else cfg.max_queries, num_steps=cfg.wm_num_steps,
-                        seed=seed, initial_env=reset_env, poses=poses, draws=cfg.wm_draws, **scoring)  # fmt: skip
+                        seed=seed, initial_env=reset_env, poses=poses, draws=cfg.wm_draws, value_scorer=value,
+                        **scoring)  # fmt: skip
     module = FAGRPOModule(build_policy(cfg), env, group_size=group, max_queries=cfg.max_queries,
                           noise_level=cfg.wm_noise_level, sft_checkpoint=sft_ckpt, action_target="unified", loss=loss,
                           flowscale=flowscale,
@@ -366,7 +331,7 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
             "real_interactions": gate["real_env_steps"] + guard.real_steps_total + (refresh or {}).get("env_steps", 0)
             + (onpolicy.real_steps_total if onpolicy else 0),
             "onpolicy_starts": onpolicy.history if onpolicy else None,
-            "refresh": refresh, "gate": gate,
+            "refresh": refresh, "value_head": value_dir, "gate": gate,
             "branch": {"starts": n_starts, "segments": cfg.wm_branch_segments,
                        "agreement": branch_gate} if branch else None,
             "guard": guard.history, "kept_update": kept, "imagined_episodes": module.episodes_total,

@@ -159,6 +159,7 @@ def within_start_outcomes(
     noise_seed: int = 0,
     noise_level: float | None = None,
     world_reward_fn: Callable[[RolloutBatch], torch.Tensor] | None = None,
+    real_segments: int | None = None,
 ) -> dict[str, Any]:
     """Does the world model see what group-relative RL needs: which of G branches *from one start* succeed?
 
@@ -168,14 +169,18 @@ def within_start_outcomes(
     start's ``PREFIX_ACTIONS`` to reach the recorded state) and in ``world_env``, ``num_prompts`` starts at a time with
     one sampler seed per batch of starts (``noise_seed + index of its first start``), the same in both, so that branch
     ``j`` of a start draws the same noise in both worlds. Both envs have ``group_size = G`` and the same
-    ``num_prompts``; a branch's outcome is success at any step within the chunk budget.
+    ``num_prompts``; a branch's outcome is success at any step within the chunk budget. With ``real_segments`` longer
+    than the imagined branches, the real ones go on (same noise for the shared chunks) and their outcome is the one a
+    value head at the imagined branch's end should predict: success within ``real_segments`` chunks.
 
     Reports, per start, the real and imagined success rates; how many starts have a mixed outcome (the only groups
     with a non-zero GRPO advantage) in each; ``pair_auc``: over the branch pairs of one start whose real outcomes
     differ, how often the imagined reward orders them the same way (0.5 is chance; what a group-normalized reward from
     the world model needs); ``scorer_on_real_pair_auc``: the same ordering by ``world_env``'s success scorer (with
-    its persistence rule, ``held_score``) applied to the *real* branch videos, which tells a reward model that cannot
-    rank the branches apart from a world model that cannot imagine them (None without a scorer); ``advantage_corr``: the correlation of the group-normalized real and imagined rewards over
+    its persistence rule, ``held_score``) applied to the *real* branch videos (their first ``world_env.max_segments``
+    chunks), which tells a reward model that cannot
+    rank the branches apart from a world model that cannot imagine them (None without a scorer); ``value_on_real_pair_auc``: the same ordering by ``world_env``'s ``value_scorer``
+    on the real frame after ``world_env.max_segments`` chunks (None without one); ``advantage_corr``: the correlation of the group-normalized real and imagined rewards over
     all branches; the real environment steps of the measured starts (``real_env_steps``, with the replayed prefixes,
     and ``real_branch_steps``, the branches alone; the padding starts of a last, partial batch are not counted); and
     two checks that both worlds start from the same state: ``max_state_drift``, the largest difference between the
@@ -199,13 +204,17 @@ def within_start_outcomes(
     pick = [eligible[j] for j in np.unique(np.linspace(0, len(eligible) - 1, min(max_starts, len(eligible))).round()
                                            .astype(int))]  # fmt: skip
     dataset, seg = prompts.train_dataloader().dataset, world_env.max_segments
+    if real_segments is not None and real_segments < seg:
+        raise ValueError(f"real_segments ({real_segments}) must be >= the imagined branches' {seg} chunks")
     real_r, imag_r, refs, real_steps, branch_steps, drift, first_diff = [], [], [], 0, 0, 0.0, 0.0
     scorer, real_held = getattr(world_env, "success_scorer", None), []
+    value_scorer, real_value = getattr(world_env, "value_scorer", None), []
     for b, (idx, keep) in zip(range(0, len(pick), n), _padded_batches(pick, n), strict=True):
         batch = [dataset[i] for i in idx]
         runs = []
-        for env, dec, fn in ((real_env, real_decoder, None), (world_env, world_decoder, world_reward_fn)):
-            res = collect_rollouts(policy, env, batch, dec, seg, mode="sde", noise_level=noise_level,
+        for env, dec, fn, chunks in ((real_env, real_decoder, None, real_segments or seg),
+                                     (world_env, world_decoder, world_reward_fn, seg)):  # fmt: skip
+            res = collect_rollouts(policy, env, batch, dec, chunks, mode="sde", noise_level=noise_level,
                                    generator=torch.Generator().manual_seed(noise_seed + b), reward_fn=fn)  # fmt: skip
             runs.append(res)
         start_steps = torch.tensor([int(len(p[K.PREFIX_ACTIONS])) for p in batch]).repeat_interleave(g)
@@ -216,8 +225,11 @@ def within_start_outcomes(
         branch_steps += int((runs[0].steps - start_steps)[: keep * g].sum())
         if scorer is not None and runs[0].videos is not None:  # the reward model on the *real* branch videos
             lengths = runs[0].info.get(K.INFO_VIDEO_LENGTHS, torch.full((n * g,), runs[0].videos.shape[1])) - 1
-            held = held_score(score_video(scorer, runs[0].videos), lengths, world_env.success_k)
+            held = held_score(score_video(scorer, runs[0].videos[:, : seg + 1]), lengths.clamp(max=seg),
+                              world_env.success_k)  # fmt: skip
             real_held.append(held.view(n, g)[:keep])
+        if value_scorer is not None and runs[0].videos is not None:  # the value head on the real branch ends
+            real_value.append(value_scorer(runs[0].videos[:, : seg + 1]).float().cpu().view(n, g)[:keep])
         real_r.append(runs[0].rewards.view(n, g)[:keep])
         imag_r.append(runs[1].rewards.view(n, g)[:keep])
         refs += [starts[i][BRANCH] for i in idx[:keep]]
@@ -231,6 +243,11 @@ def within_start_outcomes(
         for row_r, row_h in zip(r, torch.cat(real_held).numpy(), strict=True):
             s, k = _pair_auc(row_r, row_h)
             scored_sum, scored_n = scored_sum + s, scored_n + k
+    value_sum, value_n = 0.0, 0
+    if real_value:
+        for row_r, row_v in zip(r, torch.cat(real_value).numpy(), strict=True):
+            s, k = _pair_auc(row_r, row_v)
+            value_sum, value_n = value_sum + s, value_n + k
     adv_r = group_advantages(torch.from_numpy(r).flatten(), g).numpy()
     adv_m = group_advantages(torch.from_numpy(m).flatten(), g).numpy()
     rate_r, rate_m = r.mean(1), m.mean(1)
@@ -238,7 +255,8 @@ def within_start_outcomes(
     def corr(a: np.ndarray, b: np.ndarray) -> float | None:
         return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else None
 
-    return {"starts": len(r), "group_size": g, "segments": seg, "max_start_step": max_start_step,
+    return {"starts": len(r), "group_size": g, "segments": seg, "real_segments": real_segments or seg,
+            "max_start_step": max_start_step,
             "start_frames": [int(t) for _, t in refs], "real_rate": float(r.mean()), "imagined_rate": float(m.mean()),
             "real_rate_per_start": rate_r.round(3).tolist(), "imagined_rate_per_start": rate_m.round(3).tolist(),
             "real_mixed_starts": int(((r.min(1) < r.max(1))).sum()),
@@ -246,5 +264,6 @@ def within_start_outcomes(
             "rate_corr": corr(rate_r, rate_m), "pair_auc": pair_sum / pair_n if pair_n else None, "pairs": pair_n,
             "advantage_corr": corr(adv_r, adv_m),
             "scorer_on_real_pair_auc": scored_sum / scored_n if scored_n else None,
+            "value_on_real_pair_auc": value_sum / value_n if value_n else None,
             "real_env_steps": real_steps, "real_branch_steps": branch_steps,
             "max_state_drift": drift, "first_action_max_diff": first_diff}  # fmt: skip

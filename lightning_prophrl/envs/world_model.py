@@ -11,7 +11,10 @@ Imagined success comes from Prophet's success head (or from ``success_scorer``, 
 classifier: :func:`classifier_scorer`) with a persistence rule (``success_threshold`` for ``success_k``
 consecutive segments), after which the imagined episode stops like stop-at-success in a
 simulator. ``info[K.INFO_SCORE]`` grades the outcome (the best probability held for ``success_k`` consecutive
-segments; :func:`graded_reward` makes it the RL reward). Proprioception is not imagined by Prophet:
+segments; :func:`graded_reward` makes it the RL reward). With a ``value_scorer`` (an estimate of the eventual
+success from a frame, e.g. a classifier trained with ``label="outcome"``), an episode cut by ``max_segments`` before
+its success is graded by the value of its last frame when that is higher, so that short branches from real states
+still rank their endings (``info[K.INFO_VALUE]``, present with a value scorer, holds the values, NaN where none was taken). Proprioception is not imagined by Prophet:
 ``state_mode="integrate"`` dead-reckons the hand position from the commanded deltas (an approximation, documented as
 such), ``"zeros"`` gives zeros (for image-only policies).
 
@@ -53,7 +56,12 @@ from lightning_prophrl.constants import (  # noqa: F401 (re-exported: these info
 )
 from lightning_prophrl.envs.base import BatchedEnvBase, Prompt, check_prompts
 from lightning_prophrl.envs.poses import CommandedPoses
-from lightning_prophrl.envs.rollout import RolloutBatch
+from lightning_prophrl.envs.world_scoring import (  # noqa: F401 (re-exported: they were defined here)
+    ClassifierScorer,
+    classifier_scorer,
+    draws_reward,
+    graded_reward,
+)
 from lightning_prophrl.models.history import HistoryBuffer
 from lightning_prophrl.rl.sharding import stream_seed
 
@@ -68,66 +76,6 @@ def group_actions(actions: np.ndarray, frames: int) -> np.ndarray:
     out = g.sum(2)
     out[..., 6], out[..., 13] = g[..., -1, 6], g[..., -1, 13]
     return out
-
-
-class ClassifierScorer:
-    """A ``WorldModelEnv`` success scorer from a ``VideoSuccessClassifier``: the probability of the newest frame, given
-    the frames its temporal kernel sees, computed on the classifier's device and in its dtype.
-
-    Args:
-        classifier: the frame classifier (``frame_probs``); it moves with the environment (``WorldModelEnv.to``).
-    """
-
-    def __init__(self, classifier: Any):
-        self.classifier = classifier
-        self.frames = int(getattr(classifier, "temporal_kernel", 1))
-
-    def __call__(self, video: torch.Tensor) -> torch.Tensor:
-        """``(N, T, 3, H, W)`` -> ``(N,)`` float32 probabilities of frame ``T - 1``."""
-        clip = video[:, -self.frames :]
-        param = next(iter(self.classifier.parameters()), None) if isinstance(self.classifier, nn.Module) else None
-        if param is not None:
-            clip = clip.to(dtype=param.dtype)
-        return self.classifier.frame_probs(clip)[:, -1].float()
-
-
-def classifier_scorer(classifier: Any) -> ClassifierScorer:
-    """A ``WorldModelEnv`` success scorer from a ``VideoSuccessClassifier`` (see :class:`ClassifierScorer`)."""
-    return ClassifierScorer(classifier)
-
-
-def draws_reward(batch: RolloutBatch, signal: Literal["success", "graded"] = "success",
-                 reduce: Literal["mean", "min"] = "mean", floor: float = 0.0) -> torch.Tensor:  # fmt: skip
-    """FA-GRPO reward from the D noise draws of a ``WorldModelEnv(draws=D)`` rollout (dual-noise verification).
-
-    Each draw's outcome is its 0/1 success (``signal="success"``) or its graded score (``"graded"``, scores below
-    ``floor`` count as 0, as in :func:`graded_reward`); ``reduce="mean"`` averages them (a rollout whose outcome
-    flips with the world model's noise gets partial credit), ``"min"`` keeps the worst (success only when every draw
-    succeeds: unverified successes count as failures)."""
-    key = K.INFO_DRAW_SUCCESS if signal == "success" else K.INFO_DRAW_SCORE
-    if key not in batch.info:
-        raise KeyError(f"draws_reward needs the world model's {key!r} in the rollout info (WorldModelEnv(draws=D))")
-    if reduce not in ("mean", "min"):
-        raise ValueError(f"reduce must be 'mean' or 'min', got {reduce!r}")
-    x = torch.as_tensor(batch.info[key], dtype=torch.float32)
-    if signal == "graded":
-        x = torch.where(x >= floor, x, torch.zeros_like(x))
-    return x.mean(0) if reduce == "mean" else x.min(0).values
-
-
-def graded_reward(batch: RolloutBatch, floor: float = 0.0) -> torch.Tensor:
-    """FA-GRPO reward from a ``WorldModelEnv`` rollout: its graded outcome ``K.INFO_SCORE`` instead of the 0/1 success.
-
-    Group normalization only needs the rewards to *rank* a group's rollouts; where imagined frames are blurrier than
-    real ones the scorer's probabilities are compressed below its success threshold and a 0/1 reward is almost always
-    0 (docs/history.md, round v8), while the probability still ranks successes above failures. Scores below ``floor``
-    count as 0: among clear failures the differences are the scorer's noise, which the group's std normalization
-    would blow up to unit advantages."""
-    score = batch.info.get(K.INFO_SCORE)
-    if score is None:
-        raise KeyError(f"graded_reward needs the world model's {K.INFO_SCORE!r} in the rollout info (a WorldModelEnv)")
-    score = torch.as_tensor(score, dtype=torch.float32)
-    return torch.where(score >= floor, score, torch.zeros_like(score))
 
 
 class WorldModelEnv(BatchedEnvBase):
@@ -154,6 +102,8 @@ class WorldModelEnv(BatchedEnvBase):
             episode so far; None uses Prophet's success head.
         draws: imagined copies of every rollout under independent noise (see the module docstring; 1: off). Costs D
             times the generation.
+        value_scorer: ``video (N, T, 3, H, W) -> (N,)`` probability of eventual success from the newest frame, taken
+            once, on the last frame of episodes cut by ``max_segments`` without a success; None: off.
     """
 
     action_dim = K.ACTION_DIM
@@ -176,6 +126,7 @@ class WorldModelEnv(BatchedEnvBase):
         poses: CommandedPoses | None = None,
         success_scorer: Callable[[torch.Tensor], torch.Tensor] | None = None,
         draws: int = 1,
+        value_scorer: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         if min(num_prompts, group_size, max_segments, num_steps, success_k, draws) < 1:
             raise ValueError("num_prompts, group_size, max_segments, num_steps, success_k and draws must be >= 1")
@@ -198,6 +149,7 @@ class WorldModelEnv(BatchedEnvBase):
         self.poses = poses
         self.success_scorer = success_scorer
         self.draws = draws
+        self.value_scorer = value_scorer
 
     # 0. placement and noise ----------------------------------------------------------------------------------------
     @property
@@ -212,7 +164,8 @@ class WorldModelEnv(BatchedEnvBase):
 
     def networks(self) -> list[nn.Module]:
         """The networks the environment runs: Prophet and the success scorer's (when it is or holds one)."""
-        held = [self.success_scorer, getattr(self.success_scorer, "classifier", None)]
+        held = [s for scorer in (self.success_scorer, self.value_scorer) for s in (scorer, getattr(scorer, "classifier",
+                                                                                                    None))]  # fmt: skip
         return [self.prophet, *(m for m in held if isinstance(m, nn.Module))]
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> WorldModelEnv:
@@ -265,6 +218,7 @@ class WorldModelEnv(BatchedEnvBase):
         self.segments = 0
         self.success_prob: list[torch.Tensor] = []
         self.score = torch.zeros(rows)
+        self.value = torch.full((rows,), float("nan"))
         return self._obs()
 
     def _push_prompt_history(self, ps: Sequence[Prompt]) -> None:
@@ -325,12 +279,19 @@ class WorldModelEnv(BatchedEnvBase):
             window = torch.stack(self.success_prob[-self.success_k :]).min(0).values
             self.score = torch.where(alive, torch.maximum(self.score, window), self.score)
         stop = self.success if self.stop_at_success else torch.zeros_like(self.success)
+        cut = alive & ~self.success & (self.segments >= self.max_segments)
         self.done |= stop | (self.segments >= self.max_segments)
         n = self.num_envs
         self.done[n:] |= self.done[:n].repeat(self.draws - 1)  # the policy stops acting: every draw ends
         self.video_frames.append(self.frame.to("cpu", copy=True))
+        if self.value_scorer is not None and cut.any():
+            value = self.value_scorer(torch.stack(self.video_frames, 1)).float().cpu()
+            self.value = torch.where(cut, value, self.value)
+            self.score = torch.where(cut, torch.maximum(self.score, value), self.score)
         info = {K.INFO_SUCCESS: self.success[:n].clone(), K.INFO_STEPS: self.steps[:n].clone(),
                 K.INFO_SUCCESS_PROB: prob[:n], K.INFO_SCORE: self.score[:n].clone()}  # fmt: skip
+        if self.value_scorer is not None:
+            info[K.INFO_VALUE] = self.value[:n].clone()
         if self.draws > 1:
             draw_success = self.success.view(self.draws, n).clone()
             info.update({K.INFO_DRAW_SUCCESS: draw_success, K.INFO_DRAW_SCORE: self.score.view(self.draws, n).clone(),

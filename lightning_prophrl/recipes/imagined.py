@@ -148,7 +148,8 @@ def imagine_branch_dataset(
     the recorded memory and commanded target), Prophet replays the recorded actions for ``segments`` segments of
     ``actions_per_segment`` actions (``envs.branches.replay_branches``). Each branch becomes one episode of
     ``segments + 1`` imagined frames whose ``success_steps`` are the simulator's flags of the recorded frames they
-    stand for. These are the frames RL on branches shows its reward model, from real states; the bridged classifier's
+    stand for, and whose ``meta["episode_success"]`` is the recorded episode's outcome (the value head's label).
+    These are the frames RL on branches shows its reward model, from real states; the bridged classifier's
     imagined twins are whole-episode open-loop replays from the first frame (docs/history.md, round v8).
 
     Returns:
@@ -193,7 +194,8 @@ def _imagine_branches(tmp: Path, model_dir, source_dir, task, segments, actions_
                 ep = prompts.branches.episodes[e]
                 labels = [bool(ep.meta["success_steps"][t + k * h]) for k in range(segments + 1)]
                 meta = {k: ep.meta[k] for k in ("dataset", "embodiment", "instruction", "fps")}
-                meta.update(success=any(labels), success_steps=labels, branch_of=ep.key, branch_frame=t)
+                meta.update(success=any(labels), success_steps=labels, branch_of=ep.key, branch_frame=t,
+                            episode_success=bool(ep.success))  # fmt: skip
                 actions = np.zeros((segments + 1, K.ACTION_DIM), np.float32)  # the classifier reads frames only
                 writer.write(Episode(f"{ep.key}_b{t:04d}", frames[j], actions, ep.action_mask, meta))
                 n, positives = n + 1, positives + int(any(labels))

@@ -141,8 +141,12 @@ def train_classifier(
     batch_size: int = 64,
     image_size: int = 64,
     log_dir: str | Path | None = None,
+    label: str = "success",
 ) -> dict[str, Any]:
     """Train the per-frame success classifier on a mixture of labelled episode directories (cached).
+
+    With ``label="outcome"`` the same network learns the episodes' eventual success from each frame instead
+    (``datamodules.reward.frame_labels``): a value head, trained with unweighted BCE (its positives are not rare).
 
     Args:
         datasets: shard directories (``RewardDataModule``; every episode trains, none is held out).
@@ -153,6 +157,7 @@ def train_classifier(
         batch_size: frames per step.
         image_size: frame size.
         log_dir: TensorBoard directory (default ``<out_dir>/tb``).
+        label: ``"success"`` (per-frame success flags) or ``"outcome"`` (the value head).
 
     Returns:
         ``done.json``: ``classifier`` kwargs, ``steps``, ``seconds``, ``final_train_loss``, the arguments.
@@ -161,12 +166,15 @@ def train_classifier(
         raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
     args = {"datasets": [str(Path(d).resolve()) for d in datasets], "weights": weights, "steps": steps, "seed": seed,
             "batch_size": batch_size, "image_size": image_size}  # fmt: skip
+    if label != "success":  # success classifiers keep the cache key they always had
+        args["label"] = label
     name = Path(out_dir).name
     # the default TensorBoard directory lives in the stage's partial directory and is published with it
     return run_stage(Path(out_dir), args, lambda tmp: _fit_classifier(tmp, name, log_dir or tmp / "tb", **args))
 
 
-def _fit_classifier(tmp: Path, name: str, log_dir, datasets, weights, steps, seed, batch_size, image_size):
+def _fit_classifier(tmp: Path, name: str, log_dir, datasets, weights, steps, seed, batch_size, image_size,
+                    label="success"):  # fmt: skip
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -177,9 +185,10 @@ def _fit_classifier(tmp: Path, name: str, log_dir, datasets, weights, steps, see
     s = classifier_settings()
     L.seed_everything(seed, workers=True, verbose=False)
     module = RewardModelModule(VideoSuccessClassifier(**s["classifier"]), lambda p: torch.optim.Adam(p, lr=s["lr"]),
-                               pos_weight=s["pos_weight"], shift_pad=s["shift_pad"])  # fmt: skip
+                               pos_weight=s["pos_weight"] if label == "success" else 1.0,
+                               shift_pad=s["shift_pad"])  # fmt: skip
     dm = RewardDataModule(datasets, weights, image_size=image_size, batch_size=batch_size, val_fraction=0.0,
-                          samples_per_epoch=steps * batch_size, seed=seed)  # fmt: skip
+                          samples_per_epoch=steps * batch_size, seed=seed, label=label)  # fmt: skip
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, max_epochs=-1, limit_val_batches=0,
                         num_sanity_val_steps=0, logger=TensorBoardLogger(str(log_dir), name=name),
                         log_every_n_steps=min(25, steps), enable_checkpointing=False, enable_model_summary=False,

@@ -45,6 +45,11 @@ class WithinStartConfig:
     # the real branches run their whole chunk budget past a success (the outcome stays success at any step), so the
     # reward model's persistence rule sees the frames after it, as in the closed-loop gate (more real steps)
     real_to_cap: bool = False
+    # the value head (``demo.scorers.value_head``, trained on the refresh for ``segments``-chunk branches) grades
+    # imagined branches cut without a success; compare with real branches run ``real_segments`` chunks (None:
+    # ``segments``; a number past the episode's remaining chunks runs them to the episode's cap)
+    value: bool = False
+    real_segments: int | None = None
 
     def __post_init__(self) -> None:
         if self.segments < 1 or self.starts < 1 or self.group_size < 2 or self.num_prompts < 1:
@@ -54,6 +59,8 @@ class WithinStartConfig:
             raise ValueError(f"--reward-signal must be 'success' or 'graded', got {self.reward_signal!r}")
         if self.num_steps is not None and self.num_steps < 1:
             raise ValueError(f"--num-steps must be >= 1, got {self.num_steps}")
+        if self.real_segments is not None and self.real_segments < self.segments:
+            raise ValueError(f"--real-segments must be >= --segments ({self.segments}), got {self.real_segments}")
         if self.noise_level is not None and self.noise_level <= 0:
             raise ValueError(f"--noise-level must be > 0, got {self.noise_level}")
 
@@ -66,6 +73,7 @@ class WithinStartConfig:
         refresh = "" if self.refresh == "refresh" else f"_{self.refresh}"
         batch = "" if self.num_prompts == 4 else f"_p{self.num_prompts}"  # the noise is seeded per batch of starts
         cap = "_tocap" if self.real_to_cap else ""
+        cap += ("_value" if self.value else "") + ("" if self.real_segments is None else f"_real{self.real_segments}")
         return (f"seed{self.seed}_seg{self.segments}{start}{noise}{graded}{steps}{refresh}_g{self.group_size}"
                 f"_n{self.starts}{batch}{cap}")  # fmt: skip
 
@@ -112,9 +120,18 @@ def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
     )
     scoring = wm_success_scoring(cfg, refresh.get("classifier_dir"))
     p, g, seg = study.num_prompts, study.group_size, study.segments
+    value = None
+    if study.value:
+        from lightning_prophrl.demo.scorers import value_head
+        from lightning_prophrl.envs.world_model import classifier_scorer
+        from lightning_prophrl.models.reward import load_classifier
+
+        value_dir = value_head(replace(cfg, wm_branch_segments=seg), refresh["model_dir"], refresh_dir / "rollouts",
+                               refresh_dir)  # fmt: skip
+        value = classifier_scorer(load_classifier(value_dir))
     world = WorldModelEnv(prophet, stats, num_prompts=p, group_size=g, max_segments=seg,
                           num_steps=study.num_steps or cfg.wm_num_steps,
-                          poses=poses, seed=study.seed, **scoring)  # fmt: skip
+                          poses=poses, seed=study.seed, value_scorer=value, **scoring)  # fmt: skip
     real = MetaWorldEnv(cfg.target_task, num_prompts=p, group_size=g, image_size=cfg.image_size,
                         max_steps=cfg.max_steps, camera=cfg.camera, stop_at_success=not study.real_to_cap)  # fmt: skip
     prompts = branch_prompts(replace(cfg, wm_branch_segments=seg, wm_branch_every=1), refresh_dir / "rollouts",
@@ -128,6 +145,7 @@ def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
         max_starts=study.starts, max_start_step=study.max_start_step, noise_seed=study.seed,
         noise_level=study.noise_level,
         world_reward_fn=partial(graded_reward, floor=cfg.wm_graded_floor) if study.reward_signal == "graded" else None,
+        real_segments=study.real_segments,
     )  # fmt: skip
     real.close()
     res = {"config": asdict(study), "seconds": round(time.perf_counter() - t0, 1),
@@ -141,17 +159,19 @@ def summary_line(res: dict[str, Any]) -> str:
     c = res["config"]
     fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
     steps = "" if c.get("num_steps") is None else f" ({c['num_steps']} Prophet steps)"
-    return (f"| {c['seed']} | {c['segments']} | {c['max_start_step'] if c['max_start_step'] is not None else 'all'} "
+    segments = f"{c['segments']}" + ("" if c.get("real_segments") is None else f" (real {c['real_segments']})")
+    segments += " + value" if c.get("value") else ""
+    return (f"| {c['seed']} | {segments} | {c['max_start_step'] if c['max_start_step'] is not None else 'all'} "
             f"| {c['noise_level'] or res['policy_noise_level']:g}{steps} | {c['reward_signal']} | {c.get('refresh', 'refresh')}{' (real past success)' if c.get('real_to_cap') else ''} | {res['starts']} x "
             f"{res['group_size']} | {res['real_rate']:.3f} / {res['imagined_rate']:.3f} | {res['real_mixed_starts']} / "
             f"{res['imagined_mixed_starts']} | {fmt(res['rate_corr'])} | {fmt(res['pair_auc'])} ({res['pairs']}) | "
-            f"{fmt(res['advantage_corr'])} | {res['real_env_steps']} | {fmt(res.get('scorer_on_real_pair_auc'))} |")  # fmt: skip
+            f"{fmt(res['advantage_corr'])} | {res['real_env_steps']} | {fmt(res.get('scorer_on_real_pair_auc'))} | {fmt(res.get('value_on_real_pair_auc'))} |")  # fmt: skip
 
 
 HEADER = ("| seed | segments | starts at frame <= | noise | reward | refresh | starts x G | success real / imagined | "
           "mixed starts real / imagined | per-start rate corr | pair AUC (pairs) | advantage corr | real steps | "
-          "pair AUC of the reward on the real branches |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+          "pair AUC of the reward on the real branches | pair AUC of the value head on the real branch ends |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
 
 
 def saved_table(out: str | Path) -> str:
@@ -182,6 +202,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--refresh", default="refresh", help="the refresh directory's name (default refresh)")
     ap.add_argument("--real-to-cap", action="store_true",
                     help="run the real branches past a success, so that the reward model sees the frames after it")  # fmt: skip
+    ap.add_argument(
+        "--value",
+        action="store_true",
+        help="grade imagined branches cut without a success by the value head (trained on the refresh)",
+    )
+    ap.add_argument(
+        "--real-segments",
+        type=int,
+        default=None,
+        help="real branches run this many chunks (default --segments; more: the value head's target)",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--table", action="store_true", help="print the table of every setting measured under --out")
     a = ap.parse_args(argv)
@@ -190,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     torch.set_num_threads(a.threads)
     study = WithinStartConfig(a.out, a.seed, a.segments, a.max_start_step, a.starts, a.group_size, a.num_prompts,
-                              a.noise_level, a.reward_signal, a.num_steps, a.refresh, a.real_to_cap)  # fmt: skip
+                              a.noise_level, a.reward_signal, a.num_steps, a.refresh, a.real_to_cap, a.value,
+                              a.real_segments)  # fmt: skip
     res = run_within_start(study)
     print(HEADER)
     print(summary_line(res))
