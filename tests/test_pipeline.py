@@ -89,7 +89,7 @@ def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions
     after = Prophet.from_pretrained(refresh["model_dir"]).state_dict()
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
     # the branch variant started short imagined rollouts at the chunk boundaries of its refresh rollouts
-    br = res["wm_fagrpo_branch"][0]
+    br = res["wm_fagrpo_branch-seg3"][0]  # the quick branches are 3 chunks (the default 10 is unnamed)
     assert br["branch"]["segments"] == 3 and br["refresh"]["episodes"] == cfg.wm_refresh_episodes
     assert 1 <= br["branch"]["starts"] <= cfg.wm_refresh_episodes * (40 - 3 * cfg.chunk_len) // cfg.chunk_len + 2
     assert br["updates"] == cfg.rl_updates and br["real_interactions"] > br["refresh"]["env_steps"]
@@ -106,7 +106,7 @@ def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions
     assert "Reward models vs the simulator" in table and "bridged classifier" in table
     # the branch-replay classifier is added to the cached refresh: trained on the rollouts and their branch replays
     res2 = run(replace(cfg, variants=["wm_fagrpo_branch"], wm_refresh_reward_data="branches"))["results"]
-    br2 = res2["wm_fagrpo_branch-brclf"][0]
+    br2 = res2["wm_fagrpo_branch-brclf-seg3"][0]
     assert br2["refresh"]["model_dir"] == br["refresh"]["model_dir"]  # the same refresh, not a second one
     clf = json.loads((Path(br2["refresh"]["classifier_dir"]) / "done.json").read_text())
     assert clf["args"]["datasets"][-1].endswith("rollouts_branches")
@@ -114,7 +114,7 @@ def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions
     assert branches["episodes"] >= cfg.wm_refresh_episodes and branches["args"]["segments"] == cfg.wm_branch_segments
     # within-start contrast in the refresh: real SDE branches from recorded rollout states join the LoRA mixture
     res3 = run(replace(cfg, variants=["wm_fagrpo_branch"], wm_refresh_branch_starts=2, wm_refresh_branch_group=2))
-    br3 = res3["results"]["wm_fagrpo_branch-refresh-br2x2"][0]["refresh"]
+    br3 = res3["results"]["wm_fagrpo_branch-refresh-br2x2-seg3"][0]["refresh"]
     real_branches = br3["branches"]
     assert real_branches["starts"] == 2 and real_branches["episodes"] == 4 and real_branches["branch_steps"] <= 4 * 12
     assert br3["env_steps"] == cfg.wm_refresh_episodes * 40 + real_branches["env_steps"]  # prefixes count as real
@@ -125,7 +125,7 @@ def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions
     # rollouts (after the refresh's seeds, counted as real interactions) become the starts of update 2
     res4 = run(replace(cfg, variants=["wm_fagrpo_branch_flowscale"], wm_onpolicy_starts_every=1,
                        wm_onpolicy_starts_episodes=2))["results"]  # fmt: skip
-    br4 = res4["wm_fagrpo_branch_flowscale-onpolicy1x2"][0]
+    br4 = res4["wm_fagrpo_branch_flowscale-seg3-onpolicy1x2"][0]
     assert br4["refresh"]["model_dir"] == br["refresh"]["model_dir"] and br4["updates"] == cfg.rl_updates
     (starts,) = br4["onpolicy_starts"]
     assert starts["update"] == 1 and starts["starts"] >= 1 and starts["env_steps"] == 2 * 40
@@ -135,14 +135,14 @@ def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions
     assert br4["real_interactions"] == br4["gate"]["real_env_steps"] + guard_steps + br4["refresh"]["env_steps"] + 80
     # keeping the guard's best real check: the kept policy is policy.ckpt, the last update's is saved and paired too
     res5 = run(replace(cfg, variants=["wm_fagrpo_branch"], wm_guard_keep_best=True))
-    kb = res5["results"]["wm_fagrpo_branch-keepbest"][0]
+    kb = res5["results"]["wm_fagrpo_branch-seg3-keepbest"][0]
     checks = {g["update"]: g["real_success"] for g in kb["guard"]}
     assert kb["kept_update"] == max(checks, key=lambda u: (checks[u], -u))  # the best check, the earlier on ties
-    last = out / "rl" / "wm_fagrpo_branch-keepbest" / "seed0" / "policy_last.ckpt"
+    last = out / "rl" / "wm_fagrpo_branch-seg3-keepbest" / "seed0" / "policy_last.ckpt"
     assert last.exists() == (kb["kept_update"] != kb["updates"])
     if last.exists():
-        assert "| wm_fagrpo_branch-keepbest@last |" in res5["table"]
-        evaluated = json.loads((out / "studies" / "evaluate" / "wm_fagrpo_branch-keepbest@last_seed0_n4_from1000.json")
+        assert "| wm_fagrpo_branch-seg3-keepbest@last |" in res5["table"]
+        evaluated = json.loads((out / "studies" / "evaluate" / "wm_fagrpo_branch-seg3-keepbest@last_seed0_n4_from1000.json")
                                .read_text())  # fmt: skip
         assert evaluated["checkpoint"] == str(last)
     if kb["kept_update"] == 0:  # the check before the first update kept: the policy is the SFT policy's weights
@@ -150,6 +150,14 @@ def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions
         sft_w = torch.load(out / "sft" / "seed0" / "sft.ckpt", weights_only=False)["state_dict"]
         shared = [k for k in sft_w if k.startswith("policy.") and k in kept_w]
         assert shared and all(torch.equal(kept_w[k], sft_w[k]) for k in shared)
+    # the value head: a classifier of the refresh rollouts' eventual success grades branches cut without a success
+    res6 = run(replace(cfg, variants=["wm_fagrpo_branch"], wm_reward_signal="graded", wm_value=True))["results"]
+    vh = res6["wm_fagrpo_branch-graded-seg3-value"][0]
+    value = json.loads((Path(vh["value_head"]) / "done.json").read_text())
+    assert value["args"]["label"] == "outcome" and value["args"]["datasets"][-1].endswith("value_branches_seg3")
+    replays = list(iter_episodes(value["args"]["datasets"][-1], decode_frames=False))
+    sources = {ep.key: ep.success for ep in iter_episodes(value["args"]["datasets"][0], decode_frames=False)}
+    assert replays and all(ep.meta["episode_success"] == sources[ep.meta["branch_of"]] for ep in replays)
     # the within-start study reuses the run: G real and G imagined branches from the same recorded states
     from lightning_prophrl.studies.branches import WithinStartConfig, run_within_start, saved_table
 
@@ -161,6 +169,11 @@ def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions
     assert ws["max_state_drift"] < 1e-4 and ws["first_action_max_diff"] < 1e-4  # both worlds start from one state
     assert (out / "studies" / "within_start" / f"{study.name}.json").exists() and run_within_start(study) == ws
     assert saved_table(out).count("\n| 0 | 2 | all | 0.7 | success | refresh | 3 x 2 |") == 1
+    valued = run_within_start(replace(study, reward_signal="graded", value=True, real_segments=4))
+    assert valued["real_segments"] == 4 and valued["segments"] == 2 and "value_on_real_pair_auc" in valued
+    assert valued["real_branch_steps"] <= 3 * 2 * 4 * cfg.chunk_len
+    with pytest.raises(ValueError, match="--real-segments"):
+        WithinStartConfig(out=str(out), segments=3, real_segments=2)
 
 
 def test_results_table_compares_runs_at_the_configured_budget():
@@ -221,7 +234,7 @@ def test_reward_signal_and_branch_settings_are_checked_and_name_the_run(tmp_path
     assert run_name(graded, "sim_fagrpo") == "sim_fagrpo"  # the simulator's reward is its own success
     assert run_name(DemoConfig(**plain, wm_reward="success_head"), "wm_fagrpo") == "wm_fagrpo-success_head"
     explore = DemoConfig(**{**plain, "wm_noise_level": 2.0}, wm_group_size=16, wm_branch_segments=6)
-    assert run_name(explore, "wm_fagrpo_branch") == "wm_fagrpo_branch-noise2-g16"
+    assert run_name(explore, "wm_fagrpo_branch") == "wm_fagrpo_branch-seg6-noise2-g16"
     assert run_name(explore, "wm_fagrpo") == "wm_fagrpo-noise2-g16" and run_name(explore, "sim_fagrpo") == "sim_fagrpo"
     refresh = DemoConfig(**plain, wm_refresh_noise_level=1.5)
     assert refresh_name(refresh) == "refresh-noise1.5" and refresh_name(DemoConfig.quick()) == "refresh"
@@ -237,6 +250,11 @@ def test_reward_signal_and_branch_settings_are_checked_and_name_the_run(tmp_path
     onpolicy = DemoConfig(**{**plain, "wm_noise_level": 2.0}, wm_onpolicy_starts_every=20, rl_updates=100)
     assert run_name(onpolicy, "wm_fagrpo_branch_flowscale") == "wm_fagrpo_branch_flowscale-noise2-onpolicy20x30"
     assert run_name(onpolicy, "wm_fagrpo") == "wm_fagrpo-noise2"  # whole episodes from first frames: no branch starts
+    assert run_name(DemoConfig(wm_value=True, wm_branch_segments=3), "wm_fagrpo_branch") == (
+        "wm_fagrpo_branch-graded-brclf-seg3-value-noise2"
+    )
+    with pytest.raises(ValueError, match="--wm-value needs --wm-reward-signal graded"):
+        DemoConfig(wm_value=True, wm_reward_signal="success")
     from lightning_prophrl.pipeline import refresh_owner
 
     assert refresh_owner("wm_fagrpo_branch_flowscale") == "wm_fagrpo_branch" == refresh_owner("wm_fagrpo_branch")

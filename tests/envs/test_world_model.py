@@ -181,6 +181,35 @@ def test_a_success_scorer_replaces_the_success_head_with_its_persistence_rule(pr
     assert probs.shape == (2,) and torch.allclose(probs, clf.frame_probs(video)[:, -1], atol=1e-6)
 
 
+def test_a_value_scorer_grades_episodes_cut_without_a_success_by_their_last_frame(prophet):
+    calls = []
+
+    def brightness(video):  # a value in (0, 1) from the newest frame
+        calls.append(video.shape[1])
+        return (video[:, -1].mean((1, 2, 3)) + 1) / 2
+
+    def first_row_succeeds(video):
+        return torch.tensor([1.0, 0.0])
+
+    env = WorldModelEnv(prophet, stats(), num_prompts=2, group_size=1, max_segments=3, num_steps=1,
+                        success_threshold=0.5, success_k=1, success_scorer=first_row_succeeds,
+                        value_scorer=brightness)  # fmt: skip
+    env.reset(prompts())
+    for _ in range(3):
+        _, done, info = env.step(np.zeros((2, 2, 14), np.float32))
+    value = brightness(env.video())[1]
+    assert calls == [4, 4]  # taken once, when the cap cut the episode, on its whole video
+    assert info[K.SUCCESS].tolist() == [True, False] and done.all()
+    assert info[K.INFO_SCORE][0] == 1.0 and torch.isnan(info[K.INFO_VALUE][0])  # the success keeps its own grade
+    assert info[K.INFO_VALUE][1] == value and info[K.INFO_SCORE][1] == value
+    plain = WorldModelEnv(prophet, stats(), num_prompts=2, group_size=1, max_segments=3, num_steps=1,
+                          success_threshold=0.5, success_k=1, success_scorer=first_row_succeeds)  # fmt: skip
+    plain.reset(prompts())
+    for _ in range(3):
+        _, _, info = plain.step(np.zeros((2, 2, 14), np.float32))
+    assert info[K.INFO_SCORE][1] == 0.0 and K.INFO_VALUE not in info
+
+
 def test_branch_prompts_seed_the_memory_and_the_commanded_target(prophet):
     from lightning_prophrl.envs.poses import CommandedPoses
 

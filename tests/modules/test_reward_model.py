@@ -129,6 +129,23 @@ def test_frame_labels_validation():
         frame_labels(ep)
 
 
+def test_outcome_labels_carry_the_episodes_eventual_success(tmp_path):
+    ep = square_episode("e", 5, 3, np.random.default_rng(0))  # succeeds at frame 3
+    assert frame_labels(ep, "outcome").tolist() == [True] * 5
+    ep.meta.update(branch_of="src", success=True, episode_success=False)  # a window that succeeds, of a failure
+    assert not frame_labels(ep, "outcome").any() and frame_labels(ep).tolist()[-1]
+    del ep.meta["episode_success"]
+    with pytest.raises(ValueError, match="episode_success"):
+        frame_labels(ep, "outcome")
+    with pytest.raises(ValueError, match="'success' or 'outcome'"):
+        frame_labels(ep, "value")
+    a = write_coded_dataset(tmp_path / "real", "real", episodes=6, length=20)
+    frames = SuccessFrameIterable([a], val_fraction=0.0, samples_per_epoch=200, image_size=8, label="outcome")
+    samples = list(frames)
+    assert all(s[FRAME_SUCCESS] == s[K.SUCCESS] for s in samples) and {s[K.SUCCESS] for s in samples} == {0.0, 1.0}
+    assert any(s[FRAME_SUCCESS] == 1.0 and s[K.FRAME_INDEX] < 5 for s in samples)  # early frames of successes too
+
+
 def test_load_episode_videos_pads_and_strides(coded_dataset):
     out = load_episode_videos(coded_dataset, split=None, image_size=None, frame_stride=4)
     lengths = out["lengths"]
