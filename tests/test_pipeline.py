@@ -109,7 +109,7 @@ def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions
     br2 = res2["wm_fagrpo_branch-brclf-seg3"][0]
     assert br2["refresh"]["model_dir"] == br["refresh"]["model_dir"]  # the same refresh, not a second one
     clf = json.loads((Path(br2["refresh"]["classifier_dir"]) / "done.json").read_text())
-    assert clf["args"]["datasets"][-1].endswith("rollouts_branches")
+    assert clf["args"]["datasets"][-1].endswith("rollouts_branches_seg3")  # the quick branches are 3 chunks
     branches = json.loads((Path(clf["args"]["datasets"][-1]) / "done.json").read_text())
     assert branches["episodes"] >= cfg.wm_refresh_episodes and branches["args"]["segments"] == cfg.wm_branch_segments
     # within-start contrast in the refresh: real SDE branches from recorded rollout states join the LoRA mixture
@@ -154,7 +154,7 @@ def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions
     res6 = run(replace(cfg, variants=["wm_fagrpo_branch"], wm_reward_signal="graded", wm_value=True))["results"]
     vh = res6["wm_fagrpo_branch-graded-seg3-value"][0]
     value = json.loads((Path(vh["value_head"]) / "done.json").read_text())
-    assert value["args"]["label"] == "outcome" and value["args"]["datasets"][-1].endswith("value_branches_seg3")
+    assert value["args"]["label"] == "outcome" and value["args"]["datasets"] == clf["args"]["datasets"]  # same frames
     replays = list(iter_episodes(value["args"]["datasets"][-1], decode_frames=False))
     sources = {ep.key: ep.success for ep in iter_episodes(value["args"]["datasets"][0], decode_frames=False)}
     assert replays and all(ep.meta["episode_success"] == sources[ep.meta["branch_of"]] for ep in replays)

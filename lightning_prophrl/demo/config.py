@@ -20,6 +20,7 @@ VARIANTS = {
     "wm_fagrpo_branch": ("fa_grpo", False, "wm"),
     "wm_fagrpo_branch_flowscale": ("fa_grpo", True, "wm"),
 }
+DEFAULT_BRANCH_SEGMENTS = 10  # imagined branch length in policy chunks (run and cache names say another one)
 BRANCHED = ("wm_fagrpo_branch", "wm_fagrpo_branch_flowscale")
 REFRESHED = ("wm_fagrpo_refresh", *BRANCHED)
 
@@ -118,7 +119,7 @@ class DemoConfig:
     # branches (``wm_fagrpo_branch``): imagined rollouts of ``wm_branch_segments`` policy chunks started at every
     # ``wm_branch_every``-th chunk boundary of the refresh rollouts before their first success, with the recorded
     # memory; the reward is imagined success within the branch (the world model's drift grows with the horizon)
-    wm_branch_segments: int = 10
+    wm_branch_segments: int = DEFAULT_BRANCH_SEGMENTS
     wm_branch_every: int = 1
     # value head at the branch end (branch variants, graded reward): a classifier of the refresh rollouts' eventual
     # success, trained ``wm_value_steps`` on their real frames and imagined branch replays
@@ -314,7 +315,9 @@ def run_name(cfg: DemoConfig, variant: str) -> str:
     name += "-brclf" if cfg.wm_refresh_reward_data == "branches" and variant in REFRESHED else ""
     name += f"-{refresh_name(cfg)}" if variant in REFRESHED and refresh_name(cfg) != "refresh" else ""
     if variant in BRANCHED:  # the branch horizon and the value head (defaults unnamed)
-        name += ("" if cfg.wm_branch_segments == 10 else f"-seg{cfg.wm_branch_segments}") + ("-value" * cfg.wm_value)
+        name += ("" if cfg.wm_branch_segments == DEFAULT_BRANCH_SEGMENTS else f"-seg{cfg.wm_branch_segments}") + (
+            "-value" * cfg.wm_value
+        )
     name += "" if cfg.wm_noise_level is None else f"-noise{cfg.wm_noise_level:g}"
     name += "" if cfg.wm_group_size is None else f"-g{cfg.wm_group_size}"
     name += "" if cfg.wm_draws == 1 else f"-draws{cfg.wm_draws}{cfg.wm_draws_reduce}"

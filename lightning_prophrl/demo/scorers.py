@@ -6,30 +6,44 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lightning_prophrl.demo.config import DemoConfig
+from lightning_prophrl.demo.config import DEFAULT_BRANCH_SEGMENTS, DemoConfig
 from lightning_prophrl.stage_cache import is_done
 
 
-def branch_classifier(cfg: DemoConfig, model_dir: str, rollouts: Path, out: Path) -> str:
-    """The bridged classifier retrained (``wm_refresh_reward_steps``) on the refresh ``rollouts``' real frames and on
-    their imagined branch replays by the refreshed Prophet ``model_dir`` (a start every
-    ``wm_refresh_reward_branch_every`` chunks, ``wm_branch_segments`` chunks long, labelled with the recorded frames'
-    success; ``recipes.imagined.imagine_branch_dataset``), equal weights."""
+def branch_replays(cfg: DemoConfig, model_dir: str, rollouts: Path, out: Path) -> list[str]:
+    """The refresh ``rollouts``' real frames at Prophet's stride and their imagined branch replays by the refreshed
+    Prophet ``model_dir`` (a start every ``wm_refresh_reward_branch_every`` chunks, ``wm_branch_segments`` chunks long;
+    ``recipes.imagined.imagine_branch_dataset``), cached under ``out``; the replays' directory names a non-default
+    branch length (``rollouts_branches_seg3``). Returns the two directories."""
     from lightning_prophrl.models.prophet import Prophet
     from lightning_prophrl.recipes.imagined import imagine_branch_dataset
-    from lightning_prophrl.recipes.reward import stride_dataset, train_classifier
+    from lightning_prophrl.recipes.reward import stride_dataset
 
     stride = cfg.chunk_len // cfg.wm_chunk_len
     stride_dataset(
         rollouts, out / "rollouts_strided", stride, int(Prophet.load_config(model_dir)["action_chunk_length"])
     )
-    imagine_branch_dataset(model_dir, rollouts, out / "rollouts_branches", cfg.target_task, cfg.wm_branch_segments,
-                           cfg.chunk_len, cfg.wm_refresh_reward_branch_every * cfg.chunk_len, cfg.image_size,
-                           cfg.camera, cfg.wm_num_steps)  # fmt: skip
-    datasets = [str(out / "rollouts_strided"), str(out / "rollouts_branches")]
-    train_classifier(datasets, out / "classifier_branches", [1.0, 1.0], cfg.wm_refresh_reward_steps, 0,
+    replays = out / f"rollouts_branches{_segments(cfg)}"
+    imagine_branch_dataset(model_dir, rollouts, replays, cfg.target_task, cfg.wm_branch_segments, cfg.chunk_len,
+                           cfg.wm_refresh_reward_branch_every * cfg.chunk_len, cfg.image_size, cfg.camera,
+                           cfg.wm_num_steps)  # fmt: skip
+    return [str(out / "rollouts_strided"), str(replays)]
+
+
+def _segments(cfg: DemoConfig) -> str:
+    return "" if cfg.wm_branch_segments == DEFAULT_BRANCH_SEGMENTS else f"_seg{cfg.wm_branch_segments}"
+
+
+def branch_classifier(cfg: DemoConfig, model_dir: str, rollouts: Path, out: Path) -> str:
+    """The bridged classifier retrained (``wm_refresh_reward_steps``) on the refresh ``rollouts``' real frames and on
+    their imagined branch replays (:func:`branch_replays`, labelled with the recorded frames' success), equal weights,
+    cached under ``out/classifier_branches`` (suffixed with a non-default branch length)."""
+    from lightning_prophrl.recipes.reward import train_classifier
+
+    clf = out / f"classifier_branches{_segments(cfg)}"
+    train_classifier(branch_replays(cfg, model_dir, rollouts, out), clf, [1.0, 1.0], cfg.wm_refresh_reward_steps, 0,
                      min(64, 16 * cfg.reward_train_episodes), cfg.image_size, Path(cfg.out) / "tb")  # fmt: skip
-    return str(out / "classifier_branches")
+    return str(clf)
 
 
 def refresh_classifier(cfg: DemoConfig, model_dir: str, rollouts: Path, out: Path) -> str:
@@ -56,24 +70,14 @@ def refresh_classifier(cfg: DemoConfig, model_dir: str, rollouts: Path, out: Pat
 
 def value_head(cfg: DemoConfig, model_dir: str, rollouts: Path, out: Path) -> str:
     """The value head of branch variants (``wm_value``): a frame classifier of the refresh ``rollouts``' eventual
-    success (``label="outcome"``), trained ``wm_value_steps`` on their real frames and on imagined branch replays of
-    ``wm_branch_segments`` chunks by the refreshed Prophet ``model_dir`` (a start every
-    ``wm_refresh_reward_branch_every`` chunks), equal weights, cached under ``out/value_seg<S>``. An imagined branch
-    cut without a success is graded by its last frame's value (``WorldModelEnv(value_scorer=...)``)."""
-    from lightning_prophrl.models.prophet import Prophet
-    from lightning_prophrl.recipes.imagined import imagine_branch_dataset
-    from lightning_prophrl.recipes.reward import stride_dataset, train_classifier
+    success (``label="outcome"``), trained ``wm_value_steps`` on the same real frames and branch replays as
+    :func:`branch_classifier` (each replay labelled with its source episode's outcome), equal weights, cached under
+    ``out/value`` (suffixed with a non-default branch length). An imagined branch cut without a success is graded by
+    its last frame's value (``WorldModelEnv(value_scorer=...)``)."""
+    from lightning_prophrl.recipes.reward import train_classifier
 
-    seg = cfg.wm_branch_segments
-    stride_dataset(
-        rollouts, out / "rollouts_strided", cfg.chunk_len // cfg.wm_chunk_len,
-        int(Prophet.load_config(model_dir)["action_chunk_length"]),
-    )  # fmt: skip
-    imagine_branch_dataset(model_dir, rollouts, out / f"value_branches_seg{seg}", cfg.target_task, seg, cfg.chunk_len,
-                           cfg.wm_refresh_reward_branch_every * cfg.chunk_len, cfg.image_size, cfg.camera,
-                           cfg.wm_num_steps)  # fmt: skip
-    datasets = [str(out / "rollouts_strided"), str(out / f"value_branches_seg{seg}")]
-    train_classifier(datasets, out / f"value_seg{seg}", [1.0, 1.0], cfg.wm_value_steps, 0,
+    head = out / f"value{_segments(cfg)}"
+    train_classifier(branch_replays(cfg, model_dir, rollouts, out), head, [1.0, 1.0], cfg.wm_value_steps, 0,
                      min(64, 16 * cfg.reward_train_episodes), cfg.image_size, Path(cfg.out) / "tb",
                      label="outcome")  # fmt: skip
-    return str(out / f"value_seg{seg}")
+    return str(head)
