@@ -98,7 +98,11 @@ def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
     path = Path(study.out) / "studies" / "within_start" / f"{study.name}.json"
     if path.exists():
         return json.loads(path.read_text())
-    cfg = replace(DemoConfig.load(study.out), out=study.out, group_size=study.group_size)
+    # the success classifier is the demo's branch-replay classifier of this branch length (trained when missing), not
+    # the one of whichever run last wrote the demo's config
+    cfg = replace(
+        DemoConfig.load(study.out), out=study.out, group_size=study.group_size, wm_branch_segments=study.segments
+    )
     root = Path(study.out)
     refresh_dir = root / "rl" / "wm_fagrpo_branch" / f"seed{study.seed}" / study.refresh
     sft_ckpt = root / "sft" / f"seed{study.seed}" / "sft.ckpt"
@@ -126,8 +130,7 @@ def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
         from lightning_prophrl.envs.world_model import classifier_scorer
         from lightning_prophrl.models.reward import load_classifier
 
-        value_dir = value_head(replace(cfg, wm_branch_segments=seg), refresh["model_dir"], refresh_dir / "rollouts",
-                               refresh_dir)  # fmt: skip
+        value_dir = value_head(cfg, refresh["model_dir"], refresh_dir / "rollouts", refresh_dir)
         value = classifier_scorer(load_classifier(value_dir))
     world = WorldModelEnv(prophet, stats, num_prompts=p, group_size=g, max_segments=seg,
                           num_steps=study.num_steps or cfg.wm_num_steps,
