@@ -171,6 +171,7 @@ def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions
     assert saved_table(out).count("\n| 0 | 2 | all | 0.7 | success | refresh | 3 x 2 |") == 1
     valued = run_within_start(replace(study, reward_signal="graded", value=True, real_segments=4))
     assert valued["real_segments"] == 4 and valued["segments"] == 2 and "value_on_real_pair_auc" in valued
+    assert valued["value_head"].endswith("value_seg2")  # trained for the study's own branch length
     assert valued["real_branch_steps"] <= 3 * 2 * 4 * cfg.chunk_len
     with pytest.raises(ValueError, match="--real-segments"):
         WithinStartConfig(out=str(out), segments=3, real_segments=2)

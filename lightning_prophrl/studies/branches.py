@@ -124,7 +124,7 @@ def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
     )
     scoring = wm_success_scoring(cfg, refresh.get("classifier_dir"))
     p, g, seg = study.num_prompts, study.group_size, study.segments
-    value = None
+    value = value_dir = None
     if study.value:
         from lightning_prophrl.demo.scorers import value_head
         from lightning_prophrl.envs.world_model import classifier_scorer
@@ -152,7 +152,8 @@ def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
     )  # fmt: skip
     real.close()
     res = {"config": asdict(study), "seconds": round(time.perf_counter() - t0, 1),
-           "policy_noise_level": policy.noise_level, **res}  # fmt: skip
+           "policy_noise_level": policy.noise_level, "success_scorer": refresh.get("classifier_dir"),
+           "value_head": value_dir, **res}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res, indent=1))
     return res
