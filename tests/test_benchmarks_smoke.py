@@ -64,4 +64,4 @@ def test_stage_benchmark_runs_the_demo_s_world_model_stages_in_order(bench, tmp_
     stages, table = pipe.run_stages(cfg, tmp_path / "logs")
     # the reward stage runs before RL, and the refresh finds the target data the demo's Prophet was adapted on
     assert list(stages)[:4] == ["data", "world_model", "reward", "sft_seed0"] and "rl_wm_fagrpo_branch_seed0" in stages
-    assert stages["rl_wm_fagrpo_branch_seed0"]["updates"] == cfg.rl_updates and "| wm_fagrpo_branch-seg3 |" in table
+    assert stages["rl_wm_fagrpo_branch_seed0"]["updates"] == cfg.rl_updates and "| wm_fagrpo_branch |" in table
