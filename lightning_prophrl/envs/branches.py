@@ -178,10 +178,10 @@ def within_start_outcomes(
     differ, how often the imagined reward orders them the same way (0.5 is chance; what a group-normalized reward from
     the world model needs); ``scorer_on_real_pair_auc``: the same ordering by ``world_env``'s success scorer (with
     its persistence rule, ``held_score``) applied to the *real* branch videos (their first ``world_env.max_segments``
-    chunks), which tells a reward model that cannot
-    rank the branches apart from a world model that cannot imagine them (None without a scorer); ``value_on_real_pair_auc``: the same ordering by ``world_env``'s ``value_scorer``
-    on the real frame after ``world_env.max_segments`` chunks (None without one); ``advantage_corr``: the correlation of the group-normalized real and imagined rewards over
-    all branches; the real environment steps of the measured starts (``real_env_steps``, with the replayed prefixes,
+    chunks), which tells a reward model that cannot rank the branches apart from a world model that cannot imagine
+    them (None without a scorer); ``value_on_real_pair_auc``: the same ordering by ``world_env``'s ``value_scorer``
+    on the real frame after ``world_env.max_segments`` chunks (None without one); ``advantage_corr``: the
+    correlation of the group-normalized real and imagined rewards over all branches; the real environment steps of the measured starts (``real_env_steps``, with the replayed prefixes,
     and ``real_branch_steps``, the branches alone; the padding starts of a last, partial batch are not counted); and
     two checks that both worlds start from the same state: ``max_state_drift``, the largest difference between the
     real proprioception after the replay and the recorded one, and ``first_action_max_diff``, the largest difference

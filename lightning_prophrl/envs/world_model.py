@@ -14,7 +14,8 @@ simulator. ``info[K.INFO_SCORE]`` grades the outcome (the best probability held 
 segments; :func:`graded_reward` makes it the RL reward). With a ``value_scorer`` (an estimate of the eventual
 success from a frame, e.g. a classifier trained with ``label="outcome"``), an episode cut by ``max_segments`` before
 its success is graded by the value of its last frame when that is higher, so that short branches from real states
-still rank their endings (``info[K.INFO_VALUE]``, present with a value scorer, holds the values, NaN where none was taken). Proprioception is not imagined by Prophet:
+still rank their endings (``info[K.INFO_VALUE]``, present with a value scorer, holds the values, NaN where none was
+taken). Proprioception is not imagined by Prophet:
 ``state_mode="integrate"`` dead-reckons the hand position from the commanded deltas (an approximation, documented as
 such), ``"zeros"`` gives zeros (for image-only policies).
 
@@ -164,8 +165,8 @@ class WorldModelEnv(BatchedEnvBase):
 
     def networks(self) -> list[nn.Module]:
         """The networks the environment runs: Prophet and the success scorer's (when it is or holds one)."""
-        held = [s for scorer in (self.success_scorer, self.value_scorer) for s in (scorer, getattr(scorer, "classifier",
-                                                                                                    None))]  # fmt: skip
+        scorers = (self.success_scorer, self.value_scorer)
+        held = [*scorers, *(getattr(scorer, "classifier", None) for scorer in scorers)]
         return [self.prophet, *(m for m in held if isinstance(m, nn.Module))]
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> WorldModelEnv:
