@@ -237,3 +237,36 @@ def test_trainer_config_composes(capsys, monkeypatch):
     cfg = print_config(["--config", str(CONFIGS.parent / "trainer" / "cpu_tiny.yaml"), "--config",
                         str(CONFIGS / "pretrain_tiny.yaml")], capsys, monkeypatch)  # fmt: skip
     assert cfg["trainer"]["accelerator"] == "cpu" and cfg["trainer"]["max_steps"] == 4000
+
+
+class StepLog(L.pytorch.loggers.Logger):
+    """A logger that keeps the step of every ``train/loss`` it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps: list[int] = []
+
+    name, version = "steps", 0
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if "train/loss" in metrics:
+            self.steps.append(step)
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+
+def test_a_run_resumed_from_a_mid_step_checkpoint_logs_at_its_global_step(data, tmp_path):
+    # Lightning's pre-emption checkpoint is written from inside the SIGUSR1 handler: after the optimizer step, before
+    # the loop counts the batch, it records a logging step one behind the global step. The resumed run logs each
+    # loss at the global step of the update it belongs to all the same.
+    t = trainer(max_steps=2, limit_val_batches=0, default_root_dir=tmp_path)
+    t.fit(ProphetPretrainModule(tiny_prophet()), data)
+    t.save_checkpoint(tmp_path / "hpc.ckpt")
+    ckpt = torch.load(tmp_path / "hpc.ckpt", map_location="cpu", weights_only=False)
+    ckpt["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] = ckpt["global_step"] - 1
+    torch.save(ckpt, tmp_path / "hpc.ckpt")
+    log = StepLog()
+    resumed = trainer(max_steps=5, limit_val_batches=0, logger=log, log_every_n_steps=1, default_root_dir=tmp_path)
+    resumed.fit(ProphetPretrainModule(tiny_prophet()), data, ckpt_path=tmp_path / "hpc.ckpt")
+    assert resumed.global_step == 5 and log.steps == [2, 3, 4]
