@@ -228,8 +228,10 @@ def test_reward_signal_and_branch_settings_are_checked_and_name_the_run(tmp_path
         assert flag in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
     # the names say what differs from the plainest RL inside Prophet (0/1 success, twins classifier, policy noise)
-    plain = dict(wm_reward_signal="success", wm_refresh_reward_data="twins", wm_noise_level=None)
-    assert run_name(DemoConfig(), "wm_fagrpo_branch") == "wm_fagrpo_branch-graded-brclf-noise2"  # the demo's default
+    plain = dict(wm_reward_signal="success", wm_refresh_reward_data="twins", wm_noise_level=None, wm_value=False,
+                 wm_guard_keep_best=False)  # fmt: skip
+    default = "wm_fagrpo_branch-graded-brclf-value-noise2-keepbest"
+    assert run_name(DemoConfig(), "wm_fagrpo_branch") == default  # the demo's default
     graded = DemoConfig(**{**plain, "wm_reward_signal": "graded"})
     assert run_name(graded, "wm_fagrpo_branch") == "wm_fagrpo_branch-graded"
     assert run_name(graded, "sim_fagrpo") == "sim_fagrpo"  # the simulator's reward is its own success
@@ -251,11 +253,15 @@ def test_reward_signal_and_branch_settings_are_checked_and_name_the_run(tmp_path
     onpolicy = DemoConfig(**{**plain, "wm_noise_level": 2.0}, wm_onpolicy_starts_every=20, rl_updates=100)
     assert run_name(onpolicy, "wm_fagrpo_branch_flowscale") == "wm_fagrpo_branch_flowscale-noise2-onpolicy20x30"
     assert run_name(onpolicy, "wm_fagrpo") == "wm_fagrpo-noise2"  # whole episodes from first frames: no branch starts
-    assert run_name(DemoConfig(wm_value=True, wm_branch_segments=3), "wm_fagrpo_branch") == (
+    assert run_name(DemoConfig(wm_branch_segments=3, wm_guard_keep_best=False), "wm_fagrpo_branch") == (
         "wm_fagrpo_branch-graded-brclf-seg3-value-noise2"
     )
-    with pytest.raises(ValueError, match="--wm-value needs --wm-reward-signal graded"):
-        DemoConfig(wm_value=True, wm_reward_signal="success")
+    with pytest.raises(
+        ValueError, match=r"--wm-value \(on by default\) needs --wm-reward-signal graded.*--no-wm-value"
+    ):
+        DemoConfig(wm_reward_signal="success")
+    DemoConfig(wm_reward_signal="success", wm_value=False)  # success within the branch alone
+    DemoConfig(wm_reward_signal="success", variants=["sim_fagrpo", "wm_fagrpo"])  # no branch variant, no value head
     from lightning_prophrl.pipeline import refresh_owner
 
     assert refresh_owner("wm_fagrpo_branch_flowscale") == "wm_fagrpo_branch" == refresh_owner("wm_fagrpo_branch")
@@ -330,11 +336,11 @@ def test_noise_draws_name_the_run_and_reduce_the_reward(tmp_path, capsys):
     from lightning_prophrl.pipeline import main, run_name, wm_reward_model
 
     cfg = DemoConfig(wm_draws=2, wm_draws_reduce="min")
-    assert run_name(cfg, "wm_fagrpo_branch") == "wm_fagrpo_branch-graded-brclf-noise2-draws2min"
+    assert run_name(cfg, "wm_fagrpo_branch") == "wm_fagrpo_branch-graded-brclf-value-noise2-draws2min-keepbest"
     assert run_name(cfg, "sim_fagrpo") == "sim_fagrpo"
     batch = SimpleNamespace(info={"draw_score": torch.tensor([[0.9, 0.1], [0.5, 0.8]])})
     assert torch.allclose(wm_reward_model(cfg)(batch), torch.tensor([0.5, 0.0]))  # min of the floored draws
-    assert wm_reward_model(DemoConfig(wm_reward_signal="success")) is None  # the env's own 0/1 success
+    assert wm_reward_model(DemoConfig(wm_reward_signal="success", wm_value=False)) is None  # the env's 0/1 success
     for flag, value in (("--wm-draws", "0"), ("--wm-draws-reduce", "max")):
         with pytest.raises(SystemExit):
             main(["--out", str(tmp_path), flag, value])

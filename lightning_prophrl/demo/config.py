@@ -88,8 +88,8 @@ class DemoConfig:
     wm_check_seeds: int = 20
     wm_check_every: int = 20
     # the policy after RL inside Prophet is the one of the guard's best real check (ties: the earlier), not the last:
-    # the checks' real interactions are counted either way
-    wm_guard_keep_best: bool = False
+    # the checks' real interactions are counted either way (False: the last update's policy)
+    wm_guard_keep_best: bool = True
     # world-model refresh (``*_refresh`` variants): real SDE rollouts of the SFT policy (seeds 6000 + 10000 * seed ..)
     # mixed with weight ``wm_refresh_weight`` into the target data Prophet was adapted on (``wm_target_data``; the
     # demo's own when it trains the world model) for ``wm_refresh_steps`` LoRA steps, before the gate and RL
@@ -125,7 +125,7 @@ class DemoConfig:
     # success, trained ``wm_value_steps`` on their real frames and imagined branch replays
     # (``demo.scorers.value_head``); a branch cut without a success is graded by its last frame's value, so that short
     # branches still rank their endings (False: success within the branch only)
-    wm_value: bool = False
+    wm_value: bool = True
     wm_value_steps: int = 2000
     # exploration inside Prophet: the SDE noise level of the RL rollouts (None: the policy's 0.7) and the group size
     # (None: ``group_size``); more noise or larger groups give more branches of one start different outcomes, which
@@ -229,9 +229,11 @@ class DemoConfig:
             raise ValueError(
                 f"`wm_refresh_reward_branch_every` must be >= 1, got {self.wm_refresh_reward_branch_every}"
             )
-        if self.wm_value and (self.wm_reward_signal != "graded" or self.wm_value_steps < 1):
-            raise ValueError(f"--wm-value needs --wm-reward-signal graded (got {self.wm_reward_signal!r}) and "
-                             f"--wm-value-steps >= 1 (got {self.wm_value_steps})")  # fmt: skip
+        branched = any(v in BRANCHED for v in self.variants)
+        if branched and self.wm_value and (self.wm_reward_signal != "graded" or self.wm_value_steps < 1):
+            raise ValueError(f"--wm-value (on by default) needs --wm-reward-signal graded (got "
+                             f"{self.wm_reward_signal!r}) and --wm-value-steps >= 1 (got {self.wm_value_steps}); "
+                             f"pass --no-wm-value to grade branches by their success alone")  # fmt: skip
         if self.wm_branch_segments < 1 or self.wm_branch_every < 1:
             raise ValueError(f"--wm-branch-segments (`wm_branch_segments`) and `wm_branch_every` must be >= 1, got "
                              f"{self.wm_branch_segments} and {self.wm_branch_every}")  # fmt: skip
@@ -269,7 +271,8 @@ class DemoConfig:
                     wm_adapt_steps=2, wm_batch=2, reward_train_episodes=3, reward_heldout_episodes=2,
                     reward_steps=10, paired_states=4, wm_base="pretrain", threads=1, parallel=False,
                     # the plainest RL inside Prophet: the tests switch each option of the default on by itself
-                    wm_reward_signal="success", wm_refresh_reward_data="twins", wm_noise_level=None)  # fmt: skip
+                    wm_reward_signal="success", wm_refresh_reward_data="twins", wm_noise_level=None,
+                    wm_value=False, wm_guard_keep_best=False)  # fmt: skip
         base.update(kw)
         return cls(**base)
 
