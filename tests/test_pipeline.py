@@ -267,6 +267,19 @@ def test_reward_signal_and_branch_settings_are_checked_and_name_the_run(tmp_path
     assert refresh_owner("wm_fagrpo_branch_flowscale") == "wm_fagrpo_branch" == refresh_owner("wm_fagrpo_branch")
 
 
+def test_the_last_update_of_a_run_is_its_final_policy_unless_a_kept_check_is_saved_beside_it(tmp_path):
+    from lightning_prophrl.demo.evaluate import run_checkpoint
+
+    run_dir = tmp_path / "rl" / "wm_fagrpo_branch" / "seed1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "policy.ckpt").touch()
+    assert run_checkpoint(tmp_path, "wm_fagrpo_branch@last", 1) == run_dir / "policy.ckpt"  # kept = last
+    (run_dir / "policy_last.ckpt").touch()
+    assert run_checkpoint(tmp_path, "wm_fagrpo_branch@last", 1) == run_dir / "policy_last.ckpt"
+    assert run_checkpoint(tmp_path, "wm_fagrpo_branch", 1) == run_dir / "policy.ckpt"
+    assert run_checkpoint(tmp_path, "sft", 1) == tmp_path / "sft" / "seed1" / "sft.ckpt"
+
+
 def test_paired_table_counts_states_won_and_lost_against_sft():
     from lightning_prophrl.demo.evaluate import paired_table
 

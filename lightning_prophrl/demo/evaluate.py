@@ -25,11 +25,13 @@ import torch
 
 def run_checkpoint(out: str | Path, run: str, seed: int) -> Path:
     """The checkpoint of a demo run under ``out``: ``"sft"`` (the SFT policy of ``seed``), ``"NAME"`` (the run's
-    final policy, or the guard's kept check) or ``"NAME@last"`` (the last update's, saved beside a kept check)."""
+    final policy, or the guard's kept check) or ``"NAME@last"`` (the last update's: saved beside a kept check that is
+    not the last update, otherwise the final policy itself)."""
     if run == "sft":
         return Path(out) / "sft" / f"seed{seed}" / "sft.ckpt"
-    name = run.removesuffix("@last")
-    return Path(out) / "rl" / name / f"seed{seed}" / ("policy_last.ckpt" if run.endswith("@last") else "policy.ckpt")
+    run_dir = Path(out) / "rl" / run.removesuffix("@last") / f"seed{seed}"
+    last = run_dir / "policy_last.ckpt"
+    return last if run.endswith("@last") and last.exists() else run_dir / "policy.ckpt"
 
 
 def evaluate_checkpoint(out: str | Path, run: str, seed: int, states: int, first: int = 1000) -> dict[str, Any]:
