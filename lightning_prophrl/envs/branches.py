@@ -181,8 +181,9 @@ def within_start_outcomes(
     chunks), which tells a reward model that cannot rank the branches apart from a world model that cannot imagine
     them (None without a scorer); ``value_on_real_pair_auc``: the same ordering by ``world_env``'s ``value_scorer``
     on the real frame after ``world_env.max_segments`` chunks (None without one); ``advantage_corr``: the
-    correlation of the group-normalized real and imagined rewards over all branches; the real environment steps of the measured starts (``real_env_steps``, with the replayed prefixes,
-    and ``real_branch_steps``, the branches alone; the padding starts of a last, partial batch are not counted); and
+    correlation of the group-normalized real and imagined rewards over all branches; the real environment steps of
+    the measured starts (``real_env_steps``, with the replayed prefixes, and ``real_branch_steps``, the branches
+    alone; the padding starts of a last, partial batch are not counted); and
     two checks that both worlds start from the same state: ``max_state_drift``, the largest difference between the
     real proprioception after the replay and the recorded one, and ``first_action_max_diff``, the largest difference
     between the first sampled chunks of paired real and imagined branches (0 when the observations match).
