@@ -65,3 +65,10 @@ def test_stage_benchmark_runs_the_demo_s_world_model_stages_in_order(bench, tmp_
     # the reward stage runs before RL, and the refresh finds the target data the demo's Prophet was adapted on
     assert list(stages)[:4] == ["data", "world_model", "reward", "sft_seed0"] and "rl_wm_fagrpo_branch_seed0" in stages
     assert stages["rl_wm_fagrpo_branch_seed0"]["updates"] == cfg.rl_updates and "| wm_fagrpo_branch |" in table
+
+
+@pytest.mark.slow
+def test_imagination_benchmark_times_both_success_sources_on_the_same_frames(bench):
+    res = bench("imagination").imagination_cost("window-open-v3", segments=1, rounds=1, num_prompts=1, group_size=2)
+    assert res["rollouts"] == 2 and res["ms_per_step_head"] > 0 and res["ms_per_step_scorer"] > 0
+    assert res["head_over_scorer"] == pytest.approx(res["ms_per_step_head"] / res["ms_per_step_scorer"], rel=0.01)

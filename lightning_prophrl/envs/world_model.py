@@ -100,7 +100,8 @@ class WorldModelEnv(BatchedEnvBase):
             one reset per prompt, no environment step.
         poses: commanded-target integrator and camera for the action-frame stream (see the module docstring).
         success_scorer: ``video (N, T, 3, H, W) -> (N,)`` success probability of the newest frame given the imagined
-            episode so far; None uses Prophet's success head.
+            episode so far; None uses Prophet's success head. With a scorer, Prophet's clean pass for its success
+            head is skipped (one U-Net pass fewer per segment; the frames are the same).
         draws: imagined copies of every rollout under independent noise (see the module docstring; 1: off). Costs D
             times the generation.
         value_scorer: ``video (N, T, 3, H, W) -> (N,)`` probability of eventual success from the newest frame, taken
@@ -320,6 +321,7 @@ class WorldModelEnv(BatchedEnvBase):
             self.frame, norm, self.mask[None].expand(rows, -1).to(device),
             history_latents=None if hist is None else hist.transpose(1, 2), history_mask=self.history.mask,
             num_steps=self.num_steps, generator=self.generator, **geometry,
+            score_success=self.success_scorer is None,  # a scorer replaces the head: skip its extra U-Net pass
         )  # fmt: skip
         frames = gen.frames.float()  # (rows, L, 3, H, W)
         if self.history.capacity > 0:

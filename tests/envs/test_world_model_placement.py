@@ -80,3 +80,24 @@ def test_reseed_restarts_the_noise_on_a_stream_of_the_environments_seed():
     assert not torch.equal(video(0, 5, 1), video(1, 5, 1))  # another environment seed
     with pytest.raises(ValueError, match="non-negative"):
         video(0, -1)
+
+
+def test_a_success_scorer_skips_the_success_heads_pass_and_imagines_the_same_frames():
+    prophet = tiny_prophet(memory=True).eval()
+    calls = []
+    hook = prophet.register_forward_hook(lambda *_: calls.append(1))
+
+    def imagine(scorer):
+        calls.clear()
+        env = WorldModelEnv(prophet, stats(), num_prompts=2, group_size=1, max_segments=3, num_steps=2, seed=0,
+                            poses=pinhole_poses(), stop_at_success=False, success_scorer=scorer)  # fmt: skip
+        env.reset(branch_prompts())
+        for a in actions(3).reshape(1, 3, 4, 14).repeat(2, 0).transpose(1, 0, 2, 3):
+            env.step(a)
+        return env.video(), len(calls)
+
+    head_video, head_calls = imagine(None)
+    scored_video, scored_calls = imagine(lambda v: torch.zeros(v.shape[0]))
+    hook.remove()
+    assert head_calls == 3 * (2 + 1) and scored_calls == 3 * 2  # num_steps passes per segment, + the head's
+    assert torch.equal(head_video, scored_video)
