@@ -96,6 +96,21 @@ class SimEvalCallback(L.Callback):
         """Evaluate now (also after ``fit``, e.g. a run stopped early), log ``eval/success`` and record the row."""
         return self._run(trainer, pl_module)
 
+    def repeat(self, trainer: L.Trainer, pl_module: L.LightningModule, of_step: int) -> dict[str, Any] | None:
+        """Record the evaluation made at update ``of_step`` again, at the current update, without running it: the
+        policy holds the weights it had then (e.g. a kept check restored), and the same weights give the same result
+        (fixed seeds and sampler noise). Returns the row, or ``None`` when no evaluation at ``of_step`` was recorded
+        (then call :meth:`evaluate`)."""
+        earlier = next((r for r in reversed(self.history) if r["step"] == of_step), None)
+        if earlier is None:
+            return None
+        row = {**earlier, "step": getattr(pl_module, "updates", trainer.global_step),
+               "train_env_steps": getattr(pl_module, "env_steps_total", 0)}  # fmt: skip
+        if trainer.is_global_zero and trainer.logger is not None:
+            trainer.logger.log_metrics({"eval/success": row["success"]}, step=trainer.global_step)
+        self._record(row)
+        return row
+
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         if self._env is None:
             from lightning_prophrl.envs.metaworld import MetaWorldEnv

@@ -323,8 +323,10 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     rows = [json.loads(line) for line in history.read_text().splitlines()]
     kept = guard.best_update if cfg.wm_guard_keep_best else None
     if not rows or rows[-1]["step"] != module.updates or (kept is not None and kept != module.updates):
-        # stopped early by the guard, or the guard's best check kept: evaluate the final policy
-        sim_eval.evaluate(trainer, module)
+        # stopped early by the guard, or the guard's best check kept: evaluate the final policy (a kept check's
+        # policy was evaluated at its update when the evaluation and the guard share the period: recorded again)
+        if kept is None or sim_eval.repeat(trainer, module, kept) is None:
+            sim_eval.evaluate(trainer, module)
         rows = [json.loads(line) for line in history.read_text().splitlines()]
     info = {"variant": variant, "seed": seed, "updates": module.updates, "train_env_steps": 0, "wm_reward": cfg.wm_reward,
             "wm_reward_signal": cfg.wm_reward_signal, "wm_graded_floor": cfg.wm_graded_floor,
