@@ -222,7 +222,7 @@ def test_reward_signal_and_branch_settings_are_checked_and_name_the_run(tmp_path
                         ("--wm-group-size", "1"), ("--wm-refresh-noise-level", "-1"),
                         ("--wm-refresh-branch-starts", "-1"), ("--wm-refresh-branch-group", "0"),
                         ("--wm-onpolicy-starts-every", "-1"), ("--wm-onpolicy-starts-every", "30"),
-                        ("--wm-onpolicy-starts-episodes", "0")):  # fmt: skip
+                        ("--wm-onpolicy-starts-episodes", "0"), ("--wm-beta-kl", "-0.1")):  # fmt: skip
         with pytest.raises(SystemExit):
             main(["--out", str(tmp_path), flag, value])
         assert flag in capsys.readouterr().err
@@ -238,6 +238,7 @@ def test_reward_signal_and_branch_settings_are_checked_and_name_the_run(tmp_path
     assert run_name(DemoConfig(**plain, wm_reward="success_head"), "wm_fagrpo") == "wm_fagrpo-success_head"
     explore = DemoConfig(**{**plain, "wm_noise_level": 2.0}, wm_group_size=16, wm_branch_segments=6)
     assert run_name(explore, "wm_fagrpo_branch") == "wm_fagrpo_branch-seg6-noise2-g16"
+    assert run_name(replace(explore, wm_beta_kl=0.0), "wm_fagrpo") == "wm_fagrpo-noise2-g16-kl0"
     assert run_name(explore, "wm_fagrpo") == "wm_fagrpo-noise2-g16" and run_name(explore, "sim_fagrpo") == "sim_fagrpo"
     refresh = DemoConfig(**plain, wm_refresh_noise_level=1.5)
     assert refresh_name(refresh) == "refresh-noise1.5" and refresh_name(DemoConfig.quick()) == "refresh"

@@ -21,6 +21,7 @@ VARIANTS = {
     "wm_fagrpo_branch_flowscale": ("fa_grpo", True, "wm"),
 }
 DEFAULT_BRANCH_SEGMENTS = 10  # imagined branch length in policy chunks (run and cache names say another one)
+DEFAULT_WM_BETA_KL = 0.04  # the KL anchor inside Prophet (run names say another one)
 BRANCHED = ("wm_fagrpo_branch", "wm_fagrpo_branch_flowscale")
 REFRESHED = ("wm_fagrpo_refresh", *BRANCHED)
 
@@ -82,7 +83,9 @@ class DemoConfig:
     wm_model_dir: str | None = None
     wm_stats_dir: str | None = None
     wm_num_steps: int = 1
-    wm_beta_kl: float = 0.04
+    # weight of the KL to the SFT policy in RL inside Prophet (the simulator's RL has none): it holds the policy near
+    # the states Prophet was adapted and refreshed on
+    wm_beta_kl: float = DEFAULT_WM_BETA_KL
     # the closed-loop gate's and the imagination guard's episodes (the branch agreement takes twice as many starts) and
     # the guard's period in RL updates (it also checks before the first)
     wm_check_seeds: int = 20
@@ -198,6 +201,8 @@ class DemoConfig:
         if self.wm_refresh_noise_level is not None and self.wm_refresh_noise_level <= 0:
             raise ValueError(f"--wm-refresh-noise-level (`wm_refresh_noise_level`) must be > 0, got "
                              f"{self.wm_refresh_noise_level}")  # fmt: skip
+        if self.wm_beta_kl < 0:
+            raise ValueError(f"--wm-beta-kl (`wm_beta_kl`) must be >= 0, got {self.wm_beta_kl}")
         if self.wm_noise_level is not None and self.wm_noise_level <= 0:
             raise ValueError(f"--wm-noise-level (`wm_noise_level`) must be > 0, got {self.wm_noise_level}")
         if self.wm_draws < 1 or self.wm_draws_reduce not in ("mean", "min"):
@@ -323,6 +328,7 @@ def run_name(cfg: DemoConfig, variant: str) -> str:
         )
     name += "" if cfg.wm_noise_level is None else f"-noise{cfg.wm_noise_level:g}"
     name += "" if cfg.wm_group_size is None else f"-g{cfg.wm_group_size}"
+    name += "" if cfg.wm_beta_kl == DEFAULT_WM_BETA_KL else f"-kl{cfg.wm_beta_kl:g}"
     name += "" if cfg.wm_draws == 1 else f"-draws{cfg.wm_draws}{cfg.wm_draws_reduce}"
     name += "-keepbest" if cfg.wm_guard_keep_best else ""
     onpolicy = cfg.wm_onpolicy_starts_every and variant in BRANCHED
