@@ -30,6 +30,12 @@ def test_demo_quick_runs_every_stage_writes_the_table_and_resumes(tmp_path):
     assert list((tmp_path / "demo" / "tb").iterdir())
     # cached stages: a rerun resumes without retraining and gives the same table
     assert run(cfg)["table"] == out["table"]
+    # a finished RL stage made with other settings is refused, naming its file and the setting, and left as it was
+    done = tmp_path / "demo" / "rl" / "sim_fagrpo" / "seed0" / "done.json"
+    before = done.read_text()
+    with pytest.raises(ValueError, match=rf"{done}.*lr: 3e-05 there, 0\.001 now.*--out"):
+        run(replace(cfg, lr=1e-3))
+    assert done.read_text() == before and json.loads(before)["settings"]["lr"] == cfg.lr
     # the paired re-evaluation reproduces the demo's own evaluations of the saved policies (same states, same noise)
     from lightning_prophrl.demo.evaluate import evaluate_checkpoint, paired_table
 

@@ -22,6 +22,8 @@ VARIANTS = {
 }
 DEFAULT_BRANCH_SEGMENTS = 10  # imagined branch length in policy chunks (run and cache names say another one)
 DEFAULT_WM_BETA_KL = 0.04  # the KL anchor inside Prophet (run names say another one)
+# settings that do not change what an RL stage computes (where and how fast it runs, and what runs beside it)
+NOT_RL_SETTINGS = ("out", "seeds", "variants", "threads", "parallel", "seed_workers", "paired_states", "reward_report")
 BRANCHED = ("wm_fagrpo_branch", "wm_fagrpo_branch_flowscale")
 REFRESHED = ("wm_fagrpo_refresh", *BRANCHED)
 
@@ -313,9 +315,34 @@ def refresh_name(cfg: DemoConfig) -> str:
     return name
 
 
+def rl_settings(cfg: DemoConfig) -> dict[str, Any]:
+    """The settings an RL stage records in its ``done.json`` and compares on a rerun (all but ``NOT_RL_SETTINGS``)."""
+    return json.loads(json.dumps({f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in NOT_RL_SETTINGS}))
+
+
+def cached_rl_run(cfg: DemoConfig, out: Path) -> dict[str, Any] | None:
+    """The finished RL stage under ``out`` (None: not finished).
+
+    Raises:
+        ValueError: naming ``out``'s ``done.json`` and the settings that differ, when it was made with other settings
+            (a stage from before settings were recorded is taken as it is).
+    """
+    done = Path(out) / "done.json"
+    if not done.exists():
+        return None
+    info = json.loads(done.read_text())
+    made, now = info.get("settings"), rl_settings(cfg)
+    if made is not None and made != now:
+        diff = "; ".join(f"{k}: {made.get(k)!r} there, {now.get(k)!r} now" for k in sorted({**made, **now})
+                         if made.get(k) != now.get(k))  # fmt: skip
+        raise ValueError(f"{done} was made with other settings ({diff}); pass another --out or delete {out}")
+    return info
+
+
 def run_name(cfg: DemoConfig, variant: str) -> str:
     """A run's directory and table row: world-model runs with a non-default reward say so (they live beside the
-    default ones)."""
+    default ones). Settings a name does not say (the RL budget, the learning rate, ...) are recorded in the run's
+    ``done.json``, and a rerun with others is refused (:func:`cached_rl_run`)."""
     if VARIANTS[variant][2] != "wm":
         return variant
     name = variant if cfg.wm_reward == "bridged" else f"{variant}-{cfg.wm_reward}"

@@ -23,8 +23,10 @@ from lightning_prophrl.demo.config import (
     REFRESHED,
     VARIANTS,
     DemoConfig,
+    cached_rl_run,
     refresh_name,
     refresh_owner,
+    rl_settings,
     run_name,
 )
 from lightning_prophrl.demo.scorers import branch_classifier, refresh_classifier, value_head
@@ -224,8 +226,8 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     # runs with the success-head reward live beside the default (bridged) ones
     name = run_name(cfg, variant)
     out = Path(cfg.out) / "rl" / name / f"seed{seed}"
-    if is_done(out):
-        return json.loads((out / "done.json").read_text())
+    if (cached := cached_rl_run(cfg, out)) is not None:
+        return cached
     # the refresh does not depend on the reward signal: runs that differ only in it share one
     refresh_dir = Path(cfg.out) / "rl" / refresh_owner(variant) / f"seed{seed}" / refresh_name(cfg)
     refresh = stage_refresh(cfg, sft_ckpt, seed, refresh_dir) if variant in REFRESHED else None
@@ -337,6 +339,6 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
             "branch": {"starts": n_starts, "segments": cfg.wm_branch_segments,
                        "agreement": branch_gate} if branch else None,
             "guard": guard.history, "kept_update": kept, "imagined_episodes": module.episodes_total,
-            "seconds": time.perf_counter() - t0, "eval": rows}  # fmt: skip
+            "seconds": time.perf_counter() - t0, "eval": rows, "settings": rl_settings(cfg)}  # fmt: skip
     mark_done(out, info)
     return info

@@ -15,7 +15,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import torch
 
-from lightning_prophrl.demo.config import POLICY_DIMS, VARIANTS, DemoConfig
+from lightning_prophrl.demo.config import POLICY_DIMS, VARIANTS, DemoConfig, cached_rl_run, rl_settings, run_name
 from lightning_prophrl.stage_cache import is_done, mark_done
 
 
@@ -192,9 +192,9 @@ def stage_rl_sim(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dic
     from lightning_prophrl.modules import FAGRPOModule
 
     loss, flowscale, _ = VARIANTS[variant]
-    out = Path(cfg.out) / "rl" / variant / f"seed{seed}"
-    if is_done(out):
-        return json.loads((out / "done.json").read_text())
+    out = Path(cfg.out) / "rl" / run_name(cfg, variant) / f"seed{seed}"
+    if (cached := cached_rl_run(cfg, out)) is not None:
+        return cached
     L.seed_everything(seed, workers=True)
     env = MetaWorldEnv(cfg.target_task, num_prompts=cfg.num_prompts, group_size=cfg.group_size,
                        image_size=cfg.image_size, max_steps=cfg.max_steps, camera=cfg.camera)  # fmt: skip
@@ -209,13 +209,15 @@ def stage_rl_sim(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dic
     sim_eval = SimEvalCallback(cfg.target_task, seeds=list(range(1000, 1000 + cfg.eval_seeds)),
                                every_n_steps=cfg.eval_every, max_queries=cfg.max_queries, image_size=cfg.image_size,
                                camera=cfg.camera, max_steps=cfg.max_steps, history_path=str(history))  # fmt: skip
-    trainer = _trainer(cfg.out, f"{variant}_seed{seed}", max_epochs=1, callbacks=[sim_eval], log_every_n_steps=1)
+    trainer = _trainer(cfg.out, f"{run_name(cfg, variant)}_seed{seed}", max_epochs=1, callbacks=[sim_eval],
+                       log_every_n_steps=1)  # fmt: skip
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=prompts)
     trainer.save_checkpoint(out / "policy.ckpt")
     env.close()
     rows = [json.loads(line) for line in history.read_text().splitlines()]
     info = {"variant": variant, "seed": seed, "updates": module.updates, "train_env_steps": module.env_steps_total,
-            "train_episodes": module.episodes_total, "seconds": time.perf_counter() - t0, "eval": rows}  # fmt: skip
+            "train_episodes": module.episodes_total, "seconds": time.perf_counter() - t0, "eval": rows,
+            "settings": rl_settings(cfg)}  # fmt: skip
     mark_done(out, info)
     return info
