@@ -32,7 +32,7 @@ def load_done(path: str | Path) -> dict[str, Any]:
     return json.loads((Path(path) / "done.json").read_text())
 
 
-def _jsonable(args: dict[str, Any]) -> dict[str, Any]:
+def jsonable(args: dict[str, Any]) -> dict[str, Any]:
     """Arguments as stored in ``done.json`` (paths resolved, so a rerun from another directory still matches)."""
     out = {}
     for k, v in args.items():
@@ -40,19 +40,33 @@ def _jsonable(args: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(out, default=str))
 
 
+def cached_done(out_dir: str | Path, args: dict[str, Any], key: str = "args") -> dict[str, Any] | None:
+    """The ``done.json`` of a finished stage made with ``args`` (recorded under ``key``); None when not finished.
+
+    Raises:
+        ValueError: naming ``done.json`` and each argument that differs, with both values, when it was made with
+            others (a stage without a record under ``key`` is taken as it is).
+    """
+    if not is_done(out_dir):
+        return None
+    info = load_done(out_dir)
+    made, now = info.get(key), jsonable(args)
+    if made is not None and made != now:
+        diff = "; ".join(f"{k}: {made.get(k)!r} there, {now.get(k)!r} now" for k in sorted({**made, **now})
+                         if made.get(k) != now.get(k))  # fmt: skip
+        raise ValueError(f"{Path(out_dir) / 'done.json'} was made with other arguments ({diff}); delete {out_dir} or "
+                         "choose another output directory (--out)")  # fmt: skip
+    return info
+
+
 def _cached_with(out_dir: Path, args: dict[str, Any]) -> bool:
     """Whether ``out_dir`` is a finished stage made with ``args``.
 
     Raises:
-        ValueError: it was made with other arguments.
+        ValueError: it was made with other arguments (:func:`cached_done`).
         FileExistsError: ``out_dir`` exists but is no finished stage (never overwritten).
     """
-    if is_done(out_dir):
-        made, now = load_done(out_dir).get("args") or {}, _jsonable(args)
-        if made != now:
-            diff = sorted(k for k in {**made, **now} if made.get(k) != now.get(k))
-            raise ValueError(f"{out_dir} was made with other arguments (differ: {diff}); delete it or choose another "
-                             "output directory")  # fmt: skip
+    if cached_done(out_dir, args) is not None:
         return True
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists but holds no done.json; delete it or choose another output directory")
@@ -66,7 +80,7 @@ def run_stage(out_dir: Path, args: dict[str, Any], build: Callable[[Path], dict[
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run
     partial.mkdir(parents=True)
-    info = mark_done(partial, {**build(partial), "args": _jsonable(args)})
+    info = mark_done(partial, {**build(partial), "args": jsonable(args)})
     if out_dir.exists():
         out_dir.rmdir()  # empty (checked by _cached_with)
     os.replace(partial, out_dir)

@@ -316,27 +316,22 @@ def refresh_name(cfg: DemoConfig) -> str:
 
 
 def rl_settings(cfg: DemoConfig) -> dict[str, Any]:
-    """The settings an RL stage records in its ``done.json`` and compares on a rerun (all but ``NOT_RL_SETTINGS``)."""
-    return json.loads(json.dumps({f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in NOT_RL_SETTINGS}))
+    """The settings an RL stage records in its ``done.json`` and compares on a rerun (all but ``NOT_RL_SETTINGS``;
+    paths resolved, as ``stage_cache`` stores arguments)."""
+    from lightning_prophrl.stage_cache import jsonable
+
+    settings = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in NOT_RL_SETTINGS}
+    if cfg.wm_target_data:
+        settings["wm_target_data"] = Path(cfg.wm_target_data)
+    return jsonable(settings)
 
 
 def cached_rl_run(cfg: DemoConfig, out: Path) -> dict[str, Any] | None:
-    """The finished RL stage under ``out`` (None: not finished).
+    """The finished RL stage under ``out`` (None: not finished); one made with other settings is refused
+    (``stage_cache.cached_done``: a ValueError naming its ``done.json`` and the settings that differ)."""
+    from lightning_prophrl.stage_cache import cached_done
 
-    Raises:
-        ValueError: naming ``out``'s ``done.json`` and the settings that differ, when it was made with other settings
-            (a stage from before settings were recorded is taken as it is).
-    """
-    done = Path(out) / "done.json"
-    if not done.exists():
-        return None
-    info = json.loads(done.read_text())
-    made, now = info.get("settings"), rl_settings(cfg)
-    if made is not None and made != now:
-        diff = "; ".join(f"{k}: {made.get(k)!r} there, {now.get(k)!r} now" for k in sorted({**made, **now})
-                         if made.get(k) != now.get(k))  # fmt: skip
-        raise ValueError(f"{done} was made with other settings ({diff}); pass another --out or delete {out}")
-    return info
+    return cached_done(out, rl_settings(cfg), key="settings")
 
 
 def run_name(cfg: DemoConfig, variant: str) -> str:
