@@ -156,14 +156,25 @@ def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions
         sft_w = torch.load(out / "sft" / "seed0" / "sft.ckpt", weights_only=False)["state_dict"]
         shared = [k for k in sft_w if k.startswith("policy.") and k in kept_w]
         assert shared and all(torch.equal(kept_w[k], sft_w[k]) for k in shared)
-    # the value head: a classifier of the refresh rollouts' eventual success grades branches cut without a success
-    res6 = run(replace(cfg, variants=["wm_fagrpo_branch"], wm_reward_signal="graded", wm_value=True))["results"]
-    vh = res6["wm_fagrpo_branch-graded-seg3-value"][0]
+    # the value head: a classifier of the refresh rollouts' eventual success grades branches cut without a success,
+    # here also trained on real branches of 2 starts x 2, run to the episode's end and labelled with their own outcome
+    res6 = run(replace(cfg, variants=["wm_fagrpo_branch"], wm_reward_signal="graded", wm_value=True,
+                       wm_value_branches=2, wm_refresh_branch_group=2))["results"]  # fmt: skip
+    vh = res6["wm_fagrpo_branch-graded-seg3-valuebr2x2"][0]
+    assert vh["refresh"]["model_dir"] == br["refresh"]["model_dir"]  # the value branches leave the refresh alone
     value = json.loads((Path(vh["value_head"]) / "done.json").read_text())
-    assert value["args"]["label"] == "outcome" and value["args"]["datasets"] == clf["args"]["datasets"]  # same frames
-    replays = list(iter_episodes(value["args"]["datasets"][-1], decode_frames=False))
+    assert value["args"]["label"] == "outcome" and value["args"]["datasets"][:2] == clf["args"]["datasets"]
+    replays = list(iter_episodes(value["args"]["datasets"][1], decode_frames=False))
     sources = {ep.key: ep.success for ep in iter_episodes(value["args"]["datasets"][0], decode_frames=False)}
     assert replays and all(ep.meta["episode_success"] == sources[ep.meta["branch_of"]] for ep in replays)
+    vb = vh["value_branches"]
+    assert value["args"]["datasets"][2] == str(Path(vb["out"]).resolve()) and vb["starts"] == 2 and vb["episodes"] == 4
+    real = list(iter_episodes(vb["out"], decode_frames=False))
+    assert len(real) == 4 and all(len(ep.meta["success_steps"]) == cfg.max_steps + 1 for ep in real)  # to the end
+    assert all(ep.meta["episode_success"] == ep.success for ep in real)  # starts precede any success of the source
+    guard_steps = sum(g["real_env_steps"] for g in vh["guard"])
+    assert vh["real_interactions"] == (vh["gate"]["real_env_steps"] + guard_steps + vh["refresh"]["env_steps"]
+                                       + vb["env_steps"])  # fmt: skip
     # the within-start study reuses the run: G real and G imagined branches from the same recorded states
     from lightning_prophrl.studies.branches import WithinStartConfig, run_within_start, saved_table
 
@@ -179,6 +190,12 @@ def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions
     assert valued["real_segments"] == 4 and valued["segments"] == 2 and "value_on_real_pair_auc" in valued
     assert valued["value_head"].endswith("value_seg2")  # trained for the study's own branch length
     assert valued["real_branch_steps"] <= 3 * 2 * 4 * cfg.chunk_len
+    # ... or by the head that also saw real branches run to the end (the RL run's branches, cached)
+    valued_br = run_within_start(replace(study, reward_signal="graded", value=True, real_segments=4, value_branches=2))
+    assert valued_br["value_head"].endswith("value_seg2_value_branches2x2") and valued_br["pairs"] == valued["pairs"]
+    assert 0 <= valued_br["value_branch_starts_measured"] <= 2
+    with pytest.raises(ValueError, match="--value-branches"):
+        WithinStartConfig(out=str(out), value_branches=2)
     with pytest.raises(ValueError, match="--real-segments"):
         WithinStartConfig(out=str(out), segments=3, real_segments=2)
 
@@ -228,7 +245,8 @@ def test_reward_signal_and_branch_settings_are_checked_and_name_the_run(tmp_path
                         ("--wm-group-size", "1"), ("--wm-refresh-noise-level", "-1"),
                         ("--wm-refresh-branch-starts", "-1"), ("--wm-refresh-branch-group", "0"),
                         ("--wm-onpolicy-starts-every", "-1"), ("--wm-onpolicy-starts-every", "30"),
-                        ("--wm-onpolicy-starts-episodes", "0"), ("--wm-beta-kl", "-0.1")):  # fmt: skip
+                        ("--wm-onpolicy-starts-episodes", "0"), ("--wm-beta-kl", "-0.1"),
+                        ("--wm-value-branches", "-1")):  # fmt: skip
         with pytest.raises(SystemExit):
             main(["--out", str(tmp_path), flag, value])
         assert flag in capsys.readouterr().err
@@ -238,6 +256,9 @@ def test_reward_signal_and_branch_settings_are_checked_and_name_the_run(tmp_path
                  wm_guard_keep_best=False)  # fmt: skip
     default = "wm_fagrpo_branch-graded-brclf-value-noise2-keepbest"
     assert run_name(DemoConfig(), "wm_fagrpo_branch") == default  # the demo's default
+    assert run_name(DemoConfig(wm_value_branches=32), "wm_fagrpo_branch") == default.replace("value", "valuebr32x4")
+    with pytest.raises(ValueError, match="--wm-value-branches"):
+        DemoConfig(wm_value_branches=32, wm_value=False)
     graded = DemoConfig(**{**plain, "wm_reward_signal": "graded"})
     assert run_name(graded, "wm_fagrpo_branch") == "wm_fagrpo_branch-graded"
     assert run_name(graded, "sim_fagrpo") == "sim_fagrpo"  # the simulator's reward is its own success
@@ -285,6 +306,20 @@ def test_the_last_update_of_a_run_is_its_final_policy_unless_a_kept_check_is_sav
     assert run_checkpoint(tmp_path, "wm_fagrpo_branch@last", 1) == run_dir / "policy_last.ckpt"
     assert run_checkpoint(tmp_path, "wm_fagrpo_branch", 1) == run_dir / "policy.ckpt"
     assert run_checkpoint(tmp_path, "sft", 1) == tmp_path / "sft" / "seed1" / "sft.ckpt"
+
+
+def test_a_run_recorded_before_a_setting_existed_is_reused_only_at_that_settings_default(tmp_path):
+    from lightning_prophrl.demo.config import cached_rl_run, rl_settings
+    from lightning_prophrl.stage_cache import mark_done
+
+    cfg = DemoConfig(out=str(tmp_path))
+    older = {k: v for k, v in rl_settings(cfg).items() if k != "wm_value_branches"}  # made before the setting
+    mark_done(tmp_path / "run", {"updates": 40, "settings": older})
+    assert cached_rl_run(cfg, tmp_path / "run")["updates"] == 40  # the default is what the run was made with
+    with pytest.raises(ValueError, match="wm_value_branches: None there, 24 now"):
+        cached_rl_run(replace(cfg, wm_value_branches=24), tmp_path / "run")
+    with pytest.raises(ValueError, match="lr: "):  # a recorded setting still has to match
+        cached_rl_run(replace(cfg, lr=1e-3), tmp_path / "run")
 
 
 def test_paired_table_counts_states_won_and_lost_against_sft():

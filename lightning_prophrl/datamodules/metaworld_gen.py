@@ -313,7 +313,9 @@ def generate_branch_rollouts(
 
     Each branch replays the start's recorded prefix in the simulator (``MetaWorldEnv.reset``), runs ``max_queries``
     policy chunks from there with a frame after every action, and is stored joined to its source episode's recorded
-    prefix (``join_branch``; ``meta["branch_of"]``, ``meta["branch_start"]``).
+    prefix (``join_branch``; ``meta["branch_of"]``, ``meta["branch_start"]``). A branch that reached the episode's
+    end (a success, or ``max_steps`` with the prefix) also records its eventual outcome, ``meta["episode_success"]``,
+    the label of a value head (``frame_labels(label="outcome")``); a branch cut earlier has none.
 
     Returns:
         ``{"out", "starts", "episodes", "successes", "success_rate", "mixed_starts", "env_steps" (with the replayed
@@ -351,6 +353,8 @@ def generate_branch_rollouts(
                     ep, branch = rollouts.episode(env, p * group_size + j, dataset)
                     joined = join_branch(source, t, branch, f"{source.key}_t{t:03d}_g{j:02d}")
                     joined.meta["source"] = "policy-sde-branch"
+                    if branch.success or len(batch[p][PREFIX_ACTIONS]) + len(ep.actions) >= max_steps:
+                        joined.meta["episode_success"] = bool(branch.success)  # the branch ran to the episode's end
                     writer.write(joined)
                     wins += int(branch.success)
                     summary["episodes"] += 1

@@ -132,6 +132,11 @@ class DemoConfig:
     # branches still rank their endings (False: success within the branch only)
     wm_value: bool = True
     wm_value_steps: int = 2000
+    # the value head's within-start contrast: ``wm_value_branches`` random branch starts of the refresh rollouts, each
+    # branched ``wm_refresh_branch_group`` times in the simulator (RL noise ``wm_noise_level``, the recorded prefix
+    # replayed) and run to the episode's end, every frame labelled with its own branch's outcome, join the value
+    # head's data (real interactions, counted); 0: off
+    wm_value_branches: int = 0
     # exploration inside Prophet: the SDE noise level of the RL rollouts (None: the policy's 0.7) and the group size
     # (None: ``group_size``); more noise or larger groups give more branches of one start different outcomes, which
     # is all a group-normalized advantage learns from (``studies.branches`` measures it before RL)
@@ -216,6 +221,9 @@ class DemoConfig:
             raise ValueError(f"--wm-refresh-branch-starts (`wm_refresh_branch_starts`) must be >= 0 and "
                              f"--wm-refresh-branch-group (`wm_refresh_branch_group`) >= 1, got "
                              f"{self.wm_refresh_branch_starts} and {self.wm_refresh_branch_group}")  # fmt: skip
+        if self.wm_value_branches < 0 or (self.wm_value_branches and not self.wm_value):
+            raise ValueError(f"--wm-value-branches (`wm_value_branches`) must be >= 0 and needs --wm-value, got "
+                             f"{self.wm_value_branches} with wm_value={self.wm_value}")  # fmt: skip
         if self.wm_onpolicy_starts_every < 0 or self.wm_onpolicy_starts_episodes < 1:
             raise ValueError(f"--wm-onpolicy-starts-every (`wm_onpolicy_starts_every`) must be >= 0 and "
                              f"--wm-onpolicy-starts-episodes (`wm_onpolicy_starts_episodes`) >= 1, got "
@@ -328,10 +336,17 @@ def rl_settings(cfg: DemoConfig) -> dict[str, Any]:
 
 def cached_rl_run(cfg: DemoConfig, out: Path) -> dict[str, Any] | None:
     """The finished RL stage under ``out`` (None: not finished); one made with other settings is refused
-    (``stage_cache.cached_done``: a ValueError naming its ``done.json`` and the settings that differ)."""
-    from lightning_prophrl.stage_cache import cached_done
+    (``stage_cache.cached_done``: a ValueError naming its ``done.json`` and the settings that differ). A setting its
+    record lacks (added after the run was made) counts as the same when it is at its default, the behaviour the run
+    was made with."""
+    from lightning_prophrl.stage_cache import cached_done, is_done, load_done
 
-    return cached_done(out, rl_settings(cfg), key="settings")
+    now = rl_settings(cfg)
+    made = load_done(out).get("settings") if is_done(out) else None
+    if made is not None:
+        defaults = rl_settings(DemoConfig())
+        now = {k: v for k, v in now.items() if k in made or v != defaults.get(k)}
+    return cached_done(out, now, key="settings")
 
 
 def run_name(cfg: DemoConfig, variant: str) -> str:
@@ -345,8 +360,10 @@ def run_name(cfg: DemoConfig, variant: str) -> str:
     name += "-brclf" if cfg.wm_refresh_reward_data == "branches" and variant in REFRESHED else ""
     name += f"-{refresh_name(cfg)}" if variant in REFRESHED and refresh_name(cfg) != "refresh" else ""
     if variant in BRANCHED:  # the branch horizon and the value head (defaults unnamed)
-        name += ("" if cfg.wm_branch_segments == DEFAULT_BRANCH_SEGMENTS else f"-seg{cfg.wm_branch_segments}") + (
-            "-value" * cfg.wm_value
+        name += (
+            ("" if cfg.wm_branch_segments == DEFAULT_BRANCH_SEGMENTS else f"-seg{cfg.wm_branch_segments}")
+            + ("-value" * cfg.wm_value)
+            + (f"br{cfg.wm_value_branches}x{cfg.wm_refresh_branch_group}" if cfg.wm_value_branches else "")
         )
     name += "" if cfg.wm_noise_level is None else f"-noise{cfg.wm_noise_level:g}"
     name += "" if cfg.wm_group_size is None else f"-g{cfg.wm_group_size}"

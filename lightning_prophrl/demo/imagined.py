@@ -137,10 +137,12 @@ def branch_prompts(cfg: DemoConfig, rollouts: str | Path, history_len: int, **kw
 
 
 def refresh_branches(cfg: DemoConfig, policy: Any, decoder: Any, rollouts: Path, history_len: int, seed: int,
-                     out: Path) -> dict[str, Any]:  # fmt: skip
-    """``wm_refresh_branch_starts`` branch starts of the refresh ``rollouts`` (drawn at random with ``seed``, so that
-    evenly spaced measurements such as ``studies.branches`` mostly see other starts), each branched
-    ``wm_refresh_branch_group`` times in the real simulator (``generate_branch_rollouts``; cached under ``out``)."""
+                     out: Path, starts: int | None = None, chunks: int | None = None,
+                     key: int = 7) -> dict[str, Any]:  # fmt: skip
+    """``starts`` (default ``wm_refresh_branch_starts``) branch starts of the refresh ``rollouts`` (drawn at random with
+    ``[seed, key]``, so that evenly spaced measurements such as ``studies.branches`` mostly see other starts), each
+    branched ``wm_refresh_branch_group`` times in the real simulator for ``chunks`` policy chunks (default
+    ``wm_branch_segments``; ``generate_branch_rollouts``; cached under ``out``)."""
     from lightning_prophrl.datamodules.metaworld_gen import generate_branch_rollouts
 
     if is_done(out):
@@ -148,15 +150,36 @@ def refresh_branches(cfg: DemoConfig, policy: Any, decoder: Any, rollouts: Path,
     shutil.rmtree(out, ignore_errors=True)  # a half-written set from an interrupted run
     prompts = branch_prompts(cfg, rollouts, history_len)
     prompts.setup()
-    n = len(prompts.train_prompts)
-    pick = np.sort(np.random.default_rng([seed, 7]).choice(n, min(cfg.wm_refresh_branch_starts, n), replace=False))
+    n, want = len(prompts.train_prompts), cfg.wm_refresh_branch_starts if starts is None else starts
+    pick = np.sort(np.random.default_rng([seed, key]).choice(n, min(want, n), replace=False))
     summary = generate_branch_rollouts(policy.eval(), decoder, prompts, pick.tolist(), str(out),
-                                       cfg.wm_refresh_branch_group, cfg.wm_branch_segments, size=cfg.image_size,
-                                       camera=cfg.camera, max_steps=cfg.max_steps, noise_seed=seed,
-                                       noise_level=cfg.wm_noise_level, stats_from=cfg.wm_model_dir)  # fmt: skip
+                                       cfg.wm_refresh_branch_group, chunks or cfg.wm_branch_segments,
+                                       size=cfg.image_size, camera=cfg.camera, max_steps=cfg.max_steps,
+                                       noise_seed=seed, noise_level=cfg.wm_noise_level,
+                                       stats_from=cfg.wm_model_dir)  # fmt: skip
     summary["start_indices"] = pick.tolist()
     mark_done(out, summary)
     return summary
+
+
+def value_branches(cfg: DemoConfig, sft_ckpt: str, seed: int, refresh_dir: Path, history_len: int) -> Path | None:
+    """The value head's real branches (``wm_value_branches`` starts, None when 0): :func:`refresh_branches` of the SFT
+    policy run to the episode's end (``max_queries`` chunks), starts drawn with ``[seed, 11]``, cached under
+    ``refresh_dir/value_branches<N>x<G>``; every branch records its own outcome (``meta["episode_success"]``)."""
+    from lightning_prophrl.envs.rollout import ActionDecoder
+    from lightning_prophrl.modules.fa_grpo import load_policy_weights
+
+    if not cfg.wm_value_branches:
+        return None
+    out = refresh_dir / f"value_branches{cfg.wm_value_branches}x{cfg.wm_refresh_branch_group}"
+    if not is_done(out):
+        with torch.random.fork_rng():  # the RL stage's own random stream stays the one it has without them
+            policy = build_policy(cfg)
+            hp = load_policy_weights(policy, sft_ckpt)
+            decoder = ActionDecoder(hp["action_stats"], hp["action_dims"], "metaworld")
+            refresh_branches(cfg, policy, decoder, refresh_dir / "rollouts", history_len, seed, out,
+                             starts=cfg.wm_value_branches, chunks=cfg.max_queries, key=11)  # fmt: skip
+    return out
 
 
 def onpolicy_starts(cfg: DemoConfig, decoder: Any, seed: int, out: Path) -> Any:
@@ -244,12 +267,13 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
         else None
     )
     scoring = wm_success_scoring(cfg, (refresh or {}).get("classifier_dir"))
-    value, value_dir = None, None
+    value, value_dir, real_branches = None, None, None
     if branch and cfg.wm_value:  # short branches graded by the value of their last frame
         from lightning_prophrl.envs.world_model import classifier_scorer
         from lightning_prophrl.models.reward import load_classifier
 
-        value_dir = value_head(cfg, refresh["model_dir"], refresh_dir / "rollouts", refresh_dir)
+        real_branches = value_branches(cfg, sft_ckpt, seed, refresh_dir, int(prophet.config.history_length))
+        value_dir = value_head(cfg, refresh["model_dir"], refresh_dir / "rollouts", refresh_dir, real_branches)
         value = classifier_scorer(load_classifier(value_dir))
     group = cfg.wm_group_size or cfg.group_size
     env = WorldModelEnv(prophet, wm_stats, num_prompts=cfg.num_prompts, group_size=group,
@@ -333,12 +357,20 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
     info = {"variant": variant, "seed": seed, "updates": module.updates, "train_env_steps": 0, "wm_reward": cfg.wm_reward,
             "wm_reward_signal": cfg.wm_reward_signal, "wm_graded_floor": cfg.wm_graded_floor,
             "real_interactions": gate["real_env_steps"] + guard.real_steps_total + (refresh or {}).get("env_steps", 0)
-            + (onpolicy.real_steps_total if onpolicy else 0),
+            + (onpolicy.real_steps_total if onpolicy else 0) + _env_steps(real_branches),
             "onpolicy_starts": onpolicy.history if onpolicy else None,
-            "refresh": refresh, "value_head": value_dir, "gate": gate,
+            "refresh": refresh, "value_head": value_dir, "value_branches": _summary(real_branches), "gate": gate,
             "branch": {"starts": n_starts, "segments": cfg.wm_branch_segments,
                        "agreement": branch_gate} if branch else None,
             "guard": guard.history, "kept_update": kept, "imagined_episodes": module.episodes_total,
             "seconds": time.perf_counter() - t0, "eval": rows, "settings": rl_settings(cfg)}  # fmt: skip
     mark_done(out, info)
     return info
+
+
+def _summary(stage: Path | None) -> dict[str, Any] | None:
+    return None if stage is None else json.loads((stage / "done.json").read_text())
+
+
+def _env_steps(stage: Path | None) -> int:
+    return 0 if stage is None else int(_summary(stage)["env_steps"])

@@ -68,16 +68,20 @@ def refresh_classifier(cfg: DemoConfig, model_dir: str, rollouts: Path, out: Pat
     return str(out / "classifier")
 
 
-def value_head(cfg: DemoConfig, model_dir: str, rollouts: Path, out: Path) -> str:
-    """The value head of branch variants (``wm_value``): a frame classifier of the refresh ``rollouts``' eventual
+def value_head(cfg: DemoConfig, model_dir: str, rollouts: Path, out: Path, real_branches: Path | None = None) -> str:
+    """The value head of branch variants (``wm_value``): a frame classifier of the refresh rollouts' eventual
     success (``label="outcome"``), trained ``wm_value_steps`` on the same real frames and branch replays as
     :func:`branch_classifier` (each replay labelled with its source episode's outcome), equal weights, cached under
     ``out/value`` (suffixed with a non-default branch length). An imagined branch cut without a success is graded by
-    its last frame's value (``WorldModelEnv(value_scorer=...)``)."""
+    its last frame's value (``WorldModelEnv(value_scorer=...)``).
+
+    ``real_branches`` (``demo.imagined.value_branches``): real branches of one start run to the episode's end, each
+    frame labelled with its own branch's outcome, join the mixture as a third equal part (the head's directory is
+    suffixed with their directory's name), so that the head sees branches of one state that end differently."""
     from lightning_prophrl.recipes.reward import train_classifier
 
-    head = out / f"value{_segments(cfg)}"
-    train_classifier(branch_replays(cfg, model_dir, rollouts, out), head, [1.0, 1.0], cfg.wm_value_steps, 0,
-                     min(64, 16 * cfg.reward_train_episodes), cfg.image_size, Path(cfg.out) / "tb",
-                     label="outcome")  # fmt: skip
+    head = out / f"value{_segments(cfg)}{'' if real_branches is None else '_' + real_branches.name}"
+    data = branch_replays(cfg, model_dir, rollouts, out) + ([] if real_branches is None else [str(real_branches)])
+    train_classifier(data, head, [1.0] * len(data), cfg.wm_value_steps, 0, min(64, 16 * cfg.reward_train_episodes),
+                     cfg.image_size, Path(cfg.out) / "tb", label="outcome")  # fmt: skip
     return str(head)

@@ -173,8 +173,9 @@ def within_start_outcomes(
     than the imagined branches, the real ones go on (same noise for the shared chunks) and their outcome is the one a
     value head at the imagined branch's end should predict: success within ``real_segments`` chunks.
 
-    Reports, per start, the real and imagined success rates; how many starts have a mixed outcome (the only groups
-    with a non-zero GRPO advantage) in each; ``pair_auc``: over the branch pairs of one start whose real outcomes
+    Reports the measured starts (``start_indices`` into ``prompts.train_prompts``, ``start_frames``); per start, the
+    real and imagined success rates; how many starts have a mixed outcome (the only groups with a non-zero GRPO
+    advantage) in each; ``pair_auc``: over the branch pairs of one start whose real outcomes
     differ, how often the imagined reward orders them the same way (0.5 is chance; what a group-normalized reward from
     the world model needs); ``scorer_on_real_pair_auc``: the same ordering by ``world_env``'s success scorer (with
     its persistence rule, ``held_score``) applied to the *real* branch videos (their first ``world_env.max_segments``
@@ -258,7 +259,7 @@ def within_start_outcomes(
 
     return {"starts": len(r), "group_size": g, "segments": seg, "real_segments": real_segments or seg,
             "max_start_step": max_start_step,
-            "start_frames": [int(t) for _, t in refs], "real_rate": float(r.mean()), "imagined_rate": float(m.mean()),
+            "start_indices": [int(i) for i in pick], "start_frames": [int(t) for _, t in refs], "real_rate": float(r.mean()), "imagined_rate": float(m.mean()),
             "real_rate_per_start": rate_r.round(3).tolist(), "imagined_rate_per_start": rate_m.round(3).tolist(),
             "real_mixed_starts": int(((r.min(1) < r.max(1))).sum()),
             "imagined_mixed_starts": int(((m.min(1) < m.max(1))).sum()),

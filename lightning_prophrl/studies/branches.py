@@ -50,6 +50,9 @@ class WithinStartConfig:
     # ``segments``; a number past the episode's remaining chunks runs them to the episode's cap)
     value: bool = False
     real_segments: int | None = None
+    # the value head also trained on this many real branch starts run to the episode's end (the demo's
+    # ``wm_value_branches``, each branched ``wm_refresh_branch_group`` times; 0: the default head)
+    value_branches: int = 0
 
     def __post_init__(self) -> None:
         if self.segments < 1 or self.starts < 1 or self.group_size < 2 or self.num_prompts < 1:
@@ -61,6 +64,8 @@ class WithinStartConfig:
             raise ValueError(f"--num-steps must be >= 1, got {self.num_steps}")
         if self.real_segments is not None and self.real_segments < self.segments:
             raise ValueError(f"--real-segments must be >= --segments ({self.segments}), got {self.real_segments}")
+        if self.value_branches < 0 or (self.value_branches and not self.value):
+            raise ValueError(f"--value-branches must be >= 0 and needs --value, got {self.value_branches}")
         if self.noise_level is not None and self.noise_level <= 0:
             raise ValueError(f"--noise-level must be > 0, got {self.noise_level}")
 
@@ -73,7 +78,11 @@ class WithinStartConfig:
         refresh = "" if self.refresh == "refresh" else f"_{self.refresh}"
         batch = "" if self.num_prompts == 4 else f"_p{self.num_prompts}"  # the noise is seeded per batch of starts
         cap = "_tocap" if self.real_to_cap else ""
-        cap += ("_value" if self.value else "") + ("" if self.real_segments is None else f"_real{self.real_segments}")
+        cap += (
+            ("_value" if self.value else "")
+            + (f"br{self.value_branches}" if self.value_branches else "")
+            + ("" if self.real_segments is None else f"_real{self.real_segments}")
+        )
         return (f"seed{self.seed}_seg{self.segments}{start}{noise}{graded}{steps}{refresh}_g{self.group_size}"
                 f"_n{self.starts}{batch}{cap}")  # fmt: skip
 
@@ -100,9 +109,8 @@ def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
         return json.loads(path.read_text())
     # the success classifier is the demo's branch-replay classifier of this branch length (trained when missing), not
     # the one of whichever run last wrote the demo's config
-    cfg = replace(
-        DemoConfig.load(study.out), out=study.out, group_size=study.group_size, wm_branch_segments=study.segments
-    )
+    cfg = replace(DemoConfig.load(study.out), out=study.out, group_size=study.group_size,
+                  wm_branch_segments=study.segments, wm_value_branches=study.value_branches)  # fmt: skip
     root = Path(study.out)
     refresh_dir = root / "rl" / "wm_fagrpo_branch" / f"seed{study.seed}" / study.refresh
     sft_ckpt = root / "sft" / f"seed{study.seed}" / "sft.ckpt"
@@ -124,13 +132,16 @@ def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
     )
     scoring = wm_success_scoring(cfg, refresh.get("classifier_dir"))
     p, g, seg = study.num_prompts, study.group_size, study.segments
-    value = value_dir = None
+    value = value_dir = real_branches = None
     if study.value:
+        from lightning_prophrl.demo.imagined import value_branches
         from lightning_prophrl.demo.scorers import value_head
         from lightning_prophrl.envs.world_model import classifier_scorer
         from lightning_prophrl.models.reward import load_classifier
 
-        value_dir = value_head(cfg, refresh["model_dir"], refresh_dir / "rollouts", refresh_dir)
+        memory = int(prophet.config.history_length)
+        real_branches = value_branches(cfg, str(sft_ckpt), study.seed, refresh_dir, memory)
+        value_dir = value_head(cfg, refresh["model_dir"], refresh_dir / "rollouts", refresh_dir, real_branches)
         value = classifier_scorer(load_classifier(value_dir))
     world = WorldModelEnv(prophet, stats, num_prompts=p, group_size=g, max_segments=seg,
                           num_steps=study.num_steps or cfg.wm_num_steps,
@@ -151,6 +162,9 @@ def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
         real_segments=study.real_segments,
     )  # fmt: skip
     real.close()
+    if study.value_branches:  # how many measured starts the value head saw branched for real
+        trained = set(json.loads((real_branches / "done.json").read_text())["start_indices"])
+        res["value_branch_starts_measured"] = len(trained & set(res["start_indices"]))
     res = {"config": asdict(study), "seconds": round(time.perf_counter() - t0, 1),
            "policy_noise_level": policy.noise_level, "success_scorer": refresh.get("classifier_dir"),
            "value_head": value_dir, **res}  # fmt: skip
@@ -165,6 +179,7 @@ def summary_line(res: dict[str, Any]) -> str:
     steps = "" if c.get("num_steps") is None else f" ({c['num_steps']} Prophet steps)"
     segments = f"{c['segments']}" + ("" if c.get("real_segments") is None else f" (real {c['real_segments']})")
     segments += " + value" if c.get("value") else ""
+    segments += f" ({c['value_branches']} real-branch starts)" if c.get("value_branches") else ""
     return (f"| {c['seed']} | {segments} | {c['max_start_step'] if c['max_start_step'] is not None else 'all'} "
             f"| {c['noise_level'] or res['policy_noise_level']:g}{steps} | {c['reward_signal']} | {c.get('refresh', 'refresh')}{' (real past success)' if c.get('real_to_cap') else ''} | {res['starts']} x "
             f"{res['group_size']} | {res['real_rate']:.3f} / {res['imagined_rate']:.3f} | {res['real_mixed_starts']} / "
@@ -217,6 +232,8 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="real branches run this many chunks (default --segments; more: the value head's target)",
     )
+    ap.add_argument("--value-branches", type=int, default=0,
+                    help="train the value head also on this many real branch starts run to the episode's end")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--table", action="store_true", help="print the table of every setting measured under --out")
     a = ap.parse_args(argv)
@@ -226,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(a.threads)
     study = WithinStartConfig(a.out, a.seed, a.segments, a.max_start_step, a.starts, a.group_size, a.num_prompts,
                               a.noise_level, a.reward_signal, a.num_steps, a.refresh, a.real_to_cap, a.value,
-                              a.real_segments)  # fmt: skip
+                              a.real_segments, a.value_branches)  # fmt: skip
     res = run_within_start(study)
     print(HEADER)
     print(summary_line(res))

@@ -157,6 +157,9 @@ def test_real_branches_replay_to_their_start_and_carry_the_recorded_prefix(tmp_p
             flags = [bool(env.step(np.clip(a, -1, 1))[-1]["success"]) for a in unified_to_metaworld(ep.actions[:-1])]
             assert flags == ep.meta["success_steps"][1:] and ep.success == any(flags)
             np.testing.assert_allclose(ep.ee_poses[-1, 0, :3], env.data.body("hand").xpos, atol=1e-5)
+            # only a branch that reached the episode's end (a success, or the 20-step cap) knows its eventual outcome
+            assert ("episode_success" in ep.meta) == (any(flags[t:]) or t + 8 >= 20)
+            assert ep.meta.get("episode_success", ep.success) == ep.success
         assert np.abs(pair[0].actions[t:] - pair[1].actions[t:]).max() > 1e-3  # different SDE branches
     with pytest.raises(ValueError, match="branch prompts"):
         generate_branch_rollouts(policy, decoder, prompts, [], str(tmp_path / "bad"), group_size=2, max_queries=1)
