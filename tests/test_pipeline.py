@@ -194,6 +194,12 @@ def test_demo_quick_trains_prophet_then_reports_gate_guard_and_real_interactions
     valued_br = run_within_start(replace(study, reward_signal="graded", value=True, real_segments=4, value_branches=2))
     assert valued_br["value_head"].endswith("value_seg2_value_branches2x2") and valued_br["pairs"] == valued["pairs"]
     assert 0 <= valued_br["value_branch_starts_measured"] <= 2
+    one = run_within_start(replace(study, reward_signal="graded", value=True, value_branches=1))  # made by the study
+    made = Path(one["value_head"]).parent / "value_branches1x2"
+    assert json.loads((made / "done.json").read_text())["starts"] == 1  # ... with the demo's action statistics
+    assert (made / "stats.json").read_text() == (
+        out / "world_model" / "adapt_lora" / "model" / "stats.json"
+    ).read_text()
     with pytest.raises(ValueError, match="--value-branches"):
         WithinStartConfig(out=str(out), value_branches=2)
     with pytest.raises(ValueError, match="--real-segments"):

@@ -109,9 +109,12 @@ def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
         return json.loads(path.read_text())
     # the success classifier is the demo's branch-replay classifier of this branch length (trained when missing), not
     # the one of whichever run last wrote the demo's config
-    cfg = replace(DemoConfig.load(study.out), out=study.out, group_size=study.group_size,
-                  wm_branch_segments=study.segments, wm_value_branches=study.value_branches)  # fmt: skip
     root = Path(study.out)
+    own = str(root / "world_model" / "adapt_lora" / "model")  # the demo's own Prophet when it trained one
+    cfg = DemoConfig.load(study.out)
+    cfg = replace(cfg, out=study.out, group_size=study.group_size, wm_branch_segments=study.segments,
+                  wm_value_branches=study.value_branches, wm_model_dir=cfg.wm_model_dir or own,
+                  wm_stats_dir=cfg.wm_stats_dir or own)  # fmt: skip
     refresh_dir = root / "rl" / "wm_fagrpo_branch" / f"seed{study.seed}" / study.refresh
     sft_ckpt = root / "sft" / f"seed{study.seed}" / "sft.ckpt"
     for need in (refresh_dir, sft_ckpt.parent):
@@ -124,7 +127,7 @@ def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
     hp = load_policy_weights(policy, str(sft_ckpt))
     policy.eval()
     prophet = Prophet.from_pretrained(refresh["model_dir"])
-    stats = load_stats(cfg.wm_stats_dir or root / "world_model" / "adapt_lora" / "model")  # the demo's own Prophet
+    stats = load_stats(cfg.wm_stats_dir)
     poses = (
         CommandedPoses.metaworld(cfg.target_task, cfg.image_size, cfg.camera)
         if prophet.config.use_action_frames
