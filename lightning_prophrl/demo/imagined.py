@@ -31,7 +31,7 @@ from lightning_prophrl.demo.config import (
 )
 from lightning_prophrl.demo.scorers import branch_classifier, refresh_classifier, value_head
 from lightning_prophrl.demo.stages import _trainer, build_policy, wm_success_scoring
-from lightning_prophrl.stage_cache import is_done, mark_done
+from lightning_prophrl.stage_cache import is_done, load_done, mark_done
 
 
 def stage_refresh(cfg: DemoConfig, sft_ckpt: str, seed: int, out: Path) -> dict[str, Any]:
@@ -354,23 +354,16 @@ def stage_rl_wm(cfg: DemoConfig, sft_ckpt: str, seed: int, variant: str) -> dict
         if kept is None or sim_eval.repeat(trainer, module, kept) is None:
             sim_eval.evaluate(trainer, module)
         rows = [json.loads(line) for line in history.read_text().splitlines()]
+    branched_for_value = load_done(real_branches) if real_branches else None  # their real steps count
     info = {"variant": variant, "seed": seed, "updates": module.updates, "train_env_steps": 0, "wm_reward": cfg.wm_reward,
             "wm_reward_signal": cfg.wm_reward_signal, "wm_graded_floor": cfg.wm_graded_floor,
             "real_interactions": gate["real_env_steps"] + guard.real_steps_total + (refresh or {}).get("env_steps", 0)
-            + (onpolicy.real_steps_total if onpolicy else 0) + _env_steps(real_branches),
+            + (onpolicy.real_steps_total if onpolicy else 0) + (branched_for_value or {}).get("env_steps", 0),
             "onpolicy_starts": onpolicy.history if onpolicy else None,
-            "refresh": refresh, "value_head": value_dir, "value_branches": _summary(real_branches), "gate": gate,
+            "refresh": refresh, "value_head": value_dir, "value_branches": branched_for_value, "gate": gate,
             "branch": {"starts": n_starts, "segments": cfg.wm_branch_segments,
                        "agreement": branch_gate} if branch else None,
             "guard": guard.history, "kept_update": kept, "imagined_episodes": module.episodes_total,
             "seconds": time.perf_counter() - t0, "eval": rows, "settings": rl_settings(cfg)}  # fmt: skip
     mark_done(out, info)
     return info
-
-
-def _summary(stage: Path | None) -> dict[str, Any] | None:
-    return None if stage is None else json.loads((stage / "done.json").read_text())
-
-
-def _env_steps(stage: Path | None) -> int:
-    return 0 if stage is None else int(_summary(stage)["env_steps"])

@@ -259,7 +259,8 @@ def within_start_outcomes(
 
     return {"starts": len(r), "group_size": g, "segments": seg, "real_segments": real_segments or seg,
             "max_start_step": max_start_step,
-            "start_indices": [int(i) for i in pick], "start_frames": [int(t) for _, t in refs], "real_rate": float(r.mean()), "imagined_rate": float(m.mean()),
+            "start_indices": [int(i) for i in pick], "start_frames": [int(t) for _, t in refs],
+            "real_rate": float(r.mean()), "imagined_rate": float(m.mean()),
             "real_rate_per_start": rate_r.round(3).tolist(), "imagined_rate_per_start": rate_m.round(3).tolist(),
             "real_mixed_starts": int(((r.min(1) < r.max(1))).sum()),
             "imagined_mixed_starts": int(((m.min(1) < m.max(1))).sum()),

@@ -102,7 +102,7 @@ def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
     from lightning_prophrl.envs.world_model import WorldModelEnv, graded_reward
     from lightning_prophrl.models.prophet import Prophet
     from lightning_prophrl.modules.fa_grpo import load_policy_weights
-    from lightning_prophrl.stage_cache import is_done
+    from lightning_prophrl.stage_cache import is_done, load_done
 
     path = Path(study.out) / "studies" / "within_start" / f"{study.name}.json"
     if path.exists():
@@ -166,7 +166,7 @@ def run_within_start(study: WithinStartConfig) -> dict[str, Any]:
     )  # fmt: skip
     real.close()
     if study.value_branches:  # how many measured starts the value head saw branched for real
-        trained = set(json.loads((real_branches / "done.json").read_text())["start_indices"])
+        trained = set(load_done(real_branches)["start_indices"])
         res["value_branch_starts_measured"] = len(trained & set(res["start_indices"]))
     res = {"config": asdict(study), "seconds": round(time.perf_counter() - t0, 1),
            "policy_noise_level": policy.noise_level, "success_scorer": refresh.get("classifier_dir"),
