@@ -96,7 +96,13 @@ def _lightning_cli(args: list[str] | None = None):
     import lightning_prophrl.modules  # noqa: F401
 
     class ProphRLCLI(LightningCLI):
-        """LightningCLI that checks the paths of the config (``check_config_paths``) before building anything."""
+        """LightningCLI that checks the paths of the config (``check_config_paths``) before building anything, and
+        gives every fit a ``RequeueOnPreemption`` callback (``--preemption.requeue``; inert outside SLURM)."""
+
+        def add_arguments_to_parser(self, parser) -> None:
+            from lightning_prophrl.callbacks.preemption import RequeueOnPreemption
+
+            parser.add_lightning_class_args(RequeueOnPreemption, "preemption")
 
         def parse_arguments(self, parser, args) -> None:
             super().parse_arguments(parser, args)  # checked right after parsing: before seeding prints its line

@@ -1,7 +1,8 @@
-"""Callbacks: everything outside the research step (evaluation, EMA, video logging)."""
+"""Callbacks: everything outside the research step (evaluation, EMA, video logging, SLURM pre-emption)."""
 
 from lightning_prophrl.callbacks.branch_starts import OnPolicyBranchStarts
 from lightning_prophrl.callbacks.ema import EMACallback
+from lightning_prophrl.callbacks.preemption import RequeueOnPreemption
 from lightning_prophrl.callbacks.rollout_video import RolloutVideoCallback
 from lightning_prophrl.callbacks.sim_eval import SimEvalCallback, evaluate_in_simulator
 from lightning_prophrl.callbacks.wm_guard import ImaginationGuardCallback
@@ -20,6 +21,7 @@ __all__ = [
     "EMACallback",
     "ImaginationGuardCallback",
     "OnPolicyBranchStarts",
+    "RequeueOnPreemption",
     "RolloutVideoCallback",
     "SimEvalCallback",
     "VideoLoggerCallback",

@@ -39,9 +39,10 @@ class ProphetTrainingBase(L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Log each batch at the global step of the update it makes, also after a resume.
 
-        Lightning's pre-emption checkpoint (SLURM's SIGUSR1) is written from inside the signal handler, possibly after
-        the optimizer step and before the loop counts the batch: it then records a logging step one behind the global
-        step, and the requeued run would log every loss one step early.
+        Lightning's own pre-emption checkpoint (SLURM's SIGUSR1, in a ``Trainer`` without ``RequeueOnPreemption``) is
+        written from inside the signal handler, possibly after the optimizer step and before the loop counts the
+        batch: it then records a logging step one behind the global step, and the requeued run would log every loss
+        one step early.
         """
         self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.trainer.global_step
 

@@ -119,7 +119,7 @@ def test_requeued_job_resumes_from_the_preemption_checkpoint(clips, tmp_path):
            "--trainer.max_steps", str(max_steps)]  # fmt: skip
 
     # 1. the job runs until its first checkpoint, then SLURM's pre-emption signal arrives (the job script execs
-    # srun, srun the task: the signal goes to the fit itself)
+    # srun, srun the task: the signal goes to the fit itself), possibly while that checkpoint is still being written
     first = launch(job, env, ROOT, tmp_path / "job.out")
     deadline = time.monotonic() + TIMEOUT
     while not any(run_dir.rglob("last.ckpt")) and first.poll() is None and time.monotonic() < deadline:
@@ -128,7 +128,7 @@ def test_requeued_job_resumes_from_the_preemption_checkpoint(clips, tmp_path):
     os.kill(first.pid, signal.SIGUSR1)
     first.wait(timeout=TIMEOUT)
     out = (tmp_path / "job.out").read_text()
-    assert "Handling auto-requeue signal" in out, out[-3000:]
+    assert "Pre-emption signal 10: saving at step" in out, out[-3000:]  # RequeueOnPreemption, not Lightning's
     assert requeue_log.read_text().split() == ["requeue", "4242"]  # Lightning asked the controller to requeue the job
     (hpc,) = run_dir.glob("hpc_ckpt_*.ckpt")  # saved in trainer.default_root_dir before the requeue
     preempted_at = checkpoint_step(hpc)
@@ -151,3 +151,25 @@ def test_requeued_job_resumes_from_the_preemption_checkpoint(clips, tmp_path):
     steps = logged_steps(second_log, "train/loss")
     assert len(steps) == max_steps - start and steps == sorted(steps) and steps[0] >= start
     assert logged_steps(first_log, "train/loss")[0] == 0
+
+
+def test_a_signal_to_one_rank_saves_on_every_rank(clips, tmp_path):
+    run_dir, port, max_steps = tmp_path / "run", free_port(), 12
+    cmd = ["prophrl", "fit", *TINY, "--data.init_args.datasets", f"[{clips}]", "--trainer.max_steps", str(max_steps),
+           "--trainer.default_root_dir", str(run_dir), "--trainer.logger.init_args.save_dir", str(run_dir),
+           "--model.init_args.export_dir", str(run_dir / "export"), "--trainer.strategy", "ddp",
+           "--trainer.accelerator", "cpu", "--trainer.num_nodes", "2", "--trainer.devices", "1",
+           "--preemption.requeue", "false"]  # fmt: skip
+    logs = [tmp_path / f"task{rank}.out" for rank in range(2)]
+    procs = [launch(cmd, slurm_env(2, 1, rank, port), tmp_path, logs[rank]) for rank in range(2)]
+    deadline = time.monotonic() + TIMEOUT
+    while not any(run_dir.rglob("last.ckpt")) and procs[1].poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert procs[1].poll() is None, logs[1].read_text()[-3000:]
+    os.kill(procs[1].pid, signal.SIGUSR1)  # rank 1 only: rank 0 learns it at the next batch end
+    codes = [p.wait(timeout=TIMEOUT) for p in procs]
+    assert codes == [0, 0], logs[0].read_text()[-3000:] + logs[1].read_text()[-3000:]
+    assert "Pre-emption signal 10: saving at step" in logs[0].read_text()  # printed by rank 0, which got no signal
+    (hpc,) = run_dir.glob("hpc_ckpt_*.ckpt")  # one save (both ranks took part), no requeue: the fit ran to the end
+    assert 2 <= checkpoint_step(hpc) < max_steps
+    assert checkpoint_step(next(run_dir.rglob("last.ckpt"))) == max_steps
