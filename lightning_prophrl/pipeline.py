@@ -73,6 +73,7 @@ from lightning_prophrl.demo.imagined import (
 from lightning_prophrl.demo.report import (
     StageClock,
     eval_at,
+    evaluate_seed,
     gate_summary,
     paired_summary,
     plot_curves,
@@ -95,12 +96,12 @@ from lightning_prophrl.stage_cache import is_done
 
 __all__ = [
     "BRANCHED", "POLICY_DIMS", "REFRESHED", "VARIANTS", "DemoConfig", "StageClock", "adapt_shipped",
-    "branch_classifier", "branch_prompts", "build_policy", "eval_at", "gate_summary", "main", "needs_reward_stage",
-    "onpolicy_starts", "paired_summary", "plot_curves", "refresh_branches", "refresh_classifier", "refresh_name",
-    "refresh_owner", "refresh_rollouts", "results_table", "reward_summary", "run", "run_name", "run_seed",
-    "run_seed_workers", "stage_data", "stage_refresh", "stage_reward", "stage_rl_sim", "stage_rl_wm", "stage_sft",
-    "stage_world_model", "start_sft_worker", "updates_to_reach", "wm_reward_model", "wm_success_scoring", "with_world_model",
-    "world_model_summary",
+    "branch_classifier", "branch_prompts", "build_policy", "eval_at", "evaluate_seed", "gate_summary", "main",
+    "needs_reward_stage", "onpolicy_starts", "paired_summary", "plot_curves", "refresh_branches",
+    "refresh_classifier", "refresh_name", "refresh_owner", "refresh_rollouts", "results_table", "reward_summary",
+    "run", "run_name", "run_seed", "run_seed_workers", "stage_data", "stage_refresh", "stage_reward", "stage_rl_sim",
+    "stage_rl_wm", "stage_sft", "stage_world_model", "start_sft_worker", "updates_to_reach", "wm_reward_model",
+    "wm_success_scoring", "with_world_model", "world_model_summary",
 ]  # fmt: skip
 
 
@@ -148,18 +149,23 @@ def run_seed(cfg: DemoConfig, data: dict[str, str], seed: int, clock: StageClock
 
 
 def _seed_worker(cfg_dict: dict[str, Any], data: dict[str, str], seeds: list[int], threads: int, timing: str) -> None:
-    """``run_seed`` for each of ``seeds`` in a process of its own (``seed_workers``); its stage times go to ``timing``
-    (JSON)."""
+    """``run_seed`` for each of ``seeds`` in a process of its own (``seed_workers``), then the paired evaluation of
+    that seed's policies (``evaluate_seed``; the main process's table reads the cache); its stage times go to
+    ``timing`` (JSON)."""
     torch.set_num_threads(threads)
     cfg, clock = DemoConfig(**cfg_dict), StageClock()
     for seed in seeds:
-        run_seed(cfg, data, seed, clock)
+        names = run_seed(cfg, data, seed, clock)
+        if cfg.paired_states:
+            with clock("paired evaluation"):
+                evaluate_seed(cfg, seed, list(names))
     Path(timing).write_text(json.dumps(clock.seconds))
 
 
 def run_seed_workers(cfg: DemoConfig, data: dict[str, str]) -> dict[str, float]:
     """Run the seeds of ``cfg`` in ``seed_workers`` 'spawn' processes at once (seeds dealt round-robin, each process
-    with ``threads // seed_workers`` threads, at least one), filling the stage caches that the demo then reads.
+    with ``threads // seed_workers`` threads, at least one), filling the stage caches and the paired-evaluation cache
+    that the demo then reads.
 
     Each stage seeds itself, so a seed's results do not depend on which process ran it or on the seeds before it
     (at the same thread count, the same numbers as running the seeds one after another).

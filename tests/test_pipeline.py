@@ -510,7 +510,7 @@ def test_every_setting_is_a_flag_and_a_printed_config_reruns_as_it_was(tmp_path,
 @pytest.mark.slow
 def test_seed_processes_give_the_numbers_of_seeds_run_one_after_another(tmp_path):
     """``seed_workers``: the seeds run in processes of their own, and every result (SFT, RL, evaluations) equals a
-    sequential run at the same thread count; the table is read from their caches."""
+    sequential run at the same thread count; the table (paired evaluation included) is read from their caches."""
 
     def strip_seconds(x):
         if isinstance(x, dict):
@@ -525,6 +525,7 @@ def test_seed_processes_give_the_numbers_of_seeds_run_one_after_another(tmp_path
     assert two["table"] == one["table"]
     timing = (tmp_path / "two" / "results.md").read_text()
     assert "seeds in 2 processes (wall)" in timing and "rl sim_fagrpo (in the seed processes)" in timing
+    assert "paired evaluation (in the seed processes)" in timing  # the main process's table only read the cache
     assert sorted(p.name for p in (tmp_path / "two" / "seed_workers").iterdir()) == ["worker0.json", "worker1.json"]
 
 

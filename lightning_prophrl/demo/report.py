@@ -99,10 +99,29 @@ def world_model_summary(report: dict[str, Any]) -> str:
     return line + "."
 
 
+def paired_runs(out: str | Path, name: str, seed: int) -> list[str]:
+    """The policies of one seed's run that the paired evaluation scores: ``NAME`` (its final policy, or the guard's
+    kept check) and, where the kept check is not the last update, ``NAME@last``."""
+    from lightning_prophrl.demo.evaluate import run_checkpoint
+
+    return [name] + ([f"{name}@last"] if run_checkpoint(out, f"{name}@last", seed).exists() else [])
+
+
+def evaluate_seed(cfg: DemoConfig, seed: int, names: list[str]) -> None:
+    """Fill the paired-evaluation cache for the SFT policy of ``seed`` and its runs ``names`` (``paired_runs`` of
+    each), so that ``paired_summary`` only reads it: the seed processes call this for their own seeds."""
+    from lightning_prophrl.demo.evaluate import evaluate_checkpoint
+
+    evaluate_checkpoint(cfg.out, "sft", seed, cfg.paired_states)  # a cache hit where the SFT process evaluated it
+    for name in names:
+        for run in paired_runs(cfg.out, name, seed):
+            evaluate_checkpoint(cfg.out, run, seed, cfg.paired_states)
+
+
 def paired_summary(cfg: DemoConfig, results: dict[str, list[dict[str, Any]]]) -> str:
     """The final policies of every run and their SFT policies on ``paired_states`` held-out states, paired state by
     state (cached under ``OUT/studies/evaluate``, like ``python -m lightning_prophrl.demo.evaluate``)."""
-    from lightning_prophrl.demo.evaluate import evaluate_checkpoint, paired_table, run_checkpoint
+    from lightning_prophrl.demo.evaluate import evaluate_checkpoint, paired_table
 
     n = cfg.paired_states
     sft = {s: evaluate_checkpoint(cfg.out, "sft", s, n) for s in cfg.seeds}
@@ -111,9 +130,8 @@ def paired_summary(cfg: DemoConfig, results: dict[str, list[dict[str, Any]]]) ->
         rows[name] = {r["seed"]: evaluate_checkpoint(cfg.out, name, r["seed"], n) for r in rs}
         # a run that kept its guard's best check: its last update's policy too (the kept one where they are the same)
         if any(r.get("kept_update") is not None for r in rs):
-            last = {r["seed"]: f"{name}@last" if run_checkpoint(cfg.out, f"{name}@last", r["seed"]).exists() else name
-                    for r in rs}  # fmt: skip
-            rows[f"{name}@last"] = {s: evaluate_checkpoint(cfg.out, run, s, n) for s, run in last.items()}
+            rows[f"{name}@last"] = {r["seed"]: evaluate_checkpoint(cfg.out, paired_runs(cfg.out, name, r["seed"])[-1],
+                                                                   r["seed"], n) for r in rs}  # fmt: skip
     return (f"Paired on {n} held-out states (seeds 1000..{999 + n}, ODE, the same noise per state for every policy; "
             f"final policies, the guard's kept check where it kept one, NAME@last the last update's):\n\n"
             + paired_table(rows, sft))  # fmt: skip
