@@ -338,6 +338,19 @@ def test_paired_table_counts_states_won_and_lost_against_sft():
     assert "0.750 / 0.250" in row and "+25.0 / +0.0 (mean +12.5)" in row and row.endswith("| 2 / 1 | 1 |")
 
 
+def test_paired_runs_add_the_last_update_only_where_it_was_saved(tmp_path):
+    from lightning_prophrl.demo.evaluate import run_checkpoint
+    from lightning_prophrl.demo.report import paired_runs
+
+    run = tmp_path / "rl" / "wm" / "seed0"
+    run.mkdir(parents=True)
+    (run / "policy.ckpt").write_bytes(b"")
+    assert paired_runs(tmp_path, "wm", 0) == ["wm"]  # "wm@last" would name policy.ckpt again: not evaluated twice
+    (run / "policy_last.ckpt").write_bytes(b"")
+    assert paired_runs(tmp_path, "wm", 0) == ["wm", "wm@last"]
+    assert run_checkpoint(tmp_path, "wm@last", 0) == run / "policy_last.ckpt"
+
+
 def test_sign_test_is_the_exact_two_sided_binomial_tail():
     from lightning_prophrl.demo.evaluate import sign_test
 
