@@ -23,15 +23,20 @@ import numpy as np
 import torch
 
 
+def last_update_checkpoint(out: str | Path, name: str, seed: int) -> Path:
+    """Where run ``name`` saves its last update's policy beside a guard's kept check that is not the last update
+    (absent otherwise)."""
+    return Path(out) / "rl" / name / f"seed{seed}" / "policy_last.ckpt"
+
+
 def run_checkpoint(out: str | Path, run: str, seed: int) -> Path:
     """The checkpoint of a demo run under ``out``: ``"sft"`` (the SFT policy of ``seed``), ``"NAME"`` (the run's
     final policy, or the guard's kept check) or ``"NAME@last"`` (the last update's: saved beside a kept check that is
     not the last update, otherwise the final policy itself)."""
     if run == "sft":
         return Path(out) / "sft" / f"seed{seed}" / "sft.ckpt"
-    run_dir = Path(out) / "rl" / run.removesuffix("@last") / f"seed{seed}"
-    last = run_dir / "policy_last.ckpt"
-    return last if run.endswith("@last") and last.exists() else run_dir / "policy.ckpt"
+    last = last_update_checkpoint(out, run.removesuffix("@last"), seed)
+    return last if run.endswith("@last") and last.exists() else last.with_name("policy.ckpt")
 
 
 def evaluate_checkpoint(out: str | Path, run: str, seed: int, states: int, first: int = 1000) -> dict[str, Any]:

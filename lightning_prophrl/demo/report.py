@@ -102,8 +102,9 @@ def world_model_summary(report: dict[str, Any]) -> str:
 def paired_runs(out: str | Path, name: str, seed: int) -> list[str]:
     """The policies of one seed's run that the paired evaluation scores: ``NAME`` (its final policy, or the guard's
     kept check) and, where the kept check is not the last update, ``NAME@last``."""
-    last = Path(out) / "rl" / name / f"seed{seed}" / "policy_last.ckpt"  # as ``evaluate.run_checkpoint`` names it
-    return [name] + ([f"{name}@last"] if last.exists() else [])
+    from lightning_prophrl.demo.evaluate import last_update_checkpoint
+
+    return [name] + ([f"{name}@last"] if last_update_checkpoint(out, name, seed).exists() else [])
 
 
 def evaluate_seed(cfg: DemoConfig, seed: int, names: list[str]) -> None:
