@@ -15,6 +15,7 @@ from lightning_prophrl.callbacks.world_model import (
     rollout_episodes,
     rollout_grid,
     shuffle_actions,
+    teacher_forced_episodes,
 )
 
 __all__ = [
@@ -33,4 +34,5 @@ __all__ = [
     "rollout_episodes",
     "rollout_grid",
     "shuffle_actions",
+    "teacher_forced_episodes",
 ]

@@ -165,6 +165,65 @@ def rollout_episodes(
     return torch.cat(videos), (torch.cat(probs) if probs else None)
 
 
+@torch.no_grad()
+def teacher_forced_episodes(
+    model: Any,
+    episodes: dict[str, Any],
+    num_steps: int = 4,
+    seed: int = 0,
+    batch_size: int = 4,
+    use_action_frames: bool = True,
+) -> torch.Tensor:
+    """Every segment imagined from the *real* frames before it (one step ahead), as the model is trained.
+
+    Segment ``s`` is a one-segment rollout of its own chunk from the real frame ``s * L`` with the real frames before
+    it as history (the episode's ``HISTORY`` before the first frame, masked where missing). Set beside
+    :func:`rollout_episodes` (same noise), the gap between the two is what the model loses by continuing from its own
+    frames (autoregressive drift) rather than what it cannot predict one step ahead.
+
+    Args:
+        model, episodes, num_steps, seed, batch_size, use_action_frames: as in :func:`rollout_episodes`.
+
+    Returns:
+        ``(N, 1 + S * L, 3, H, W)`` on CPU; frame 0 is the real first frame.
+    """
+    n, t, _ = episodes[K.ACTIONS].shape
+    chunk = int(model.config.action_chunk_length)
+    if t % chunk:
+        raise ValueError(f"`{K.ACTIONS}` has {t} steps, not a multiple of the model's action_chunk_length={chunk}")
+    if K.FUTURE not in episodes:
+        raise KeyError(f"`episodes` is missing the real frames {K.FUTURE!r} that teacher forcing continues from")
+    real = torch.cat([episodes[K.COND_FRAME][:, None], episodes[K.FUTURE]], 1)
+    past = episodes.get(K.HISTORY)
+    past_mask = episodes.get(K.HISTORY_MASK)
+    if past is None:
+        past = real[:, :0]
+        past_mask = torch.zeros(n, 0, dtype=torch.bool)
+    frames = torch.cat([past, real], 1)  # real frame i sits at index i + offset
+    valid = torch.cat([past_mask.bool(), torch.ones(n, real.shape[1], dtype=torch.bool)], 1)
+    offset, hist = past.shape[1], int(model.config.history_length)
+    pieces = [real[:, :1].float().cpu()]
+    for s in range(t // chunk):
+        start = s * chunk
+        seg = {k: v for k, v in episodes.items() if isinstance(v, torch.Tensor)}
+        seg[K.COND_FRAME] = real[:, start]
+        for key in (K.ACTIONS, *_GEOMETRY_KEYS):
+            if key in seg:
+                seg[key] = episodes[key][:, start : start + chunk]
+        seg.pop(K.FUTURE)
+        if hist > 0:
+            idx = torch.arange(start - hist, start) + offset  # oldest first
+            ok = idx >= 0
+            seg[K.HISTORY] = frames[:, idx.clamp(min=0)]
+            seg[K.HISTORY_MASK] = valid[:, idx.clamp(min=0)] & ok[None]
+        else:
+            seg.pop(K.HISTORY, None)
+            seg.pop(K.HISTORY_MASK, None)
+        video, _ = rollout_episodes(model, seg, num_steps, seed, batch_size, use_action_frames)
+        pieces.append(video[:, 1:])
+    return torch.cat(pieces, 1)
+
+
 class VideoMetricSet:
     """The paper's world-model metrics on full rollouts ``(B, 1 + T, 3, H, W)`` (frame 0 = the given frame).
 

@@ -39,6 +39,7 @@ from lightning_prophrl.callbacks.open_loop import (  # noqa: F401 (re-exported)
     rollout_episodes,
     rollout_grid,
     shuffle_actions,
+    teacher_forced_episodes,
 )
 
 

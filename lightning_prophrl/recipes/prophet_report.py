@@ -92,6 +92,7 @@ def world_model_report(
     batch_size: int = 4,
     sheet_episodes: int = 2,
     ee_readout: Any = None,
+    teacher_forced: bool = False,
 ) -> dict[str, Any]:
     """Score a Prophet on held-out episodes rolled out from their first frame under their real actions.
 
@@ -116,6 +117,10 @@ def world_model_report(
             ``ee_path_cm`` (and ``_copy_last``, ``_shuffled``, ``_no_memory``), the mean distance between the
             end-effector paths read from each video and from the real one (a cached report without them is made
             again).
+        teacher_forced: also score every segment imagined from the real frames before it
+            (``open_loop.teacher_forced_episodes``): the ``_teacher_forced`` metrics and ``psnr_per_segment_teacher_forced``
+            separate what the model cannot predict one step ahead from what it loses by continuing from its own frames
+            (a cached report without them is made again).
 
     Returns:
         ``{metric}`` (model), ``{metric}_copy_last``, ``{metric}_shuffled``, ``{metric}_no_memory`` for the metrics of
@@ -124,7 +129,12 @@ def world_model_report(
         ``success`` (confusion counts, kappa, accuracy, rates); ``contact_sheet``; sizes; ``ee_path_cm*`` with
         ``ee_readout``.
     """
-    from lightning_prophrl.callbacks.world_model import load_eval_episodes, rollout_episodes, shuffle_actions
+    from lightning_prophrl.callbacks.world_model import (
+        load_eval_episodes,
+        rollout_episodes,
+        shuffle_actions,
+        teacher_forced_episodes,
+    )
     from lightning_prophrl.metrics.ee_readout import ee_path_error
     from lightning_prophrl.models.prophet import Prophet
 
@@ -132,7 +142,7 @@ def world_model_report(
         raise ValueError(f"`num_segments` and `success_last` must be >= 1, got {num_segments}, {success_last}")
     if out is not None and is_done(Path(out)):
         cached = json.loads((Path(out) / "report.json").read_text())
-        if ee_readout is None or "ee_path_cm" in cached:
+        if (ee_readout is None or "ee_path_cm" in cached) and (not teacher_forced or "psnr_teacher_forced" in cached):
             return cached
     model = Prophet.from_pretrained(model_dir).eval()
     chunk = int(model.config.action_chunk_length)
@@ -147,17 +157,21 @@ def world_model_report(
     shuffled = rollout_episodes(model, shuffle_actions(eps, seed), num_steps, seed, batch_size, frames)[0]
     with memory_disabled(model):
         no_mem = rollout_episodes(model, eps, num_steps, seed, batch_size, use_action_frames=frames)[0]
+    videos = {"": pred, "_copy_last": real[:, :1].expand_as(real), "_shuffled": shuffled, "_no_memory": no_mem}
+    if teacher_forced:
+        videos["_teacher_forced"] = teacher_forced_episodes(model, eps, num_steps, seed, batch_size, frames)
     # 2. Metrics
     report: dict[str, Any] = {"model_dir": model_dir, "episodes": len(real), "segments": num_segments,
                               "frames_per_segment": chunk,
                               "history_length": int(model.config.history_length)}  # fmt: skip
-    for suffix, video in {"": pred, "_copy_last": real[:, :1].expand_as(real), "_shuffled": shuffled,
-                          "_no_memory": no_mem}.items():  # fmt: skip
+    for suffix, video in videos.items():
         report.update({f"{k}{suffix}": v for k, v in _score(video, real, batch_size).items()})
         if ee_readout is not None:
             report[f"ee_path_cm{suffix}"] = ee_path_error(ee_readout, video, real, batch_size)
     report["psnr_per_segment"] = _segment_psnr(pred, real, num_segments)
     report["psnr_per_segment_no_memory"] = _segment_psnr(no_mem, real, num_segments)
+    if teacher_forced:
+        report["psnr_per_segment_teacher_forced"] = _segment_psnr(videos["_teacher_forced"], real, num_segments)
     report["memory_effect"] = float((pred - no_mem).abs().mean())
     report["action_effect"] = float((pred - shuffled).abs().mean())
     if prob is not None:

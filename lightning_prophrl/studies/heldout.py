@@ -68,13 +68,14 @@ def eval_sets(data: dict[str, str]) -> list[str]:
 
 
 def task_report(model_dir: str, data: dict[str, str], out: str | Path, num_steps: int = 1, seed: int = 0,
-                num_segments: int = 38, ee_readout: Any = None) -> dict[str, Any]:  # fmt: skip
+                num_segments: int = 38, ee_readout: Any = None, teacher_forced: bool = False) -> dict[str, Any]:  # fmt: skip
     """``world_model_report`` of ``model_dir`` on every evaluation set of ``data`` (``{set: report}``), with the
-    end-effector path error when ``ee_readout`` is given."""
+    end-effector path error when ``ee_readout`` is given and the one-step-ahead scores with ``teacher_forced``."""
     from lightning_prophrl.recipes.prophet_report import world_model_report
 
     return {name: world_model_report(model_dir, data[name], Path(out) / name, num_episodes=20,
-                                     num_segments=num_segments, num_steps=num_steps, seed=seed, ee_readout=ee_readout)
+                                     num_segments=num_segments, num_steps=num_steps, seed=seed, ee_readout=ee_readout,
+                                     teacher_forced=teacher_forced)
             for name in eval_sets(data)}  # fmt: skip
 
 
@@ -134,17 +135,21 @@ def run_study(
 
 
 def compare_models(models: dict[str, tuple[str, int]], task: str, out: str | Path = "runs/heldout",
-                   data: dict[str, str] | None = None, num_segments: int = 38) -> str:  # fmt: skip
+                   data: dict[str, str] | None = None, num_segments: int = 38,
+                   teacher_forced: bool = False) -> str:  # fmt: skip
     """Markdown table of several models on one held-out task's evaluation sets (no adaptation): ``models`` maps a
     label to ``(save_pretrained dir, sampling steps)``; reports are cached under ``<out>/<task>/compare/<label>``;
-    ``data`` defaults to :func:`heldout_data` of the task under ``<out>/data``."""
+    ``data`` defaults to :func:`heldout_data` of the task under ``<out>/data``. ``teacher_forced`` adds each model's
+    one-step-ahead row (every frame imagined from the real frames before it)."""
     out = Path(out)
     data = data or heldout_data(task, out / "data" / task)
     lines = [f"**{task}**, every model zero-shot\n", "| set | model | " + " | ".join(METRICS) + " |",
              "|---|---|" + "---|" * len(METRICS)]  # fmt: skip
     reports = {
-        label: task_report(d, data, out / task / "compare" / label, steps) for label, (d, steps) in models.items()
+        label: task_report(d, data, out / task / "compare" / label, steps, teacher_forced=teacher_forced)
+        for label, (d, steps) in models.items()
     }
+    rows = [("", ""), ("_shuffled", ", shuffled actions")] + [("_teacher_forced", ", one step ahead")] * teacher_forced
     for name in eval_sets(data):
         for i, label in enumerate(models):
             report = reports[label][name]
@@ -152,7 +157,7 @@ def compare_models(models: dict[str, tuple[str, int]], task: str, out: str | Pat
                 lines.append(
                     f"| {name} | copy-last | " + " | ".join(f"{report[f'{m}_copy_last']:.2f}" for m in METRICS) + " |"
                 )
-            for suffix, tag in (("", ""), ("_shuffled", ", shuffled actions")):
+            for suffix, tag in rows:
                 lines.append(
                     f"| {name} | {label}{tag} | " + " | ".join(f"{report[f'{m}{suffix}']:.2f}" for m in METRICS) + " |"
                 )
@@ -257,6 +262,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="with --closed-loop: fit the success threshold on N episodes from other states (0: no fit)")  # fmt: skip
     ap.add_argument("--compare", default=None,
                     help="instead of the study: LABEL=DIR[:STEPS],... zero-shot on the first task of --tasks")  # fmt: skip
+    ap.add_argument("--teacher-forced", action="store_true",
+                    help="with --compare: add each model's one-step-ahead row (frames from the real frames before them)")  # fmt: skip
     args = ap.parse_args(argv)
     import torch
 
@@ -267,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             label, _, spec = item.partition("=")
             path, _, steps = spec.partition(":")
             models[label] = (path, int(steps or args.num_steps))
-        table = compare_models(models, args.tasks.split(",")[0], args.out)
+        table = compare_models(models, args.tasks.split(",")[0], args.out, teacher_forced=args.teacher_forced)
         print(table)
         return {"table": table}
     if not args.model:

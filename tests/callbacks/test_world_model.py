@@ -23,6 +23,7 @@ from lightning_prophrl.callbacks import (
     rollout_episodes,
     rollout_grid,
     shuffle_actions,
+    teacher_forced_episodes,
 )
 from lightning_prophrl.datamodules.robot import RobotClipDataModule
 from lightning_prophrl.metrics import frame_psnr, video_to_uint8
@@ -115,6 +116,25 @@ def test_evaluate_world_model_scores_rollouts_and_baselines(episodes):
     real = torch.cat([episodes[K.COND_FRAME][:, None], episodes[K.FUTURE]], 1)
     copy.update(real[:, :1].expand_as(real), real)
     assert results["psnr_copy_last"] == pytest.approx(copy.compute()["psnr"])
+
+
+def test_teacher_forcing_continues_every_segment_from_the_real_frames(held_out):
+    """Segment 0 is the open-loop rollout's (same frame, history and noise); segment 1 starts from the real frame
+    ``L`` with the real frames before it as history, not from the model's own frames."""
+    model = tiny_prophet().eval()
+    eps = load_eval_episodes([held_out], num_episodes=2, num_segments=SEGMENTS, chunk_len=L_CHUNK, image_size=SIZE,
+                             history_len=4)  # fmt: skip
+    tf = teacher_forced_episodes(model, eps, num_steps=1, seed=3, batch_size=2, use_action_frames=False)
+    ar, _ = rollout_episodes(model, eps, num_steps=1, seed=3, batch_size=2, use_action_frames=False)
+    assert tf.shape == ar.shape == (2, 1 + SEGMENTS * L_CHUNK, 3, SIZE, SIZE)
+    assert torch.equal(tf[:, : 1 + L_CHUNK], ar[:, : 1 + L_CHUNK])
+    real = torch.cat([eps[K.COND_FRAME][:, None], eps[K.FUTURE]], 1)
+    one = model.rollout(real[:, L_CHUNK], eps[K.ACTIONS][:, L_CHUNK:].reshape(2, 1, L_CHUNK, -1),
+                        action_mask=eps[K.ACTION_MASK], history=real[:, L_CHUNK - 4 : L_CHUNK],
+                        history_mask=torch.ones(2, 4, dtype=torch.bool), num_steps=1,
+                        generator=torch.Generator().manual_seed(3))  # fmt: skip
+    assert torch.equal(tf[:, 1 + L_CHUNK :], one.video[:, 1:])
+    assert not torch.allclose(tf[:, 1 + L_CHUNK :], ar[:, 1 + L_CHUNK :])
 
 
 def test_evaluate_rejects_actions_that_do_not_fill_whole_chunks(episodes):

@@ -1,5 +1,6 @@
 """The U-Net backbone of Prophet: builds, trains a step, round-trips save/load exactly, follows its actions."""
 
+import pytest
 import torch
 
 import lightning_prophrl.constants as K
@@ -23,9 +24,11 @@ def _batch(b=2, size=16):
             K.HISTORY_MASK: torch.tensor([[True, True], [False, True]]), K.CLIP_SUCCESS: torch.tensor([0.0, 1.0])}  # fmt: skip
 
 
-def test_unet_trains_and_roundtrips(tmp_path):
+@pytest.mark.parametrize("target", [dict(prediction_target="frames"),
+                                    dict(prediction_target="residual", target_scale=3.0)])  # fmt: skip
+def test_unet_trains_and_roundtrips(tmp_path, target):
     torch.manual_seed(0)
-    model = Prophet(**TINY)
+    model = Prophet(**TINY, **target)
     batch = _batch()
     loss, logs = model.training_loss(batch, generator=torch.Generator().manual_seed(1))
     loss.backward()
