@@ -26,6 +26,7 @@ from lightning_prophrl.studies.heldout import (
     closed_loop_table,
     compare_models,
     heldout_data,
+    main,
     results_table,
     task_readout,
     task_report,
@@ -238,3 +239,9 @@ def test_the_threshold_fitted_on_calibration_episodes_is_applied_to_the_evaluati
     }
     assert closed_loop_table({"lora": [row]}).endswith("| 0.800 | 2 / 3 | 0.40 |")
     assert calibrated({**calib, "real_success_steps": [None] * 4}, check)["fitted"] is None  # one class: no fit
+
+
+def test_compare_names_an_item_that_is_not_a_model_directory(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--compare", f"shipped (5,000 steps)={tmp_path}:1", "--out", str(tmp_path)])
+    assert "--compare 'shipped (5': '' is not a save_pretrained directory" in capsys.readouterr().err

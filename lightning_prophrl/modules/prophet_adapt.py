@@ -16,7 +16,7 @@ from typing_extensions import override
 
 from lightning_prophrl.checkpoints import default_optimizer
 from lightning_prophrl.models.prophet import Prophet
-from lightning_prophrl.modules.prophet_pretrain import ProphetTrainingBase
+from lightning_prophrl.modules.prophet_pretrain import ProphetTrainingBase, check_self_forcing
 
 CONDITIONING_PREFIXES = ("action_encoder.", "action_frame_encoder.", "history_encoder.", "success_mlp.",
                          "null_context_embeds")  # fmt: skip
@@ -83,6 +83,8 @@ class ProphetAdaptModule(ProphetTrainingBase):
         lr_scheduler: optional scheduler factory (stepped every optimizer step).
         adapter_dir: where to save the adapter / full model when training ends (None: not saved).
         val_seed: seed of the validation noise and times.
+        self_forcing: share of the clips whose second segment continues from the model's own frames (see
+            ``ProphetPretrainModule``; needs clips of two segments).
     """
 
     def __init__(
@@ -99,9 +101,11 @@ class ProphetAdaptModule(ProphetTrainingBase):
         lr_scheduler: LRSchedulerCallable | None = None,
         adapter_dir: str | None = None,
         val_seed: int = 0,
+        self_forcing: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
+        check_self_forcing(self_forcing)
         self.optimizer_factory = default_optimizer(optimizer, torch.optim.AdamW, lr=1e-4, weight_decay=0.0)
         self.scheduler_factory = lr_scheduler
         if mode not in ("lora", "full"):

@@ -19,6 +19,13 @@ from typing_extensions import override
 from lightning_prophrl import constants as K
 from lightning_prophrl.checkpoints import build_optimizers, default_optimizer
 from lightning_prophrl.models.prophet import Prophet
+from lightning_prophrl.models.prophet.self_forcing import self_forced, split_segments
+
+
+def check_self_forcing(share: float) -> None:
+    """``self_forcing`` is a share of clips: in ``[0, 1]``."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"`self_forcing` is a share of clips in [0, 1], got {share}")
 
 
 class ProphetTrainingBase(L.LightningModule):
@@ -63,11 +70,33 @@ class ProphetTrainingBase(L.LightningModule):
         generator = None
         if stage != "train":
             generator = torch.Generator().manual_seed(int(self.hparams.val_seed) * 1_000_003 + batch_idx)
-        loss, logs = self.model.training_loss(batch, generator=generator)
+        share = float(self.hparams.get("self_forcing", 0.0))
+        if share > 0:
+            loss, logs = self._self_forcing_loss(batch, share if stage == "train" else 0.0, generator)
+        else:
+            loss, logs = self.model.training_loss(batch, generator=generator)
         bs = batch[K.ACTIONS].shape[0]  # pixel or pre-encoded latent batches alike
         for key, value in logs.items():
             self.log(f"{stage}/{key}", value, prog_bar=key == "loss", batch_size=bs, sync_dist=stage != "train")
         return loss
+
+    def _self_forcing_loss(
+        self, batch: dict[str, Any], share: float, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean loss of a two-segment clip's segments, the second continuing from the model's own frames in a
+        ``share`` of the clips (``models.prophet.self_forcing``); validation passes ``share`` 0 (real frames only)."""
+        cfg = self.model.config
+        first, second = split_segments(batch, int(cfg.action_chunk_length), int(cfg.history_length))
+        chosen = None
+        if share > 0:
+            second, chosen = self_forced(self.model, first, second, share, generator=generator)
+        loss_a, logs_a = self.model.training_loss(first, generator=generator)
+        loss_b, logs_b = self.model.training_loss(second, generator=generator)
+        logs = {**logs_b, **{k: (v + logs_b[k]) / 2 for k, v in logs_a.items() if k in logs_b}}
+        logs["loss"] = ((loss_a + loss_b) / 2).detach()
+        if chosen is not None:
+            logs["self_forced_share"] = chosen.float().mean()
+        return (loss_a + loss_b) / 2, logs
 
     @override
     def configure_optimizers(self) -> Any:
@@ -97,6 +126,9 @@ class ProphetPretrainModule(ProphetTrainingBase):
         stats_from: dataset directory whose ``stats.json`` (the action normalization the model was trained with) is
             copied into the export, so the exported directory is all a user of the model needs.
         val_seed: seed of the validation noise and times (validation losses are comparable across epochs).
+        self_forcing: share of the clips whose second segment continues from the model's own one-step generation of
+            the first (``models.prophet.self_forcing``); needs clips of two segments (the datamodule's ``chunk_len``
+            twice the model's ``action_chunk_length``). 0 (default): plain clips of one segment.
     """
 
     def __init__(
@@ -107,9 +139,11 @@ class ProphetPretrainModule(ProphetTrainingBase):
         export_dir: str | None = None,
         val_seed: int = 0,
         stats_from: str | None = None,
+        self_forcing: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
+        check_self_forcing(self_forcing)
         if stats_from is not None and not (Path(stats_from) / K.STATS_FILE).exists():
             raise FileNotFoundError(f"`stats_from`: {Path(stats_from) / K.STATS_FILE} not found")
         if not isinstance(model, Prophet):

@@ -225,6 +225,7 @@ def adapt(
     batch_size: int = 16,
     lr: float | None = None,
     lora_rank: int = 16,
+    self_forcing: float = 0.0,
 ) -> str:
     """Adapt the pretrained model to one task's ``adapt`` episodes; returns the adapted ``save_pretrained`` dir.
 
@@ -238,6 +239,7 @@ def adapt(
         batch_size: clips per step.
         lr: AdamW learning rate (None: 1e-3 for LoRA, 1e-4 for full fine-tuning).
         lora_rank: LoRA rank (alpha = rank).
+        self_forcing: share of the clips that continue from the model's own frames (``models.prophet.self_forcing``).
     """
     from lightning_prophrl.models.prophet import Prophet
     from lightning_prophrl.recipes.prophet import adapt_prophet
@@ -246,5 +248,5 @@ def adapt(
     return adapt_prophet(
         pretrained_dir, adapt_dir, out, steps=steps, mode=mode, seed=seed, chunk_len=int(config["action_chunk_length"]),
         history_len=int(config["history_length"]), batch_size=batch_size, lr=lr or (1e-3 if mode == "lora" else 1e-4),
-        lora_rank=lora_rank, stats_from=pretrained_dir,
+        lora_rank=lora_rank, stats_from=pretrained_dir, self_forcing=self_forcing,
     )  # fmt: skip

@@ -261,6 +261,7 @@ def adapt_prophet(
     model_config: dict[str, Any] | None = None,
     log_dir: str | Path | None = None,
     stats_from: str | None = None,
+    self_forcing: float = 0.0,
 ) -> str:
     """Adapt a pretrained Prophet to the target episodes, or (``pretrained_dir=None``) train one from scratch on them.
 
@@ -281,6 +282,8 @@ def adapt_prophet(
         model_config: ``Prophet`` kwargs of the scratch network.
         stats_from: directory whose ``stats.json`` normalizes the target actions and is copied to the model (e.g. the
             pretrained model's own, pooled over its corpus); None: the (first) target dataset's.
+        self_forcing: share of the clips whose second segment continues from the model's own frames
+            (``models.prophet.self_forcing``; the clips then hold two segments of ``chunk_len``).
     """
     import lightning as L
 
@@ -296,10 +299,11 @@ def adapt_prophet(
     opt, sched = _optimizers(lr, steps)
     if pretrained_dir is None:
         model = Prophet(**(model_config or prophet_config(image_size, chunk_len, history_len)))
-        module, mode = ProphetPretrainModule(model, optimizer=opt, lr_scheduler=sched), "scratch"
+        module = ProphetPretrainModule(model, optimizer=opt, lr_scheduler=sched, self_forcing=self_forcing)
+        mode = "scratch"
     else:
         module = ProphetAdaptModule(pretrained_path=pretrained_dir, mode=mode, lora_rank=lora_rank, optimizer=opt,
-                                    lr_scheduler=sched)  # fmt: skip
+                                    lr_scheduler=sched, self_forcing=self_forcing)  # fmt: skip
     if int(module.model.config.action_chunk_length) != chunk_len:
         raise ValueError(f"`chunk_len`={chunk_len} differs from the model's {module.model.config.action_chunk_length}")
     trainable = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
@@ -307,11 +311,13 @@ def adapt_prophet(
     if not datasets:
         raise ValueError("`target_dir` is an empty mixture")
     info = _fit(module, datasets, str(log_dir or out / "tb"), f"{out.parent.name}_{out.name}", steps, seed,
-                stride, chunk_len, history_len, image_size, batch_size, ema_decay, stats_from)  # fmt: skip
+                stride, chunk_len * (2 if self_forcing > 0 else 1), history_len, image_size, batch_size, ema_decay,
+                stats_from)  # fmt: skip
     merge_lora(module.model).save_pretrained(str(out / "model"))
     first = datasets[0] if isinstance(datasets[0], str) else datasets[0]["path"]
     shutil.copy(Path(stats_from or first) / K.STATS_FILE, out / "model" / K.STATS_FILE)
-    mark_done(out, {**info, "mode": mode, "pretrained": pretrained_dir, "trainable_parameters": trainable})
+    mark_done(out, {**info, "mode": mode, "pretrained": pretrained_dir, "trainable_parameters": trainable,
+                    "self_forcing": self_forcing})  # fmt: skip
     return str(out / "model")
 
 

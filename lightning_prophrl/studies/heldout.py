@@ -93,6 +93,7 @@ def run_study(
     ee_readout: bool = True,
     closed_loop: int = 30,
     calibration: int = 30,
+    self_forcing: float = 0.0,
 ) -> dict[str, Any]:
     """Stages 1-4 of the module docstring; writes ``<out>/<name>.json`` and ``<out>/<name>.md`` (stages are shared
     between calls with the same ``out``: a second call with more seeds reuses the first one's adaptations).
@@ -100,11 +101,15 @@ def run_study(
     ``policies`` maps a task to a trained policy of it (the ``cf_policy`` set at ``policy_noise``); ``ee_readout``
     fits each task's end-effector readout and adds the path error to every report; with a task's policy, every model
     also runs ``closed_loop`` whole episodes of it against the simulator (``closed_loop_check``; 0: skip), with its
-    success threshold fitted on ``calibration`` episodes from other initial states (0: no fit)."""
+    success threshold fitted on ``calibration`` episodes from other initial states (0: no fit). ``self_forcing`` > 0
+    adapts on clips that continue from the model's own frames (``models.prophet.self_forcing``; its own stage
+    directories, ``<mode>_seed<N>_sf<share>``)."""
     out = Path(out)
     results: dict[str, Any] = {"model": model, "mode": mode, "adapt_steps": adapt_steps, "seeds": list(seeds),
                                "num_steps": num_steps, "tasks": {}, "ee_readout_rmse_cm": {},
-                               "closed_loop": {}}  # fmt: skip
+                               "closed_loop": {}, "self_forcing": self_forcing}  # fmt: skip
+    label = mode + (f", self-forcing {self_forcing:g}" if self_forcing > 0 else "")
+    suffix = f"_sf{self_forcing:g}" if self_forcing > 0 else ""
     for task in tasks:
         data = heldout_data(task, out / "data" / task, policy=(policies or {}).get(task), policy_noise=policy_noise)
         readout = None
@@ -112,10 +117,11 @@ def run_study(
             readout, results["ee_readout_rmse_cm"][task] = task_readout(data, out / task / "ee_readout")
         policy = (policies or {}).get(task)
         models = {"zero_shot": [(model, out / task / "zero_shot")]}
-        models[mode] = []
+        models[label] = []
         for seed in seeds:
-            stage = out / task / f"{mode}_seed{seed}"
-            models[mode].append((adapt(model, data["adapt"], stage, adapt_steps, mode, seed), stage / "report"))
+            stage = out / task / f"{mode}_seed{seed}{suffix}"
+            model_dir = adapt(model, data["adapt"], stage, adapt_steps, mode, seed, self_forcing=self_forcing)
+            models[label].append((model_dir, stage / "report"))
         rows: dict[str, list[dict[str, Any]]] = {label: [] for label in models}
         loops: dict[str, list[dict[str, Any]]] = {label: [] for label in models}
         for label, runs in models.items():
@@ -260,6 +266,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     ap.add_argument("--calibration", type=int, default=30, metavar="N",
                     help="with --closed-loop: fit the success threshold on N episodes from other states (0: no fit)")  # fmt: skip
+    ap.add_argument("--self-forcing", type=float, default=0.0, metavar="SHARE",
+                    help="adapt on clips whose second segment continues from the model's own frames in SHARE of them")  # fmt: skip
     ap.add_argument("--compare", default=None,
                     help="instead of the study: LABEL=DIR[:STEPS],... zero-shot on the first task of --tasks")  # fmt: skip
     ap.add_argument("--teacher-forced", action="store_true",
@@ -273,6 +281,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for item in args.compare.split(","):
             label, _, spec = item.partition("=")
             path, _, steps = spec.partition(":")
+            if not (Path(path) / "config.json").is_file():
+                ap.error(f"--compare {item!r}: {path!r} is not a save_pretrained directory (LABEL=DIR[:STEPS], items "
+                         "separated by commas, so no commas in a label)")  # fmt: skip
             models[label] = (path, int(steps or args.num_steps))
         table = compare_models(models, args.tasks.split(",")[0], args.out, teacher_forced=args.teacher_forced)
         print(table)
@@ -288,7 +299,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = run_study(args.model, args.out, [t for t in args.tasks.split(",") if t],
                         [int(s) for s in args.seeds.split(",") if s], args.adapt_steps, args.mode, args.num_steps,
                         args.name, policies, args.policy_noise, not args.no_ee_readout, args.closed_loop,
-                        args.calibration)  # fmt: skip
+                        args.calibration, args.self_forcing)  # fmt: skip
     print((Path(args.out) / f"{args.name}.md").read_text())
     return results
 
