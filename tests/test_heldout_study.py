@@ -91,8 +91,8 @@ def test_adaptation_keeps_the_pretrained_stats_and_reports_cover_every_set(data,
     assert table.count("| cf_random |") == 5 and "±" in table
     table = compare_models({"base": (str(pretrained), 1), "lora": (model_dir, 2)}, "window-open-v3", tmp_path / "cmp",
                            data=data, num_segments=3, teacher_forced=True)  # fmt: skip
-    assert table.count("| eval |") == 7 and "| eval | lora, shuffled actions |" in table
-    assert "| eval | lora, one step ahead |" in table
+    assert table.count("| eval |") == 8 and "| eval | lora, shuffled actions |" in table
+    assert "| eval | lora, one step ahead |" in table and "| eval | copy-previous (one step ahead) |" in table
 
 
 def test_policy_set_and_end_effector_path_error(data, tmp_path):

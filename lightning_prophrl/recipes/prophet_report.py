@@ -76,6 +76,12 @@ def _success_agreement(prob: torch.Tensor, real: torch.Tensor, last: int, thresh
             "imagined_rate": float(imagined.mean()), "final_prob_mean": float(prob[:, -1].mean())}  # fmt: skip
 
 
+def copy_previous(real: torch.Tensor) -> torch.Tensor:
+    """The one-step-ahead baseline of real videos ``(B, 1 + T, ...)``: every frame predicted as the real frame before
+    it (frame 0 stays the given frame)."""
+    return torch.cat([real[:, :1], real[:, :-1]], 1)
+
+
 def world_model_report(
     model_dir: str,
     eval_dir: str,
@@ -119,8 +125,9 @@ def world_model_report(
             again).
         teacher_forced: also score every segment imagined from the real frames before it
             (``open_loop.teacher_forced_episodes``): the ``_teacher_forced`` metrics and ``psnr_per_segment_teacher_forced``
-            separate what the model cannot predict one step ahead from what it loses by continuing from its own frames
-            (a cached report without them is made again).
+            separate what the model cannot predict one step ahead from what it loses by continuing from its own frames;
+            their baseline is ``_copy_previous`` (every frame predicted as the real frame before it, see
+            :func:`copy_previous`). A cached report without them is made again.
 
     Returns:
         ``{metric}`` (model), ``{metric}_copy_last``, ``{metric}_shuffled``, ``{metric}_no_memory`` for the metrics of
@@ -142,7 +149,7 @@ def world_model_report(
         raise ValueError(f"`num_segments` and `success_last` must be >= 1, got {num_segments}, {success_last}")
     if out is not None and is_done(Path(out)):
         cached = json.loads((Path(out) / "report.json").read_text())
-        if (ee_readout is None or "ee_path_cm" in cached) and (not teacher_forced or "psnr_teacher_forced" in cached):
+        if (ee_readout is None or "ee_path_cm" in cached) and (not teacher_forced or "psnr_copy_previous" in cached):
             return cached
     model = Prophet.from_pretrained(model_dir).eval()
     chunk = int(model.config.action_chunk_length)
@@ -160,6 +167,7 @@ def world_model_report(
     videos = {"": pred, "_copy_last": real[:, :1].expand_as(real), "_shuffled": shuffled, "_no_memory": no_mem}
     if teacher_forced:
         videos["_teacher_forced"] = teacher_forced_episodes(model, eps, num_steps, seed, batch_size, frames)
+        videos["_copy_previous"] = copy_previous(real)
     # 2. Metrics
     report: dict[str, Any] = {"model_dir": model_dir, "episodes": len(real), "segments": num_segments,
                               "frames_per_segment": chunk,

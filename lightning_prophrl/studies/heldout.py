@@ -163,6 +163,9 @@ def compare_models(models: dict[str, tuple[str, int]], task: str, out: str | Pat
                 lines.append(
                     f"| {name} | copy-last | " + " | ".join(f"{report[f'{m}_copy_last']:.2f}" for m in METRICS) + " |"
                 )
+                if teacher_forced:
+                    cells = " | ".join(f"{report[f'{m}_copy_previous']:.2f}" for m in METRICS)
+                    lines.append(f"| {name} | copy-previous (one step ahead) | {cells} |")
             for suffix, tag in rows:
                 lines.append(
                     f"| {name} | {label}{tag} | " + " | ".join(f"{report[f'{m}{suffix}']:.2f}" for m in METRICS) + " |"

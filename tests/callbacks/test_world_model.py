@@ -29,6 +29,7 @@ from lightning_prophrl.datamodules.robot import RobotClipDataModule
 from lightning_prophrl.metrics import frame_psnr, video_to_uint8
 from lightning_prophrl.models.prophet import Prophet
 from lightning_prophrl.modules.prophet_pretrain import ProphetPretrainModule
+from lightning_prophrl.recipes.prophet_report import copy_previous
 from tests.conftest import write_coded_dataset
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "prophet"
@@ -135,6 +136,8 @@ def test_teacher_forcing_continues_every_segment_from_the_real_frames(held_out):
                         generator=torch.Generator().manual_seed(3))  # fmt: skip
     assert torch.equal(tf[:, 1 + L_CHUNK :], one.video[:, 1:])
     assert not torch.allclose(tf[:, 1 + L_CHUNK :], ar[:, 1 + L_CHUNK :])
+    prev = copy_previous(real)  # the one-step-ahead baseline
+    assert torch.equal(prev[:, 0], real[:, 0]) and torch.equal(prev[:, 1:], real[:, :-1])
 
 
 def test_evaluate_rejects_actions_that_do_not_fill_whole_chunks(episodes):
