@@ -177,9 +177,10 @@ def teacher_forced_episodes(
     """Every segment imagined from the *real* frames before it (one step ahead), as the model is trained.
 
     Segment ``s`` is a one-segment rollout of its own chunk from the real frame ``s * L`` with the real frames before
-    it as history (the episode's ``HISTORY`` before the first frame, masked where missing). Set beside
-    :func:`rollout_episodes` (same noise), the gap between the two is what the model loses by continuing from its own
-    frames (autoregressive drift) rather than what it cannot predict one step ahead.
+    it as history (the episode's ``HISTORY`` before the first frame, masked where missing). Its baseline is the real
+    frame before each frame (``recipes.prophet_report.copy_previous``), as copy-last is the baseline of
+    :func:`rollout_episodes` (same noise): together they tell what the model cannot predict one step ahead from what
+    it loses by continuing from its own frames.
 
     Args:
         model, episodes, num_steps, seed, batch_size, use_action_frames: as in :func:`rollout_episodes`.
@@ -196,6 +197,8 @@ def teacher_forced_episodes(
     real = torch.cat([episodes[K.COND_FRAME][:, None], episodes[K.FUTURE]], 1)
     past = episodes.get(K.HISTORY)
     past_mask = episodes.get(K.HISTORY_MASK)
+    if past is not None and past_mask is None:
+        past_mask = torch.ones(past.shape[:2], dtype=torch.bool)
     if past is None:
         past = real[:, :0]
         past_mask = torch.zeros(n, 0, dtype=torch.bool)

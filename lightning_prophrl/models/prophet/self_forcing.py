@@ -78,8 +78,8 @@ def self_forced(
     """``second`` (from :func:`split_segments`) continuing, for a random ``share`` of its clips, from the model's own
     generation of ``first`` instead of the real frames.
 
-    The model generates ``first``'s frames in eval mode with ``num_steps`` sampling steps, as a rollout does; in the
-    chosen clips that generation replaces ``second``'s conditioning frame and the history frames it covers. The
+    The model generates the chosen clips of ``first`` in eval mode with ``num_steps`` sampling steps, as a rollout
+    does; that generation replaces ``second``'s conditioning frame and the history frames it covers. The
     target frames stay the real ones.
 
     Returns:
@@ -89,22 +89,28 @@ def self_forced(
     chosen = torch.rand(cond.shape[0], generator=generator).to(cond.device) < share
     if not chosen.any():
         return second, chosen
+
+    def rows(key: str) -> torch.Tensor | None:  # only the chosen clips are generated
+        value = first.get(key)
+        return None if value is None else value[chosen]
+
     was_training = model.training
     model.eval()
     try:
-        gen = model.generate(cond, first[K.ACTIONS], first.get(K.ACTION_MASK), history=first.get(K.HISTORY),
-                             history_mask=first.get(K.HISTORY_MASK), ee_poses=first.get(K.EE_POSES),
-                             gripper=first.get(K.GRIPPER), camera_k=first.get(K.CAMERA_K),
-                             camera_extr=first.get(K.CAMERA_EXTR), has_camera=first.get(K.HAS_CAMERA),
-                             num_steps=num_steps, generator=generator, score_success=False).frames  # fmt: skip
+        gen = model.generate(rows(K.COND_FRAME), rows(K.ACTIONS), rows(K.ACTION_MASK), history=rows(K.HISTORY),
+                             history_mask=rows(K.HISTORY_MASK), ee_poses=rows(K.EE_POSES), gripper=rows(K.GRIPPER),
+                             camera_k=rows(K.CAMERA_K), camera_extr=rows(K.CAMERA_EXTR),
+                             has_camera=rows(K.HAS_CAMERA), num_steps=num_steps, generator=generator,
+                             score_success=False).frames  # fmt: skip
     finally:
         model.train(was_training)
     gen = gen.to(cond.dtype)
-    out, pick = dict(second), chosen.view(-1, 1, 1, 1)
-    out[K.COND_FRAME] = torch.where(pick, gen[:, -1], second[K.COND_FRAME])
+    out = dict(second)
+    out[K.COND_FRAME] = second[K.COND_FRAME].clone()
+    out[K.COND_FRAME][chosen] = gen[:, -1]
     covered = min(gen.shape[1] - 1, second[K.HISTORY].shape[1]) if second.get(K.HISTORY) is not None else 0
     if covered > 0:  # the newest history entries are the first segment's earlier future frames
         hist = second[K.HISTORY].clone()
-        hist[:, -covered:] = torch.where(pick[:, None], gen[:, -1 - covered : -1], hist[:, -covered:])
+        hist[chosen, -covered:] = gen[:, -1 - covered : -1]
         out[K.HISTORY] = hist
     return out, chosen
